@@ -1,0 +1,47 @@
+# The commands a person types. `make run` and `make test` set up whatever is missing first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5000
+
+# No telemetry from any tool we drive.
+export GX_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: help setup data run test test-fast ui clean
+
+help:  ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+setup: $(STAMP) data  ## create .venv (pip, locked versions) and get the default data
+
+data: $(STAMP)  ## make data/ match data.dvc (local cache, DVC remote, or the verified Fashion-MNIST sources)
+	@bash scripts/setup_data.sh
+
+run: setup  ## run the pipeline on the default data (dvc repro)
+	dvc repro
+
+test: setup  ## run the whole test suite, end-to-end tests included
+	pytest
+
+test-fast: $(STAMP)  ## unit tests only (no end-to-end DVC runs)
+	pytest -m "not integration and not slow"
+
+ui: $(STAMP)  ## open the MLflow UI on http://$(HOST):$(MLFLOW_PORT)
+	mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow/mlflow.db" --host $(HOST) --port $(MLFLOW_PORT)
+
+clean:  ## remove stage outputs (the DVC cache keeps them: `dvc checkout` restores)
+	rm -rf artifacts metrics

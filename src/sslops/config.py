@@ -1,0 +1,106 @@
+"""Project paths and params.yaml.
+
+Every stage resolves paths against the project root (the folder holding dvc.yaml), so stages behave the
+same whether DVC, Prefect, a test or a person in a sub-folder starts them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sslops.errors import SslopsError
+
+ROOT_ENV = "SSLOPS_ROOT"
+
+
+def find_root(start: Path | None = None) -> Path:
+    """Return the project root: $SSLOPS_ROOT, else the nearest ancestor of `start` holding dvc.yaml."""
+    if os.environ.get(ROOT_ENV):
+        return Path(os.environ[ROOT_ENV]).resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "dvc.yaml").is_file():
+            return folder
+    raise SslopsError(
+        f"No dvc.yaml found in {here} or any folder above it: run sslops from inside the project "
+        f"or set {ROOT_ENV} to the project folder."
+    )
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested params to dotted keys (`pretrain.lr`), the form MLflow and `dvc exp run -S` use."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def params_hash(params: dict[str, Any]) -> str:
+    """A short, order-independent fingerprint of a params section, for lineage tags."""
+    canonical = json.dumps(params, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Project:
+    """The project folder and the well-known paths inside it."""
+
+    root: Path
+
+    @classmethod
+    def discover(cls) -> "Project":
+        return cls(find_root())
+
+    @property
+    def params_file(self) -> Path:
+        return self.root / "params.yaml"
+
+    @cached_property
+    def params(self) -> dict[str, Any]:
+        """params.yaml as a dict; a missing or malformed file is a user error, not a traceback."""
+        try:
+            loaded = yaml.safe_load(self.params_file.read_text())
+        except FileNotFoundError:
+            raise SslopsError(f"{self.params_file} is missing: every stage reads its knobs from it.") from None
+        except yaml.YAMLError as exc:
+            raise SslopsError(f"{self.params_file} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise SslopsError(f"{self.params_file} must hold a mapping of stage names to their params.")
+        return loaded
+
+    def section(self, name: str) -> dict[str, Any]:
+        """One stage's params group; missing groups are a user error naming the file."""
+        value = self.params.get(name)
+        if not isinstance(value, dict):
+            raise SslopsError(f"{self.params_file} has no '{name}:' section (a mapping of that stage's params).")
+        return value
+
+    def path(self, relative: str | os.PathLike[str]) -> Path:
+        """Resolve a path from params.yaml or dvc.yaml against the project root."""
+        p = Path(relative)
+        return p if p.is_absolute() else self.root / p
+
+    # Well-known outputs, shared by the stage that writes them and the stages that read them.
+    @property
+    def prepared_dir(self) -> Path:
+        return self.root / "artifacts" / "prepared"
+
+    @property
+    def validation_dir(self) -> Path:
+        return self.root / "artifacts" / "validation"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.root / "metrics"

@@ -1,0 +1,50 @@
+"""CIFAR-10 "python version" batches: pickled dicts of uint8 rows (3072 = 3 x 32 x 32) and labels."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from sslops.data.sources import Part, Plan
+from sslops.errors import SslopsError
+
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCHES = ("test_batch",)
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            batch = pickle.load(fh, encoding="bytes")
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError) as exc:
+        raise SslopsError(f"{path}: cannot be read as a CIFAR-10 python batch ({exc}).") from None
+    if not isinstance(batch, dict):
+        raise SslopsError(f"{path}: not a CIFAR-10 python batch (expected a pickled dict).")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+
+
+def _load_pixels(path: Path) -> np.ndarray:
+    rows = np.asarray(_unpickle(path)["data"], dtype=np.uint8)
+    return rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
+
+
+def plan_cifar10(root: Path, classes: list[str]) -> Plan:
+    """Plan the five train batches and the test batch found in `root` (cifar-10-batches-py)."""
+    parts = []
+    for split, names in (("train", TRAIN_BATCHES), ("test", TEST_BATCHES)):
+        for name in names:
+            path = root / name
+            if not path.is_file():
+                raise SslopsError(f"{path}: missing CIFAR-10 batch (expected {', '.join(names)} in {root}).")
+            batch = _unpickle(path)
+            if "data" not in batch or "labels" not in batch:
+                raise SslopsError(f"{path}: CIFAR-10 batch lacks 'data' or 'labels'.")
+            data, labels = batch["data"], np.asarray(batch["labels"], dtype=np.int64)
+            if getattr(data, "shape", (0, 0))[1:] != (3072,) or len(labels) != len(data):
+                raise SslopsError(f"{path}: expected N x 3072 pixel rows and N labels, got {getattr(data, 'shape', '?')}.")
+            parts.append(Part(split, name, len(labels), (32, 32, 3), labels, lambda p=path: _load_pixels(p)))
+    meta = root / "batches.meta"
+    names_found = [n.decode() if isinstance(n, bytes) else n for n in _unpickle(meta).get("label_names", [])] if meta.is_file() else []
+    return Plan(parts=parts, classes=list(classes) or names_found or [str(i) for i in range(10)])

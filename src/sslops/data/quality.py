@@ -1,0 +1,31 @@
+"""Data-quality facts derived from the manifest with plain pandas, for the validation suite to judge.
+
+Great Expectations checks columns row by row; duplicates within a split and test/train leakage are
+relations between rows, so they are computed here into boolean columns the suite can then check.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+
+def annotate(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The manifest plus `row`, `duplicate_in_split` and `test_in_train` columns."""
+    frame = manifest.copy()
+    frame.insert(0, "row", range(len(frame)))
+    frame["duplicate_in_split"] = frame.duplicated(["split", "sha256"], keep="first")
+    train_hashes = frame.loc[frame["split"] == "train", "sha256"]
+    frame["test_in_train"] = (frame["split"] == "test") & frame["sha256"].isin(train_hashes)
+    return frame
+
+
+def class_balance(manifest: pd.DataFrame, classes: list[str], split: str = "train") -> pd.DataFrame:
+    """One row per declared class (and any undeclared one found): its count and share of `split`."""
+    labels = manifest.loc[manifest["split"] == split, "class_name"].dropna()
+    counts = labels.value_counts()
+    names = list(classes) + sorted(set(counts.index) - set(classes))
+    total = max(int(counts.sum()), 1)
+    table = pd.DataFrame({"class_name": names, "count": [int(counts.get(n, 0)) for n in names]})
+    table["share"] = table["count"] / total
+    return table
+

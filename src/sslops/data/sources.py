@@ -1,0 +1,44 @@
+"""What every raw-format reader produces: a plan of image parts, read lazily.
+
+Readers first *plan* (walk files, read headers, check sizes and labels) and only then *load* pixels,
+so a mismatched image size or an empty class folder is reported before any large output is written,
+and the canonical store can be filled part by part without holding a whole dataset in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SPLITS = ("train", "test", "unlabeled")
+
+
+@dataclass(frozen=True)
+class Part:
+    """A run of images from one source file, all of one shape, loaded on demand.
+
+    `load()` returns uint8 pixels shaped (count, height, width, channels).
+    `labels` holds one class index per image, or None for the unlabeled pool.
+    """
+
+    split: str
+    source: str
+    count: int
+    shape: tuple[int, int, int]
+    labels: np.ndarray | None
+    load: Callable[[], np.ndarray] = field(repr=False, compare=False)
+    first_index: int = 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every part of a dataset, plus the class names that label indices refer to."""
+
+    parts: list[Part]
+    classes: list[str]
+
+    @property
+    def total(self) -> int:
+        return sum(p.count for p in self.parts)

@@ -1,0 +1,128 @@
+"""The canonical image store: one memory-mappable uint8 array (N x H x W x C) plus a manifest table.
+
+Every later stage reads images through `ImageStore`, whatever the raw format was, and the manifest
+(one row per image, same order) is what Great Expectations validates and MLflow logs as the dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from sslops.data.sources import Plan
+from sslops.errors import SslopsError
+
+IMAGES = "images.npy"
+MANIFEST = "manifest.parquet"
+CLASSES = "classes.json"
+
+MANIFEST_COLUMNS = {
+    "split": "string",
+    "source": "string",
+    "index": "int64",
+    "label": "Int64",
+    "class_name": "string",
+    "height": "int64",
+    "width": "int64",
+    "channels": "int64",
+    "sha256": "string",
+    "mean": "float64",
+    "std": "float64",
+}
+
+
+def write_store(plan: Plan, out_dir: Path, progress: bool = True) -> pd.DataFrame:
+    """Fill `out_dir` with images.npy, manifest.parquet and classes.json from `plan`; return the manifest.
+
+    Pixels are written part by part into a memory-mapped .npy, so datasets larger than RAM work.
+    `out_dir` should be a temporary directory (see `sslops.atomic.atomic_dir`).
+    """
+    if plan.total == 0:
+        raise SslopsError("The data folder holds no images.")
+    shapes = {p.shape for p in plan.parts}
+    if len(shapes) != 1:
+        raise SslopsError(f"Images have different shapes {sorted(shapes)}; one size and channel count is required.")
+    (h, w, c), n = shapes.pop(), plan.total
+    images = np.lib.format.open_memmap(out_dir / IMAGES, mode="w+", dtype=np.uint8, shape=(n, h, w, c))
+    sha = np.empty(n, dtype=object)
+    columns: dict[str, list] = {"split": [], "source": [], "index": [], "label": []}
+    row = 0
+    with tqdm(total=n, desc="prepare", unit="img", disable=not progress, mininterval=1.0) as bar:
+        for part in plan.parts:
+            pixels = part.load()
+            if pixels.shape != (part.count, h, w, c):
+                raise SslopsError(f"{part.source}: decoded shape {pixels.shape} differs from its header {(part.count, h, w, c)}.")
+            images[row : row + part.count] = pixels
+            flat = pixels.reshape(part.count, -1)
+            sha[row : row + part.count] = [hashlib.sha256(img.tobytes()).hexdigest() for img in flat]
+            columns["split"] += [part.split] * part.count
+            columns["source"] += [part.source] * part.count
+            columns["index"] += range(part.first_index, part.first_index + part.count)
+            columns["label"] += [None] * part.count if part.labels is None else part.labels.tolist()
+            row += part.count
+            bar.update(part.count)
+    images.flush()
+    flat = np.asarray(images).reshape(n, -1)
+    # Per-image statistics in chunks: float64 over the whole array would need 8x its size in memory.
+    mean, std = np.empty(n), np.empty(n)
+    for start in range(0, n, 8192):
+        chunk = flat[start : start + 8192].astype(np.float32)
+        mean[start : start + 8192], std[start : start + 8192] = chunk.mean(1), chunk.std(1)
+    del images, flat
+    labels = pd.array(columns["label"], dtype="Int64")
+    names = np.asarray(plan.classes, dtype=object)
+    manifest = pd.DataFrame(
+        {
+            "split": columns["split"],
+            "source": columns["source"],
+            "index": columns["index"],
+            "label": labels,
+            "class_name": [None if pd.isna(v) else names[v] if 0 <= v < len(names) else None for v in labels],
+            "height": h,
+            "width": w,
+            "channels": c,
+            "sha256": sha,
+            "mean": mean,
+            "std": std,
+        }
+    ).astype(MANIFEST_COLUMNS)
+    manifest.to_parquet(out_dir / MANIFEST, index=False)
+    (out_dir / CLASSES).write_text(json.dumps(plan.classes, indent=2) + "\n")
+    return manifest
+
+
+def manifest_digest(manifest: pd.DataFrame) -> str:
+    """A content digest of the whole manifest (every row and column), stable across runs and machines."""
+    hashed = pd.util.hash_pandas_object(manifest, index=False).to_numpy()
+    return hashlib.sha256(hashed.tobytes()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ImageStore:
+    """Read side of the canonical store: images memory-mapped, manifest and class names loaded."""
+
+    images: np.ndarray
+    manifest: pd.DataFrame
+    classes: list[str]
+
+    @classmethod
+    def open(cls, folder: Path) -> "ImageStore":
+        missing = [name for name in (IMAGES, MANIFEST, CLASSES) if not (folder / name).is_file()]
+        if missing:
+            raise SslopsError(f"{folder}: prepared store is incomplete (missing {', '.join(missing)}); run the prepare stage.")
+        images = np.load(folder / IMAGES, mmap_mode="r")
+        manifest = pd.read_parquet(folder / MANIFEST)
+        if len(manifest) != len(images):
+            raise SslopsError(f"{folder}: manifest has {len(manifest)} rows but images.npy holds {len(images)} images.")
+        return cls(images, manifest, json.loads((folder / CLASSES).read_text()))
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Row indices of one split and their labels (-1 where unlabeled)."""
+        rows = np.flatnonzero((self.manifest["split"] == name).to_numpy())
+        return rows, self.manifest["label"].iloc[rows].fillna(-1).to_numpy(dtype=np.int64)

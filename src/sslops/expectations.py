@@ -1,0 +1,155 @@
+"""The thin module through which sslops uses Great Expectations (1.x API).
+
+It turns the `validate` params into two expectation suites, one over the annotated manifest (one row
+per image) and one over the class-balance table (one row per class), runs them through a Checkpoint that
+also builds Data Docs, and hands back plain results the stage can print, save and log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from sslops.data.store import MANIFEST_COLUMNS
+
+# pandas dtype names GX may report for each declared manifest dtype.
+TYPE_NAMES = {"string": ["string", "str", "object", "StringDtype"], "Int64": ["Int64", "Int64Dtype", "int64"]}
+SITE = "sslops"
+
+
+@dataclass
+class Check:
+    """One evaluated expectation, reduced to what a person needs to act on it."""
+
+    suite: str
+    expectation: str
+    column: str | None
+    success: bool
+    unexpected_count: int | None = None
+    unexpected_percent: float | None = None
+    observed: Any = None
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def title(self) -> str:
+        return f"{self.expectation}({self.column})" if self.column else self.expectation
+
+
+def manifest_expectations(params: dict[str, Any], classes: list[str]) -> list:
+    """Expectations over the annotated manifest, thresholds from params.yaml's `validate` section."""
+    import great_expectations as gx
+
+    E = gx.expectations
+    exps = [E.ExpectTableColumnsToMatchSet(column_set=["row", *MANIFEST_COLUMNS], exact_match=False)]
+    for column, dtype in MANIFEST_COLUMNS.items():
+        exps.append(E.ExpectColumnValuesToBeInTypeList(column=column, type_list=TYPE_NAMES.get(dtype, [dtype])))
+    for column in ("split", "source", "sha256", "height", "width", "channels", "mean", "std"):
+        exps.append(E.ExpectColumnValuesToNotBeNull(column=column))
+    exps += [
+        E.ExpectTableRowCountToBeBetween(min_value=params.get("min_rows", 1), max_value=params.get("max_rows")),
+        E.ExpectColumnValuesToBeInSet(column="split", value_set=["train", "test", "unlabeled"]),
+        E.ExpectColumnDistinctValuesToContainSet(column="split", value_set=list(params.get("splits", ["train"]))),
+        E.ExpectColumnValuesToBeBetween(column="label", min_value=0, max_value=max(len(classes) - 1, 0)),
+        E.ExpectColumnUniqueValueCountToBeBetween(column="height", min_value=1, max_value=1),
+        E.ExpectColumnUniqueValueCountToBeBetween(column="width", min_value=1, max_value=1),
+        E.ExpectColumnUniqueValueCountToBeBetween(column="channels", min_value=1, max_value=1),
+        E.ExpectColumnValuesToBeInSet(column="channels", value_set=[1, 3]),
+        E.ExpectColumnValuesToBeBetween(
+            column="std", min_value=float(params.get("blank_std", 1.0)), mostly=1.0 - float(params.get("max_blank_share", 0.0))
+        ),
+        E.ExpectColumnValuesToBeInSet(
+            column="duplicate_in_split", value_set=[False], mostly=1.0 - float(params.get("max_duplicate_share", 0.0))
+        ),
+    ]
+    if classes:
+        exps.append(E.ExpectColumnValuesToBeInSet(column="class_name", value_set=list(classes)))
+    # No tolerance: a test image that is also in train inflates every test metric downstream.
+    exps.append(E.ExpectColumnValuesToBeInSet(column="test_in_train", value_set=[False]))
+    return exps
+
+
+def balance_expectations(params: dict[str, Any], classes: list[str]) -> list:
+    """Expectations over the class-balance table: every declared class present with a minimum share."""
+    import great_expectations as gx
+
+    E = gx.expectations
+    return [
+        E.ExpectColumnValuesToBeBetween(column="count", min_value=1),
+        E.ExpectColumnValuesToBeBetween(column="share", min_value=float(params.get("min_class_share", 0.0))),
+        E.ExpectTableRowCountToBeBetween(min_value=max(len(classes), 1)),
+    ]
+
+
+def run_suites(frames: dict[str, tuple[pd.DataFrame, list]], docs_dir: Path, examples: int = 5) -> list[Check]:
+    """Validate each named frame against its expectations; build Data Docs into `docs_dir`.
+
+    `frames` maps a suite name to (dataframe, expectations). Failed row-level expectations carry up to
+    `examples` offending rows (from the frame's `row` column when it has one).
+    """
+    import great_expectations as gx
+
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    context.add_data_docs_site(
+        site_name=SITE,
+        site_config={
+            "class_name": "SiteBuilder",
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+        },
+    )
+    source = context.data_sources.add_pandas("sslops")
+    result_format: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": examples}
+    checks: list[Check] = []
+    for name, (frame, expectations) in frames.items():
+        batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
+        suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
+        definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
+        # One checkpoint per frame: batch parameters (the dataframe) apply to a whole checkpoint run.
+        checkpoint = context.checkpoints.add(
+            gx.Checkpoint(
+                name=f"validate-{name}",
+                validation_definitions=[definition],
+                actions=[gx.checkpoint.UpdateDataDocsAction(name="data-docs", site_names=[SITE])],
+                result_format=result_format,
+            )
+        )
+        run = checkpoint.run(batch_parameters={"dataframe": frame})
+        for validation in run.run_results.values():
+            checks += [_to_check(name, r, frame, examples) for r in validation.results]
+    return checks
+
+
+def _to_check(suite: str, result: Any, frame: pd.DataFrame, examples: int) -> Check:
+    config = result.expectation_config
+    kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id", "value_set") or len(str(v)) < 200}
+    details = result.result or {}
+    check = Check(
+        suite=suite,
+        expectation=config.type,
+        column=config.kwargs.get("column"),
+        success=bool(result.success),
+        unexpected_count=details.get("unexpected_count"),
+        unexpected_percent=details.get("unexpected_percent"),
+        observed=details.get("observed_value"),
+        kwargs=kwargs,
+    )
+    if not check.success:
+        check.examples = _examples(config.kwargs.get("column"), details, frame, examples)
+    return check
+
+
+def _examples(column: str | None, details: dict[str, Any], frame: pd.DataFrame, limit: int) -> list[dict[str, Any]]:
+    """A few offending rows: GX reports the unexpected values; pick the rows that hold them."""
+    values = details.get("partial_unexpected_list") or []
+    if column is None or column not in frame or not values:
+        return []
+    rows = frame[frame[column].isin(values)].head(limit)
+    keep = [c for c in ("row", "split", "source", "index", "class_name", column) if c in rows]
+    return rows[list(dict.fromkeys(keep))].to_dict("records")

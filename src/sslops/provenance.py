@@ -1,0 +1,52 @@
+"""Lineage facts about the code and data a run used: git commit, dirty flag, DVC hashes, params hash.
+
+Plain Python (git through subprocess, DVC files through `sslops.dvcmeta`), so the same facts can be
+attached to MLflow runs, Prefect artifacts or printed by `sslops lineage`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from sslops import dvcmeta
+from sslops.config import params_hash
+
+PIPELINE_WRITES = ("dvc.lock", "metrics", "plots")
+
+
+def git_state(root: Path) -> tuple[str | None, bool | None]:
+    """(commit sha, dirty?) of the repository at `root`; (None, None) outside git."""
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return None, None
+    # "Dirty" means edited code, params or pipeline: files DVC rewrites while a pipeline runs
+    # (dvc.lock, metrics, plots) would otherwise flag every stage after the first as dirty.
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", *(f":!{p}" for p in PIPELINE_WRITES))
+    return commit, bool(status)
+
+
+def lineage_tags(root: Path, stage: str, stage_params: dict[str, Any]) -> dict[str, str]:
+    """The tags every stage run carries (DESIGN.md, Lineage)."""
+    commit, dirty = git_state(root)
+    tags = {
+        "sslops.stage": stage,
+        "git.commit": commit or "unknown",
+        "git.dirty": "unknown" if dirty is None else str(dirty).lower(),
+        "data.dvc_md5": dvcmeta.data_md5(root) or "untracked",
+        "params.hash": params_hash(stage_params),
+    }
+    locked = dvcmeta.stage_md5(root, stage)
+    if locked:
+        tags["dvc.stage_md5"] = locked
+    for dep, md5 in dvcmeta.upstream_md5s(root, stage).items():
+        tags[f"dvc.dep.{dep}"] = md5
+    return tags

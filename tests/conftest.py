@@ -1,0 +1,126 @@
+"""Shared fixtures: small synthetic datasets in every supported format and a throwaway project.
+
+Synthetic images are class-dependent patterns plus noise, all distinct, so they pass validation and
+are learnable; tests never download anything.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sslops.data.idx import write_idx
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = [f"class{i}" for i in range(4)]
+
+for key, value in {
+    "GX_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}.items():
+    os.environ[key] = value
+
+
+def synthetic_images(n: int, size: int = 12, channels: int = 1, n_classes: int = 4, seed: int = 0):
+    """`n` distinct uint8 images (n, size, size, channels) and balanced labels."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % n_classes
+    base = rng.integers(0, 256, size=(n_classes, size, size, channels))
+    noise = rng.integers(-40, 41, size=(n, size, size, channels))
+    images = np.clip(base[labels] + noise, 0, 255).astype(np.uint8)
+    return images, labels.astype(np.uint8)
+
+
+def write_idx_dataset(folder: Path, n_train: int = 80, n_test: int = 20, size: int = 12, seed: int = 0) -> None:
+    """An MNIST-style folder (four uncompressed IDX files) of synthetic images."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images, labels = synthetic_images(n_train + n_test, size, seed=seed)
+    for prefix, sl in (("train", slice(0, n_train)), ("t10k", slice(n_train, None))):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", images[sl, ..., 0])
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels[sl])
+
+
+def write_imagefolder(root: Path, per_class: int = 3, size: int = 10, unlabeled: int = 2, rgb: bool = True) -> None:
+    """`<root>/<split>/<class>/*.png` plus a flat `unlabeled/` folder."""
+    c = 3 if rgb else 1
+    n = per_class * len(CLASSES)
+    images, labels = synthetic_images(2 * n + unlabeled, size, channels=c)
+    i = 0
+    for split in ("train", "test"):
+        for k in range(n):
+            folder = root / split / CLASSES[labels[i]]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images[i].squeeze()).save(folder / f"{k}.png")
+            i += 1
+    (root / "unlabeled").mkdir(parents=True, exist_ok=True)
+    for k in range(unlabeled):
+        Image.fromarray(images[i].squeeze()).save(root / "unlabeled" / f"u{k}.png")
+        i += 1
+
+
+def write_cifar(root: Path, per_batch: int = 8) -> None:
+    """CIFAR-10 python batches with `per_batch` images each."""
+    root.mkdir(parents=True, exist_ok=True)
+    images, labels = synthetic_images(6 * per_batch, 32, channels=3, n_classes=10)
+    rows = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for b, name in enumerate(names):
+        sl = slice(b * per_batch, (b + 1) * per_batch)
+        with open(root / name, "wb") as fh:
+            pickle.dump({b"data": rows[sl], b"labels": labels[sl].tolist()}, fh)
+    with open(root / "batches.meta", "wb") as fh:
+        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, fh)
+
+
+def small_params(text: str) -> str:
+    """params.yaml adjusted for tiny synthetic data (fewer rows, 4 classes)."""
+    import yaml
+
+    params = yaml.safe_load(text)
+    params["prepare"]["classes"] = CLASSES
+    params["validate"]["min_rows"] = 10
+    params["validate"]["min_class_share"] = 0.1
+    params["validate"]["max_duplicate_share"] = 0.0
+    return yaml.safe_dump(params, sort_keys=False)
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A throwaway project: dvc.yaml, small params.yaml, synthetic IDX data, its own MLflow store."""
+    from sslops.config import Project
+
+    root = tmp_path / "proj"
+    root.mkdir()
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    (root / "params.yaml").write_text(small_params((REPO / "params.yaml").read_text()))
+    write_idx_dataset(root / "data" / "fashion-mnist")
+    monkeypatch.setenv("SSLOPS_ROOT", str(root))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return Project(root)
+
+
+def set_param(project_root: Path, section: str, key: str, value) -> None:
+    import yaml
+
+    path = project_root / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params[section][key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def mlflow_runs(root: Path):
+    """All runs in the project's SQLite store, newest first, as MLflow Run objects."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow' / 'mlflow.db'}")
+    experiments = client.search_experiments()
+    return client.search_runs([e.experiment_id for e in experiments], order_by=["attributes.start_time DESC"])

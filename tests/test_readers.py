@@ -1,0 +1,165 @@
+"""The raw-format readers: happy paths and every bad input the issue names, each a clear SslopsError."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CLASSES, synthetic_images, write_cifar, write_idx_dataset, write_imagefolder
+from PIL import Image
+
+from sslops.data.formats import plan_dataset
+from sslops.data.idx import read_idx, write_idx
+from sslops.errors import SslopsError
+
+
+def load_all(plan):
+    return np.concatenate([p.load() for p in plan.parts])
+
+
+def test_idx_round_trip_raw_and_gzip(tmp_path: Path):
+    images, _ = synthetic_images(5, 7)
+    for name in ("a-idx3-ubyte", "a-idx3-ubyte.gz"):
+        write_idx(tmp_path / name, images[..., 0])
+        assert np.array_equal(read_idx(tmp_path / name), images[..., 0])
+
+
+def test_idx_plan_reads_both_splits_with_labels(tmp_path: Path):
+    write_idx_dataset(tmp_path, n_train=40, n_test=8)
+    plan = plan_dataset("idx", tmp_path, CLASSES)
+    assert [(p.split, p.count, p.shape) for p in plan.parts] == [("train", 40, (12, 12, 1)), ("test", 8, (12, 12, 1))]
+    assert plan.classes == CLASSES
+    assert load_all(plan).shape == (48, 12, 12, 1)
+
+
+def test_idx_wrong_magic_names_file(tmp_path: Path):
+    write_idx_dataset(tmp_path)
+    path = tmp_path / "train-images-idx3-ubyte"
+    raw = bytearray(path.read_bytes())
+    raw[2] = 0x0D  # float instead of ubyte
+    path.write_bytes(bytes(raw))
+    with pytest.raises(SslopsError, match=r"train-images-idx3-ubyte: wrong IDX magic number"):
+        plan_dataset("idx", tmp_path, CLASSES)
+
+
+def test_idx_truncated_file(tmp_path: Path):
+    write_idx_dataset(tmp_path)
+    path = tmp_path / "t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-50])
+    plan = plan_dataset("idx", tmp_path, CLASSES)  # the header is intact: found when pixels load
+    with pytest.raises(SslopsError, match=r"t10k-images-idx3-ubyte: truncated or corrupt IDX file"):
+        load_all(plan)
+
+
+def test_idx_corrupt_gzip(tmp_path: Path):
+    write_idx_dataset(tmp_path)
+    raw = (tmp_path / "train-labels-idx1-ubyte").read_bytes()
+    (tmp_path / "train-labels-idx1-ubyte").unlink()
+    compressed = gzip.compress(raw)
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(compressed[: len(compressed) // 2])
+    with pytest.raises(SslopsError, match=r"train-labels-idx1-ubyte.gz"):
+        plan_dataset("idx", tmp_path, CLASSES)
+
+
+def test_idx_label_file_shorter_than_images(tmp_path: Path):
+    write_idx_dataset(tmp_path, n_train=40)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(39, np.uint8))
+    with pytest.raises(SslopsError, match=r"holds 39 labels but .*train-images-idx3-ubyte holds 40 images"):
+        plan_dataset("idx", tmp_path, CLASSES)
+
+
+def test_idx_missing_file(tmp_path: Path):
+    write_idx_dataset(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(SslopsError, match=r"no test labels file found"):
+        plan_dataset("idx", tmp_path, CLASSES)
+
+
+def test_imagefolder_with_unlabeled_pool(tmp_path: Path):
+    write_imagefolder(tmp_path, per_class=2, unlabeled=3)
+    plan = plan_dataset("imagefolder", tmp_path, [])
+    splits = [p.split for p in plan.parts]
+    assert splits.count("train") == 8 and splits.count("test") == 8 and splits.count("unlabeled") == 3
+    assert plan.classes == CLASSES
+    assert all(p.labels is None for p in plan.parts if p.split == "unlabeled")
+    assert load_all(plan).shape == (19, 10, 10, 3)
+
+
+def test_imagefolder_declared_class_order_wins(tmp_path: Path):
+    write_imagefolder(tmp_path, per_class=1)
+    plan = plan_dataset("imagefolder", tmp_path, ["class3", "class0"])
+    assert plan.classes == ["class3", "class0", "class1", "class2"]
+    first = next(p for p in plan.parts if p.source.startswith("train/class3/"))
+    assert first.labels.tolist() == [0]
+
+
+def test_imagefolder_channels_conversion(tmp_path: Path):
+    write_imagefolder(tmp_path, per_class=1, rgb=True)
+    plan = plan_dataset("imagefolder", tmp_path, [], channels=1)
+    assert load_all(plan).shape[-1] == 1
+
+
+def test_imagefolder_different_size_names_file(tmp_path: Path):
+    write_imagefolder(tmp_path)
+    odd = tmp_path / "train" / "class2" / "odd.png"
+    Image.fromarray(np.zeros((11, 10, 3), np.uint8)).save(odd)
+    with pytest.raises(SslopsError, match=r"odd.png: image is 11x10 but .* is 10x10"):
+        plan_dataset("imagefolder", tmp_path, [])
+
+
+def test_imagefolder_empty_class_folder(tmp_path: Path):
+    write_imagefolder(tmp_path)
+    (tmp_path / "train" / "empty").mkdir()
+    with pytest.raises(SslopsError, match=r"train/empty: class folder is empty"):
+        plan_dataset("imagefolder", tmp_path, [])
+
+
+def test_imagefolder_non_image_file(tmp_path: Path):
+    write_imagefolder(tmp_path)
+    (tmp_path / "train" / "class1" / "notes.txt").write_text("hello")
+    with pytest.raises(SslopsError, match=r"notes.txt: not an image file"):
+        plan_dataset("imagefolder", tmp_path, [])
+
+
+def test_imagefolder_corrupt_png_header(tmp_path: Path):
+    write_imagefolder(tmp_path)
+    (tmp_path / "test" / "class0" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(SslopsError, match=r"0.png: cannot be read as an image"):
+        plan_dataset("imagefolder", tmp_path, [])
+
+
+def test_imagefolder_truncated_png_pixels(tmp_path: Path):
+    write_imagefolder(tmp_path, size=64)
+    path = tmp_path / "train" / "class0" / "0.png"
+    path.write_bytes(path.read_bytes()[:-200])  # header intact, pixel data cut
+    plan = plan_dataset("imagefolder", tmp_path, [])
+    with pytest.raises(SslopsError, match=r"0.png: corrupt or truncated image"):
+        load_all(plan)
+
+
+def test_cifar10_batches(tmp_path: Path):
+    write_cifar(tmp_path, per_batch=6)
+    plan = plan_dataset("cifar10", tmp_path, [])
+    assert sum(p.count for p in plan.parts if p.split == "train") == 30
+    assert plan.classes[:2] == ["c0", "c1"]
+    assert load_all(plan).shape == (36, 32, 32, 3)
+
+
+def test_cifar10_missing_batch(tmp_path: Path):
+    write_cifar(tmp_path)
+    (tmp_path / "data_batch_3").unlink()
+    with pytest.raises(SslopsError, match=r"data_batch_3: missing CIFAR-10 batch"):
+        plan_dataset("cifar10", tmp_path, [])
+
+
+def test_empty_data_folder(tmp_path: Path):
+    with pytest.raises(SslopsError, match=r"data folder is empty"):
+        plan_dataset("idx", tmp_path, CLASSES)
+
+
+def test_unknown_format(tmp_path: Path):
+    write_idx_dataset(tmp_path)
+    with pytest.raises(SslopsError, match=r"Unknown dataset format 'tfrecord'.*supported: idx, imagefolder, cifar10"):
+        plan_dataset("tfrecord", tmp_path, CLASSES)

@@ -1,0 +1,123 @@
+"""The validate stage: a real Great Expectations run over the manifest, Data Docs, and clear failures."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from conftest import CLASSES, mlflow_runs, set_param
+
+from sslops.cli import main
+from sslops.data import quality
+from sslops.data.idx import read_idx, write_idx
+
+
+def _data(project):
+    return project.root / "data" / "fashion-mnist"
+
+
+def _rewrite_test_images(project, edit) -> None:
+    d = _data(project)
+    train, test = read_idx(d / "train-images-idx3-ubyte"), read_idx(d / "t10k-images-idx3-ubyte").copy()
+    edit(train, test)
+    write_idx(d / "t10k-images-idx3-ubyte", test)
+
+
+def test_annotate_flags_duplicates_and_leaks():
+    manifest = pd.DataFrame(
+        {"split": ["train", "train", "train", "test", "test"], "sha256": ["a", "b", "a", "b", "c"]}
+    )
+    frame = quality.annotate(manifest)
+    assert frame["duplicate_in_split"].tolist() == [False, False, True, False, False]
+    assert frame["test_in_train"].tolist() == [False, False, False, True, False]
+    assert frame["row"].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_class_balance_lists_absent_declared_classes():
+    manifest = pd.DataFrame({"split": ["train"] * 3 + ["test"], "class_name": ["a", "a", "b", "c"]})
+    table = quality.class_balance(manifest, ["a", "b", "c"])
+    assert table.to_dict("list") == {"class_name": ["a", "b", "c"], "count": [2, 1, 0], "share": [2 / 3, 1 / 3, 0.0]}
+
+
+def test_clean_data_passes_and_writes_docs_metrics_and_run(project, capsys):
+    assert main(["prepare"]) == 0 and main(["validate"]) == 0
+    summary = json.loads((project.metrics_dir / "validate.json").read_text())
+    assert summary["success"] is True and summary["failed"] == 0 and summary["evaluated"] >= 30
+    docs = project.validation_dir / "data_docs"
+    assert (docs / "index.html").is_file()
+    assert list(docs.glob("validations/manifest/**/*.html")) and list(docs.glob("validations/class_balance/**/*.html"))
+    run = mlflow_runs(project.root)[0]
+    assert run.info.run_name == "validate" and run.data.tags["validation.success"] == "True"
+    assert run.data.params["validate.min_class_share"] == "0.1"
+
+
+def test_test_images_duplicating_train_fail_with_examples(project, capsys):
+    def leak(train, test):
+        test[:3] = train[:3]
+
+    _rewrite_test_images(project, leak)
+    assert main(["prepare"]) == 0
+    capsys.readouterr()
+    assert main(["validate"]) == 1
+    err = capsys.readouterr().err
+    assert "data validation failed" in err and "Traceback" not in err
+    assert "expect_column_values_to_be_in_set(test_in_train) unexpected=3" in err
+    assert "'source': 't10k-images-idx3-ubyte', 'index': 0" in err  # an example row
+    summary = json.loads((project.metrics_dir / "validate.json").read_text())
+    assert summary["success"] is False and summary["test_in_train"] == 3
+    assert mlflow_runs(project.root)[0].info.status == "FAILED"
+
+
+def test_missing_class_fails_class_balance(project, capsys):
+    d = _data(project)
+    labels = read_idx(d / "train-labels-idx1-ubyte").copy()
+    labels[labels == 3] = 2
+    write_idx(d / "train-labels-idx1-ubyte", labels)
+    assert main(["prepare"]) == 0
+    assert main(["validate"]) == 1
+    err = capsys.readouterr().err
+    assert "[class_balance] expect_column_values_to_be_between(count)" in err
+    assert "'class_name': 'class3'" in err
+
+
+def test_blank_images_over_cap_fail(project, capsys):
+    def blank(train, test):
+        test[5] = 128
+
+    _rewrite_test_images(project, blank)
+    assert main(["prepare"]) == 0 and main(["validate"]) == 1
+    assert "expect_column_values_to_be_between(std) unexpected=1" in capsys.readouterr().err
+
+
+def test_duplicates_within_split_respect_the_cap(project, capsys):
+    def duplicate(train, test):
+        test[1] = test[0]
+
+    _rewrite_test_images(project, duplicate)
+    assert main(["prepare"]) == 0 and main(["validate"]) == 1
+    assert "(duplicate_in_split) unexpected=1" in capsys.readouterr().err
+    set_param(project.root, "validate", "max_duplicate_share", 0.02)  # 1 of 100 rows is allowed now
+    assert main(["validate"]) == 0
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("min_rows", 1000, "expect_table_row_count_to_be_between"),
+    ("splits", ["train", "test", "unlabeled"], "expect_column_distinct_values_to_contain_set(split)"),
+])
+def test_threshold_params_are_enforced(project, capsys, key, value, expected):
+    set_param(project.root, "validate", key, value)
+    assert main(["prepare"]) == 0 and main(["validate"]) == 1
+    assert expected in capsys.readouterr().err
+
+
+def test_undeclared_class_is_reported(project, capsys):
+    set_param(project.root, "prepare", "classes", CLASSES[:3])
+    assert main(["prepare"]) == 0 and main(["validate"]) == 1
+    err = capsys.readouterr().err
+    assert "expect_column_values_to_be_in_set(class_name)" in err and "'3'" in err
+
+
+def test_validate_before_prepare_is_a_clear_error(project, capsys):
+    assert main(["validate"]) == 2
+    assert "run the prepare stage first" in capsys.readouterr().err
