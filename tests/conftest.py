@@ -82,7 +82,7 @@ def write_cifar(root: Path, per_batch: int = 8) -> None:
 
 
 def small_params(text: str) -> str:
-    """params.yaml adjusted for tiny synthetic data (fewer rows, 4 classes)."""
+    """params.yaml adjusted for tiny synthetic data (fewer rows, 4 classes, a seconds-long pretraining)."""
     import yaml
 
     params = yaml.safe_load(text)
@@ -90,6 +90,9 @@ def small_params(text: str) -> str:
     params["validate"]["min_rows"] = 10
     params["validate"]["min_class_share"] = 0.1
     params["validate"]["max_duplicate_share"] = 0.0
+    params["augment"]["views"] = 2
+    params["pretrain"].update(epochs=1, batch_size=16, backbone={"name": "small_cnn", "width": 4},
+                              simclr={"proj_hidden": 16, "proj_dim": 8, "temperature": 0.2})
     return yaml.safe_dump(params, sort_keys=False)
 
 

@@ -1,4 +1,4 @@
-"""Integration: the real `dvc repro` through validate, in a temporary git + DVC repository.
+"""Integration: the real `dvc repro` of the whole pipeline, in a temporary git + DVC repository.
 
 Nothing is faked: a git repo, `dvc init`, `dvc add data`, `dvc repro`, a real MLflow SQLite store and a
 real Great Expectations run; only the data is small and synthetic.
@@ -50,19 +50,19 @@ def make_repo(root: Path) -> Path:
     return root
 
 
-def test_dvc_repro_through_validate(tmp_path: Path):
+def test_dvc_repro_end_to_end(tmp_path: Path):
     root = make_repo(tmp_path / "proj")
     sh("dvc", "repro", cwd=root)
 
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
-    assert set(lock) == {"prepare", "validate"}
+    assert set(lock) == {"prepare", "validate", "augment", "pretrain"}
     prepared_md5 = next(o["md5"] for o in lock["prepare"]["outs"] if o["path"] == "artifacts/prepared")
     assert json.loads((root / "metrics" / "validate.json").read_text())["success"] is True
     assert json.loads((root / "metrics" / "prepare.json").read_text())["images"] == 160
     data_md5 = yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
 
     runs = {r.info.run_name: r for r in mlflow_runs(root)}
-    assert set(runs) == {"prepare", "validate"}
+    assert set(runs) == {"prepare", "validate", "augment", "pretrain"}
     commit = sh("git", "rev-parse", "HEAD", cwd=root).stdout.strip()
     for run in runs.values():
         assert run.info.status == "FINISHED"
@@ -76,14 +76,19 @@ def test_dvc_repro_through_validate(tmp_path: Path):
 
     again = sh("dvc", "repro", cwd=root)
     assert "Data and pipelines are up to date" in again.stdout
-    assert len(mlflow_runs(root)) == 2  # nothing ran, nothing logged
+    assert len(mlflow_runs(root)) == 4  # nothing ran, nothing logged
+
+    # Only a pretrain param changed: DVC reuses the augmentation cache and reruns pretrain alone.
+    sh("dvc", "exp", "run", "-S", "pretrain.seed=1", cwd=root)
+    runs_after = [r.info.run_name for r in mlflow_runs(root)]
+    assert sorted(runs_after) == ["augment", "prepare", "pretrain", "pretrain", "validate"]
 
     # Leak test images into train: validate fails, names the expectation, and the pipeline stops.
     d = root / "data" / "fashion-mnist"
     test = read_idx(d / "t10k-images-idx3-ubyte").copy()
     test[:2] = read_idx(d / "train-images-idx3-ubyte")[:2]
     write_idx(d / "t10k-images-idx3-ubyte", test)
-    sh("dvc", "add", "-q", "data", cwd=root)
+    sh("dvc", "add", "data", cwd=root)
     failed = sh("dvc", "repro", cwd=root, check=False)
     assert failed.returncode != 0
     assert "expect_column_values_to_be_in_set(test_in_train) unexpected=2" in failed.stderr

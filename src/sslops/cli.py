@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from sslops.errors import SslopsError
 
-STAGES = ("prepare", "validate")
+STAGES = ("prepare", "validate", "augment", "pretrain")
 
 
 def _quiet_third_parties() -> None:

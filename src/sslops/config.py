@@ -102,5 +102,10 @@ class Project:
         return self.root / "artifacts" / "validation"
 
     @property
+    def validated_marker(self) -> Path:
+        """Written by validate only when every expectation passed; downstream stages depend on it."""
+        return self.root / "artifacts" / "validated.json"
+
+    @property
     def metrics_dir(self) -> Path:
         return self.root / "metrics"

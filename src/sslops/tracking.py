@@ -58,10 +58,11 @@ def connect(project: Project) -> str:
 
 
 @contextlib.contextmanager
-def stage_run(project: Project, stage: str, params: dict[str, Any]) -> Iterator["mlflow.ActiveRun"]:
+def stage_run(project: Project, stage: str, params: dict[str, Any], system_metrics: bool = False) -> Iterator["mlflow.ActiveRun"]:
     """Open the MLflow run of one stage execution, with flat params and lineage tags.
 
     An exception inside the block ends the run as FAILED, so failed stages stay visible in the UI.
+    `system_metrics` records CPU/GPU/memory use alongside the run (for long stages such as pretrain).
     """
     import mlflow
 
@@ -69,7 +70,7 @@ def stage_run(project: Project, stage: str, params: dict[str, Any]) -> Iterator[
     tags = lineage_tags(project.root, stage, params)
     if os.environ.get(PREFECT_RUN_ENV):
         tags["prefect.flow_run_id"] = os.environ[PREFECT_RUN_ENV]
-    with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags) as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags, log_system_metrics=system_metrics) as run:
         mlflow.log_params({k: _param_value(v) for k, v in flatten({stage: params}).items()})
         yield run
 

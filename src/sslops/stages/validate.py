@@ -66,7 +66,12 @@ def run(project: Project) -> dict[str, Any]:
         tracking.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         tracking.set_tags({"validation.success": summary["success"], "data.manifest_digest": summary["manifest_digest"]})
         tracking.log_artifacts(project.validation_dir, "validation")
-        if failed:
+        if not failed:
+            # The gate for downstream stages: stable for the same data, so a change to validation
+            # thresholds alone does not make DVC rebuild the augmentation cache.
+            write_json(project.validated_marker, {"manifest_digest": summary["manifest_digest"], "success": True})
+        else:
+            project.validated_marker.unlink(missing_ok=True)
             raise DataValidationError(
                 f"data validation failed; downstream stages will not run. Data Docs: "
                 f"{project.validation_dir / 'data_docs' / 'index.html'}\n{failure_report(failed)}"

@@ -1,0 +1,44 @@
+"""Contrastive losses."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate `x` from every rank, keeping the autograd graph (so negatives from other ranks train too)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), 0)
+
+
+class NTXentLoss(nn.Module):
+    """NT-Xent, the normalised temperature-scaled cross entropy of SimCLR (Chen et al., 2020, eq. 1).
+
+    Each image's two views are positives; the other 2N-2 views of the *global* batch are negatives.
+    Under DDP, this rank's views are compared against views gathered from all ranks.
+    """
+
+    def __init__(self, temperature: float = 0.2):
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        z1, z2 = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
+        n = z1.shape[0]
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        all1, all2 = gather_with_grad(z1), gather_with_grad(z2)
+        keys = torch.cat([all1, all2], 0)  # (2M, d) with M = global batch
+        m = all1.shape[0]
+        queries = torch.cat([z1, z2], 0)  # (2n, d)
+        logits = queries @ keys.T / self.temperature
+        local = torch.arange(n, device=z1.device) + rank * n
+        self_index = torch.cat([local, local + m])
+        positive = torch.cat([local + m, local])
+        logits[torch.arange(2 * n, device=z1.device), self_index] = float("-inf")
+        return F.cross_entropy(logits, positive)

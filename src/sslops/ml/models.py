@@ -1,0 +1,119 @@
+"""Backbones (encoders) and heads.
+
+`small_cnn` is sized for pretraining on 2 CPU cores; torchvision ResNet-18/50 are for GPUs, with the
+CIFAR-style stem (3x3 conv, no max-pool) that small images need (SimCLR paper, Appendix B.9).
+An encoder maps (B, C, H, W) float images to (B, feature_dim) features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Everything needed to rebuild an encoder before loading its state_dict."""
+
+    name: str = "small_cnn"
+    in_channels: int = 1
+    width: int = 16
+    small_stem: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class SmallCNN(nn.Module):
+    """A 4-conv VGG-style encoder (w, 2w, 4w, 8w channels; the last three with stride 2).
+
+    Sized for 2 CPU cores: at width 16 on 28x28 inputs a SimCLR step (2 views, forward + backward)
+    costs about 3 MMAC per view, so a 10-minute budget buys tens of epochs of Fashion-MNIST.
+    """
+
+    def __init__(self, in_channels: int = 1, width: int = 16):
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            _conv_bn(in_channels, w),
+            _conv_bn(w, 2 * w, stride=2),
+            _conv_bn(2 * w, 4 * w, stride=2),
+            _conv_bn(4 * w, 8 * w, stride=2),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.feature_dim = 8 * w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+def _resnet(name: str, in_channels: int, small_stem: bool) -> nn.Module:
+    import torchvision
+
+    net = getattr(torchvision.models, name)(weights=None)
+    if small_stem:
+        net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        net.maxpool = nn.Identity()
+    elif in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+    net.feature_dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return net
+
+
+def build_backbone(cfg: BackboneConfig) -> nn.Module:
+    """Build an encoder with a `feature_dim` attribute."""
+    if cfg.name == "small_cnn":
+        return SmallCNN(cfg.in_channels, cfg.width)
+    if cfg.name in ("resnet18", "resnet34", "resnet50"):
+        return _resnet(cfg.name, cfg.in_channels, cfg.small_stem)
+    raise ValueError(f"unknown backbone '{cfg.name}' (small_cnn, resnet18, resnet34, resnet50)")
+
+
+class ProjectionHead(nn.Module):
+    """MLP projection head g(.) of SimCLR: Linear-BN-ReLU-Linear (the contrastive loss is applied after it)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int = 512, out_dim: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim, bias=False),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, out_dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Normalize(nn.Module):
+    """uint8-range (0..255) input to zero-mean, unit-variance; part of the encoder so users feed raw pixels."""
+
+    def __init__(self, mean: list[float], std: list[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) / self.std
+
+
+class Encoder(nn.Module):
+    """Normalisation + backbone: takes raw pixels (B, C, H, W) in 0..255, returns features."""
+
+    def __init__(self, cfg: BackboneConfig, mean: list[float], std: list[float]):
+        super().__init__()
+        self.config = cfg
+        self.normalize = Normalize(mean, std)
+        self.backbone = build_backbone(cfg)
+        self.feature_dim = self.backbone.feature_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.normalize(x))

@@ -1,0 +1,151 @@
+"""augment + pretrain stages on tiny data: outputs, MLflow logging, on-the-fly mode, resume after SIGKILL,
+and torchrun with two CPU processes (gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import mlflow_runs, set_param
+
+from sslops.cli import main
+from sslops.ml.models import BackboneConfig, Encoder
+from sslops.ml.train import load_checkpoint, save_checkpoint
+
+pytestmark = pytest.mark.integration
+
+
+def tiny(project, epochs: int = 3, views: int = 4) -> None:
+    set_param(project.root, "augment", "views", views)
+    set_param(project.root, "pretrain", "epochs", epochs)
+    set_param(project.root, "pretrain", "batch_size", 16)
+    set_param(project.root, "pretrain", "backbone", {"name": "small_cnn", "width": 4})
+    set_param(project.root, "pretrain", "simclr", {"proj_hidden": 16, "proj_dim": 8, "temperature": 0.2})
+
+
+def load_encoder(folder: Path) -> Encoder:
+    meta = json.loads((folder / "encoder.json").read_text())
+    encoder = Encoder(BackboneConfig(**meta["backbone"]), meta["mean"], meta["std"])
+    encoder.load_state_dict(torch.load(folder / "encoder.pt", weights_only=True))
+    return encoder
+
+
+def test_augment_then_pretrain_outputs_and_tracking(project, capsys):
+    tiny(project, epochs=3)
+    assert main(["prepare"]) == 0 and main(["validate"]) == 0 and main(["augment"]) == 0
+    augment = json.loads((project.metrics_dir / "augment.json").read_text())
+    assert augment == {**augment, "views": 4, "images": 80, "bytes_per_view": 144, "cache_bytes": 80 * 4 * 144}
+    assert (project.root / "plots" / "augment_pairs.png").stat().st_size > 1000
+
+    assert main(["pretrain"]) == 0
+    summary = json.loads((project.metrics_dir / "pretrain.json").read_text())
+    assert summary["epochs"] == 3 and summary["steps"] == 3 * 5 and 0 <= summary["knn_acc"] <= 1
+    encoder = load_encoder(project.root / "artifacts" / "pretrain")
+    assert encoder(torch.zeros(2, 1, 12, 12)).shape == (2, encoder.feature_dim)
+    curve = (project.root / "plots" / "pretrain.csv").read_text().splitlines()
+    assert curve[0] == "epoch,step,loss,lr,knn_acc,images_per_s" and len(curve) == 4
+
+    from mlflow.tracking import MlflowClient
+
+    run = next(r for r in mlflow_runs(project.root) if r.info.run_name == "pretrain")
+    client = MlflowClient(f"sqlite:///{project.root / 'mlflow' / 'mlflow.db'}")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3]
+    assert {"knn_acc", "lr", "images_per_s", "final.knn_acc"} <= set(run.data.metrics)
+    assert run.data.params["pretrain.method"] == "simclr" and run.data.tags["pretrain.device"] == "cpu"
+
+
+def test_augment_refuses_data_that_did_not_pass_validation(project, capsys):
+    assert main(["prepare"]) == 0
+    assert main(["augment"]) == 2
+    assert "has not passed validation" in capsys.readouterr().err
+    assert main(["validate"]) == 0 and main(["augment"]) == 0
+    set_param(project.root, "validate", "min_rows", 10**6)
+    assert main(["validate"]) == 1  # a failed validation withdraws the earlier pass
+    assert not project.validated_marker.exists()
+    assert main(["augment"]) == 2
+
+
+def test_on_the_fly_mode_without_cache(project):
+    tiny(project, epochs=1, views=0)
+    assert main(["prepare"]) == 0 and main(["validate"]) == 0 and main(["augment"]) == 0
+    assert not list((project.root / "artifacts" / "augment").glob("shard-*.npy"))
+    assert main(["pretrain"]) == 0
+    assert json.loads((project.metrics_dir / "pretrain.json").read_text())["steps"] == 5
+
+
+def test_checkpoint_of_another_configuration_is_ignored(tmp_path):
+    save_checkpoint(tmp_path / "c.pt", {"fingerprint": "a", "epoch": 3})
+    assert load_checkpoint(tmp_path / "c.pt", "a")["epoch"] == 3
+    assert load_checkpoint(tmp_path / "c.pt", "b") is None
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def _env(root: Path) -> dict[str, str]:
+    env = {**os.environ, "SSLOPS_ROOT": str(root), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def _copy_project(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("mlflow", "checkpoints", "pretrain", "metrics", "plots"))
+    return dst
+
+
+def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(project, tmp_path):
+    epochs = 40
+    tiny(project, epochs=epochs)
+    assert main(["prepare"]) == 0 and main(["validate"]) == 0 and main(["augment"]) == 0
+    reference = _copy_project(project.root, tmp_path / "reference")
+
+    checkpoint = project.root / "artifacts" / "checkpoints" / "pretrain.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "sslops", "pretrain"], env=_env(project.root),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if checkpoint.is_file() and torch.load(checkpoint, weights_only=False)["epoch"] >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed; raise `epochs`"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(checkpoint, weights_only=False)["epoch"]
+    assert 2 <= killed_at < epochs - 1
+    assert not (project.root / "artifacts" / "pretrain").exists()  # no output from the killed run
+
+    resumed = subprocess.run([sys.executable, "-m", "sslops", "pretrain"], env=_env(project.root), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from {checkpoint} after epoch {killed_at + 1}" in resumed.stdout
+
+    fresh = subprocess.run([sys.executable, "-m", "sslops", "pretrain"], env=_env(reference), capture_output=True, text=True)
+    assert fresh.returncode == 0, fresh.stderr
+    assert "resuming" not in fresh.stdout
+
+    a = json.loads((project.metrics_dir / "pretrain.json").read_text())
+    b = json.loads((reference / "metrics" / "pretrain.json").read_text())
+    assert a["steps"] == b["steps"] == epochs * 5 and a["loss"] == b["loss"]
+    wa = torch.load(project.root / "artifacts" / "pretrain" / "encoder.pt", weights_only=True)
+    wb = torch.load(reference / "artifacts" / "pretrain" / "encoder.pt", weights_only=True)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_torchrun_two_cpu_processes(project):
+    tiny(project, epochs=2)
+    assert main(["prepare"]) == 0 and main(["validate"]) == 0 and main(["augment"]) == 0
+    torchrun = Path(sys.executable).parent / "torchrun"
+    out = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "sslops", "pretrain"],
+                         env=_env(project.root), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((project.metrics_dir / "pretrain.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 2 * 5  # 80 images / global batch 16
+    runs = [r for r in mlflow_runs(project.root) if r.info.run_name == "pretrain"]
+    assert len(runs) == 1 and runs[0].data.tags["pretrain.world_size"] == "2"  # only rank 0 logs
+    assert np.isfinite(summary["loss"])
