@@ -73,19 +73,15 @@ def _channel_stats(store: ImageStore, rows: np.ndarray) -> tuple[list[float], li
     return pixels.mean(0).tolist(), np.maximum(pixels.std(0), 1e-3).tolist()
 
 
-def _knn_sets(store: ImageStore, knn: dict[str, Any], seed: int):
-    """Labelled bank from train and held-out queries from test, subsampled as params say."""
-    rng = np.random.default_rng(seed)
-    sets = []
-    for split, size in (("train", knn.get("bank_size")), ("test", knn.get("query_size"))):
-        rows, labels = store.split(split)
-        keep = labels >= 0
-        rows, labels = rows[keep], labels[keep]
-        if size and size < len(rows):
-            pick = np.sort(rng.choice(len(rows), int(size), replace=False))
-            rows, labels = rows[pick], labels[pick]
-        sets.append((rows, labels))
-    return sets
+def _knn_sets(store: ImageStore, bank_size: int | None, seed: int):
+    """Labelled bank from train (subsampled to `bank_size` when set) and every labelled test image as queries."""
+    (bank_rows, bank_labels), (query_rows, query_labels) = (store.split(s) for s in ("train", "test"))
+    bank_keep, query_keep = bank_labels >= 0, query_labels >= 0
+    bank_rows, bank_labels = bank_rows[bank_keep], bank_labels[bank_keep]
+    if bank_size and bank_size < len(bank_rows):
+        pick = np.sort(np.random.default_rng(seed).choice(len(bank_rows), int(bank_size), replace=False))
+        bank_rows, bank_labels = bank_rows[pick], bank_labels[pick]
+    return bank_rows, bank_labels, query_rows[query_keep], query_labels[query_keep]
 
 
 def run(project: Project) -> dict[str, Any]:
@@ -138,7 +134,7 @@ def _run(project: Project) -> dict[str, Any]:
         from sslops.ml.augment import BatchAugment
 
         augment = BatchAugment(augment_config(project.section("augment")))
-        pool = store.images[rows] if len(rows) != len(store.images) else np.asarray(store.images)
+        pool = np.asarray(store.images[rows])
         batches = lambda epoch: view_sources.on_the_fly_pairs(pool, augment, local_batch, epoch, seed, rank, world_size, device)  # noqa: E731
 
     mean, std = _channel_stats(store, rows)
@@ -149,15 +145,17 @@ def _run(project: Project) -> dict[str, Any]:
                                "data": manifest_digest(store.manifest)})
     checkpoint = project.root / "artifacts" / "checkpoints" / "pretrain.pt"
     knn = params.get("knn") or {}
-    (bank_rows, bank_labels), (query_rows, query_labels) = _knn_sets(store, knn, seed)
+    # Intermediate epochs use a subsampled bank (a cheap trend); the last epoch uses the whole train set.
+    monitor_sets = _knn_sets(store, knn.get("monitor_bank_size"), seed)
+    final_sets = _knn_sets(store, None, seed)
 
-    def on_epoch(stats) -> dict[str, float]:
+    def on_epoch(stats) -> dict[str, float]:  # rank 0 only
+        bank_rows, bank_labels, query_rows, query_labels = final_sets if stats.epoch == train_cfg.epochs - 1 else monitor_sets
         acc = knn_accuracy(method.encoder, store.images[bank_rows], bank_labels, store.images[query_rows], query_labels,
                            device, int(knn.get("k", 200)), float(knn.get("temperature", 0.1)))
         metrics = {"loss": stats.loss, "lr": stats.lr, "knn_acc": acc, "images_per_s": stats.images_per_s}
         print(f"epoch {stats.epoch + 1}: loss {stats.loss:.4f}  kNN {acc:.4f}  {stats.images_per_s:.0f} img/s")
-        if rank == 0:
-            tracking.log_metrics(metrics, step=stats.epoch + 1)
+        tracking.log_metrics(metrics, step=stats.epoch + 1)
         return {"knn_acc": acc}
 
     run_ctx = tracking.stage_run(project, "pretrain", raw, system_metrics=True) if rank == 0 else contextlib.nullcontext()
