@@ -15,19 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sslops.cli import TELEMETRY_OFF
 from sslops.data.idx import write_idx
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = [f"class{i}" for i in range(4)]
 
-for key, value in {
-    "GX_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DVC_NO_ANALYTICS": "1",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-}.items():
-    os.environ[key] = value
+os.environ.update(TELEMETRY_OFF)
 
 
 def synthetic_images(n: int, size: int = 12, channels: int = 1, n_classes: int = 4, seed: int = 0):

@@ -18,15 +18,18 @@ from sslops.errors import SslopsError
 STAGES = ("prepare", "validate", "augment", "pretrain")
 
 
+# No telemetry from the tools we drive (the Makefile and .ci/run export the same).
+TELEMETRY_OFF = {
+    "GX_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+
+
 def _quiet_third_parties() -> None:
-    """No telemetry from the tools we drive (also set by the Makefile and CI)."""
-    for key, value in {
-        "GX_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DVC_NO_ANALYTICS": "1",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }.items():
+    for key, value in TELEMETRY_OFF.items():
         os.environ.setdefault(key, value)
 
 
@@ -35,7 +38,8 @@ def _run_stage(args: argparse.Namespace) -> int:
 
     module = importlib.import_module(f"sslops.stages.{args.command}")
     summary = module.run(Project.discover())
-    print(json.dumps(summary, indent=2, default=str))
+    if summary:  # torchrun ranks other than 0 return nothing to report
+        print(json.dumps(summary, indent=2, default=str))
     return 0
 
 
@@ -43,8 +47,7 @@ def _fetch_data(args: argparse.Namespace) -> int:
     from sslops.config import Project
     from sslops.fetch import fetch_fashion_mnist
 
-    project = Project.discover()
-    target = project.path(args.target or project.section("prepare").get("root", "data/fashion-mnist"))
+    target = Project.discover().path(args.target)
     print(f"Fashion-MNIST in {target}: {fetch_fashion_mnist(target)}")
     return 0
 
@@ -55,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     for stage in STAGES:
         sub.add_parser(stage, help=f"run the {stage} stage (as dvc.yaml does)").set_defaults(func=_run_stage)
     fetch = sub.add_parser("fetch-data", help="put the verified Fashion-MNIST IDX files into data/")
-    fetch.add_argument("--target", help="folder to fill (default: prepare.root from params.yaml)")
+    fetch.add_argument("--target", default="data/fashion-mnist", help="folder to fill (default: %(default)s)")
     fetch.set_defaults(func=_fetch_data)
     return parser
 
