@@ -82,6 +82,26 @@ def test_on_the_fly_mode_without_cache(project):
     assert json.loads((project.metrics_dir / "pretrain.json").read_text())["steps"] == 5
 
 
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("method", "swav", "pretrain.method 'swav' in params.yaml is not one of: simclr"),
+    ("optimizer", "adam", "pretrain.optimizer 'adam' in params.yaml is not one of: lars, sgd, adamw"),
+    ("profile", "tpu", "pretrain.profile 'tpu' is not one of pretrain.profiles: cpu, gpu"),
+])
+def test_bad_pretrain_params_are_named(project, capsys, key, value, message):
+    set_param(project.root, "pretrain", key, value)
+    assert main(["pretrain"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_gpu_profile_merges_over_defaults():
+    from sslops.stages.pretrain import resolve_params
+
+    params = {"epochs": 5, "backbone": {"name": "small_cnn", "width": 16}, "profile": "gpu",
+              "profiles": {"gpu": {"epochs": 200, "backbone": {"name": "resnet18"}}}}
+    assert resolve_params(params) == {"epochs": 200, "backbone": {"name": "resnet18", "width": 16}}
+
+
 def test_checkpoint_of_another_configuration_is_ignored(tmp_path):
     save_checkpoint(tmp_path / "c.pt", {"fingerprint": "a", "epoch": 3})
     assert load_checkpoint(tmp_path / "c.pt", "a")["epoch"] == 3

@@ -68,13 +68,16 @@ def _resnet(name: str, in_channels: int, small_stem: bool) -> nn.Module:
     return net
 
 
+BACKBONES = ("small_cnn", "resnet18", "resnet34", "resnet50")
+
+
 def build_backbone(cfg: BackboneConfig) -> nn.Module:
     """Build an encoder with a `feature_dim` attribute."""
     if cfg.name == "small_cnn":
         return SmallCNN(cfg.in_channels, cfg.width)
-    if cfg.name in ("resnet18", "resnet34", "resnet50"):
+    if cfg.name in BACKBONES:
         return _resnet(cfg.name, cfg.in_channels, cfg.small_stem)
-    raise ValueError(f"unknown backbone '{cfg.name}' (small_cnn, resnet18, resnet34, resnet50)")
+    raise ValueError(f"unknown backbone '{cfg.name}' ({', '.join(BACKBONES)})")
 
 
 class ProjectionHead(nn.Module):
@@ -110,7 +113,6 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: BackboneConfig, mean: list[float], std: list[float]):
         super().__init__()
-        self.config = cfg
         self.normalize = Normalize(mean, std)
         self.backbone = build_backbone(cfg)
         self.feature_dim = self.backbone.feature_dim

@@ -42,6 +42,9 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
+OPTIMIZERS = ("lars", "sgd", "adamw")
+
+
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9) -> torch.optim.Optimizer:
     """SGD (weight decay off for biases and norms) or LARS."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
@@ -54,7 +57,7 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
     if name == "adamw":
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=lr)
-    raise ValueError(f"unknown optimizer '{name}' (sgd, lars, adamw)")
+    raise ValueError(f"unknown optimizer '{name}' ({', '.join(OPTIMIZERS)})")
 
 
 def scaled_lr(base_lr: float, batch_size: int) -> float:

@@ -54,6 +54,21 @@ def _train_config(cls, params: dict[str, Any]):
     return cls(**values)
 
 
+def _check_choices(params: dict[str, Any]) -> None:
+    """Name a mistyped method, backbone or optimiser up front, as a user error rather than a traceback."""
+    from sslops.ml.methods import METHODS
+    from sslops.ml.models import BACKBONES
+    from sslops.ml.optim import OPTIMIZERS
+
+    for key, value, allowed in (
+        ("method", params.get("method", "simclr"), METHODS),
+        ("backbone.name", (params.get("backbone") or {}).get("name", "small_cnn"), BACKBONES),
+        ("optimizer", params.get("optimizer", "lars"), OPTIMIZERS),
+    ):
+        if value not in allowed:
+            raise SslopsError(f"pretrain.{key} '{value}' in params.yaml is not one of: {', '.join(allowed)}.")
+
+
 def _init_distributed():
     """Join the torchrun process group when launched by torchrun (gloo on CPU, NCCL on GPUs)."""
     import torch
@@ -105,6 +120,7 @@ def _run(project: Project) -> dict[str, Any]:
 
     raw = project.section("pretrain")
     params = resolve_params(raw)
+    _check_choices(params)
     _init_distributed()
     rank, world_size = world()
     if params.get("threads"):
