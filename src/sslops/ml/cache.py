@@ -18,7 +18,10 @@ from sslops.ml.views import INDEX
 
 def build_cache(images: np.ndarray, rows: np.ndarray, cfg: AugmentConfig, views: int, seed: int, out_dir: Path,
                 shard_size: int = 16384, batch_size: int = 2048, progress: bool = True) -> dict:
-    """Write shards (n_i, K, C, S, S) for `images[rows]` (NHWC uint8) and index.json into `out_dir`."""
+    """Write shards (n_i, K, C, S, S) for `images[rows]` (NHWC uint8) and index.json into `out_dir`.
+
+    With `views=0` only the index is written: pretraining then augments on the fly.
+    """
     from tqdm.auto import tqdm
 
     augment = BatchAugment(cfg)
@@ -26,7 +29,7 @@ def build_cache(images: np.ndarray, rows: np.ndarray, cfg: AugmentConfig, views:
     size = cfg.size or h
     shards = []
     with tqdm(total=n * views, desc="augment", unit="view", disable=not progress, mininterval=1.0) as bar:
-        for shard, start in enumerate(range(0, n, shard_size)):
+        for shard, start in enumerate(range(0, n if views else 0, shard_size)):
             shard_rows = rows[start : start + shard_size]
             name = f"shard-{shard:03d}.npy"
             out = np.lib.format.open_memmap(out_dir / name, mode="w+", dtype=np.uint8, shape=(len(shard_rows), views, c, size, size))

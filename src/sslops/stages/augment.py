@@ -74,15 +74,9 @@ def run(project: Project) -> dict[str, Any]:
         rows = pretrain_rows(store)
         out = project.root / "artifacts" / "augment"
         with atomic_dir(out) as tmp:
-            if views:
-                from sslops.ml.cache import build_cache
+            from sslops.ml.cache import build_cache
 
-                index = build_cache(store.images, rows, cfg, views, seed, tmp, int(params.get("shard_size", 16384)))
-            else:
-                h, w, c = store.images.shape[1:]
-                index = {"views": 0, "images": len(rows), "rows": rows.tolist(), "shards": [], "seed": seed,
-                         "channels": int(c), "size": int(cfg.size or h), "bytes_per_view": int(c * (cfg.size or h) ** 2)}
-                (tmp / "index.json").write_text(json.dumps(index))
+            index = build_cache(store.images, rows, cfg, views, seed, tmp, int(params.get("shard_size", 16384)))
         seconds = time.perf_counter() - start
         write_pairs_plot(store, rows, cfg, seed, project.root / "plots" / "augment_pairs.png")
         summary = {
