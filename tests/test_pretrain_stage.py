@@ -169,3 +169,12 @@ def test_torchrun_two_cpu_processes(project):
     runs = [r for r in mlflow_runs(project.root) if r.info.run_name == "pretrain"]
     assert len(runs) == 1 and runs[0].data.tags["pretrain.world_size"] == "2"  # only rank 0 logs
     assert np.isfinite(summary["loss"])
+
+
+def test_numbers_written_without_a_dot_are_still_numbers():
+    from sslops.errors import SslopsError
+    from sslops.stages.pretrain import _train_config
+
+    assert _train_config({"weight_decay": "5e-4", "epochs": 3}).weight_decay == 5e-4
+    with pytest.raises(SslopsError, match="pretrain.base_lr in params.yaml must be a number, not 'fast'"):
+        _train_config({"base_lr": "fast"})

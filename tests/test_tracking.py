@@ -9,7 +9,7 @@ import yaml
 from conftest import mlflow_runs
 
 from sslops import dvcmeta, tracking
-from sslops.config import Project, flatten, params_hash
+from sslops.config import flatten, params_hash
 from sslops.provenance import git_state
 
 

@@ -27,7 +27,7 @@ def test_cache_shards_index_and_two_different_views(tmp_path):
     assert len(cache) == 25 and cache.views == 3 and cache.rows.tolist() == rows.tolist()
     v1, v2 = next(cached_pairs(cache, batch_size=25, epoch=0, seed=0))
     assert v1.shape == (25, 1, 8, 8) and v1.dtype == torch.uint8
-    assert all(not torch.equal(a, b) for a, b in zip(v1, v2))
+    assert all(not torch.equal(a, b) for a, b in zip(v1, v2, strict=True))
     (tmp_path / "again").mkdir()
     again = build_cache(images, rows, AugmentConfig(), 3, 5, tmp_path / "again", 10, progress=False)
     assert again["shards"] == index["shards"]

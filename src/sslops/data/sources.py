@@ -29,7 +29,6 @@ class Part:
     shape: tuple[int, int, int]
     labels: np.ndarray | None
     load: Callable[[], np.ndarray] = field(repr=False, compare=False)
-    first_index: int = 0
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ def write_store(plan: Plan, out_dir: Path, progress: bool = True) -> pd.DataFram
             sha[row : row + part.count] = [hashlib.sha256(img.tobytes()).hexdigest() for img in flat]
             columns["split"] += [part.split] * part.count
             columns["source"] += [part.source] * part.count
-            columns["index"] += range(part.first_index, part.first_index + part.count)
+            columns["index"] += range(part.count)  # position within the source file
             columns["label"] += [None] * part.count if part.labels is None else part.labels.tolist()
             row += part.count
             bar.update(part.count)

@@ -25,7 +25,7 @@ def build_cache(images: np.ndarray, rows: np.ndarray, cfg: AugmentConfig, views:
     from tqdm.auto import tqdm
 
     augment = BatchAugment(cfg)
-    n, (h, w, c) = len(rows), images.shape[1:]
+    n, (h, _, c) = len(rows), images.shape[1:]
     size = cfg.size or h
     shards = []
     with tqdm(total=n * views, desc="augment", unit="view", disable=not progress, mininterval=1.0) as bar:

@@ -38,10 +38,12 @@ def resolve_params(params: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _train_config(cls, params: dict[str, Any]):
+def _train_config(params: dict[str, Any]):
     """TrainConfig from params, with numbers coerced: YAML 1.1 reads `5e-4` (no dot) as a string."""
+    from sslops.ml.train import TrainConfig
+
     values = {}
-    for f in fields(cls):
+    for f in fields(TrainConfig):
         if f.name not in params:
             continue
         value = params[f.name]
@@ -51,7 +53,7 @@ def _train_config(cls, params: dict[str, Any]):
             except ValueError:
                 raise SslopsError(f"pretrain.{f.name} in params.yaml must be a number, not {value!r}.") from None
         values[f.name] = value
-    return cls(**values)
+    return TrainConfig(**values)
 
 
 def _check_choices(params: dict[str, Any]) -> None:
@@ -116,7 +118,7 @@ def _run(project: Project) -> dict[str, Any]:
     from sslops.ml.knn import knn_accuracy
     from sslops.ml.methods import build_method
     from sslops.ml.models import BackboneConfig, Encoder
-    from sslops.ml.train import TrainConfig, pick_device, pretrain, world
+    from sslops.ml.train import pick_device, pretrain, world
 
     raw = project.section("pretrain")
     params = resolve_params(raw)
@@ -133,7 +135,7 @@ def _run(project: Project) -> dict[str, Any]:
         raise SslopsError(f"{cache_dir / view_sources.INDEX} is missing: run the augment stage first (dvc repro augment).")
     index = json.loads((cache_dir / view_sources.INDEX).read_text())
     rows = np.asarray(index["rows"], dtype=np.int64)
-    train_cfg = _train_config(TrainConfig, params)
+    train_cfg = _train_config(params)
     if train_cfg.batch_size % world_size:
         raise SslopsError(f"pretrain.batch_size {train_cfg.batch_size} must divide evenly across {world_size} processes.")
     local_batch = train_cfg.batch_size // world_size
@@ -157,8 +159,9 @@ def _run(project: Project) -> dict[str, Any]:
     backbone_cfg = BackboneConfig(**{"in_channels": int(store.images.shape[-1]), **(params.get("backbone") or {})})
     method_name = params.get("method", "simclr")
     method = build_method(method_name, Encoder(backbone_cfg, mean, std), params.get(method_name) or {})
+    data_digest = manifest_digest(store.manifest)
     fingerprint = params_hash({"params": params, "augment": project.params.get("augment"), "world": world_size,
-                               "data": manifest_digest(store.manifest)})
+                               "data": data_digest})
     checkpoint = project.root / "artifacts" / "checkpoints" / "pretrain.pt"
     knn = params.get("knn") or {}
     # Intermediate epochs use a subsampled bank (a cheap trend); the last epoch uses the whole train set.
@@ -179,7 +182,7 @@ def _run(project: Project) -> dict[str, Any]:
         started = time.perf_counter()
         if rank == 0:
             tracking.set_tags({"pretrain.device": str(device), "pretrain.world_size": world_size,
-                               "augment.cache_views": index["views"], "data.manifest_digest": manifest_digest(store.manifest)})
+                               "augment.cache_views": index["views"], "data.manifest_digest": data_digest})
         history = pretrain(method, batches, steps_per_epoch, train_cfg, device, checkpoint, fingerprint, on_epoch)
         if rank != 0:
             return {}
