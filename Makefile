@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 MLFLOW_PORT ?= 5000
+PREFECT_PORT ?= 4200
 
 # No telemetry from any tool we drive.
 export GX_ANALYTICS_ENABLED := false
@@ -15,10 +16,10 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup data run test test-fast ui clean
+.PHONY: help setup data run test test-fast ui prefect-server serve clean
 
 help:  ## list the commands
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +43,12 @@ test-fast: $(STAMP)  ## unit tests only (no end-to-end DVC runs)
 
 ui: $(STAMP)  ## open the MLflow UI on http://$(HOST):$(MLFLOW_PORT)
 	mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow/mlflow.db" --host $(HOST) --port $(MLFLOW_PORT)
+
+prefect-server: $(STAMP)  ## start a local Prefect server and UI on http://$(HOST):$(PREFECT_PORT) (SQLite in .prefect/)
+	PREFECT_HOME="$(CURDIR)/.prefect" prefect server start --host $(HOST) --port $(PREFECT_PORT)
+
+serve: setup  ## serve the Prefect deployment ssl-pipeline/scheduled (schedule: flow.cron in params.yaml)
+	PREFECT_API_URL="$${PREFECT_API_URL:-http://$(HOST):$(PREFECT_PORT)/api}" python flows/ssl_pipeline.py
 
 clean:  ## remove stage outputs (the DVC cache keeps them: `dvc checkout` restores)
 	rm -rf artifacts metrics

@@ -1,0 +1,336 @@
+"""The Prefect flow over the DVC stages: its DVC-facing helpers, and the flow itself under prefect_test_harness.
+
+The helpers (sslops.orchestration) are tested without Prefect. The flow tests share one tiny git + DVC
+project and one temporary Prefect server (starting one costs 10-20 s here), and use the real DVC,
+MLflow and Great Expectations.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import REPO, mlflow_runs
+from test_pipeline_dvc import make_repo, sh
+
+from sslops import orchestration as orch
+from sslops.data.idx import read_idx, write_idx
+
+GIT = ("git", "-c", "user.name=sslops-test", "-c", "user.email=test@sslops.invalid")
+
+
+def make_flow_repo(root: Path) -> Path:
+    """The tiny project of test_pipeline_dvc, with flows/ and a flow config that retries fast and waits 1 s."""
+    make_repo(root)
+    sh("cp", "-r", str(REPO / "flows"), str(root / "flows"), cwd=root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["flow"].update(retries=1, retry_delay_s=0, lock_timeout_s=1)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh("git", "add", "-A", cwd=root)
+    sh(*GIT, "commit", "-qm", "flows", cwd=root)
+    return root
+
+
+# --- helpers, no Prefect ---------------------------------------------------------------------------
+
+
+def test_no_sslops_module_imports_prefect():
+    """The `dvc repro` path runs `python -m sslops <stage>`: if no module imports Prefect, none can start its server."""
+    offenders = []
+    for path in (REPO / "src" / "sslops").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "prefect"]
+    assert offenders == []
+
+
+def test_stage_order_is_dvcs_topological_order(tmp_path: Path):
+    # Declared out of order: DVC's DAG, not the file order, decides.
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "report": {"cmd": "cat b > r", "deps": ["b"], "outs": ["r"]},
+        "first": {"cmd": "echo > a", "outs": ["a"]},
+        "second": {"cmd": "cat a > b", "deps": ["a"], "outs": ["b"]},
+        "alone": {"cmd": "echo > z", "outs": ["z"]},
+    }}))
+    sh("dvc", "init", "-q", "--no-scm", cwd=tmp_path)
+    env = orch.stage_env(tmp_path, None)
+    order = orch.stage_order(tmp_path, env)
+    assert sorted(order) == ["alone", "first", "report", "second"]
+    assert order.index("first") < order.index("second") < order.index("report")
+
+    # This project's own pipeline, however many stages it has by now: every stage after its producers.
+    order = orch.stage_order(REPO, orch.stage_env(REPO, None))
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert sorted(order) == sorted(stages)
+    produced = {}
+    for name, spec in stages.items():
+        for kind in ("outs", "metrics", "plots"):
+            produced.update({(o if isinstance(o, str) else next(iter(o))): name for o in spec.get(kind) or []})
+    for name, spec in stages.items():
+        for dep in spec.get("deps") or []:
+            dep = dep if isinstance(dep, str) else next(iter(dep))
+            for out, producer in produced.items():
+                if producer != name and (dep == out or dep.startswith(out.rstrip("/") + "/")):
+                    assert order.index(producer) < order.index(name), (producer, name)
+
+
+def test_overrides_are_applied_like_dvc_exp_run_and_restored(tmp_path: Path):
+    params = tmp_path / "params.yaml"
+    original = "pretrain:  # knobs\n  epochs: 5\n  simclr: {proj_dim: 128}\nprepare:\n  root: data/x\n"
+    params.write_text(original)
+    overrides = {"pretrain.epochs": 50, "pretrain.simclr": {"proj_dim": 64}, "prepare.root": "data/my images"}
+    assert orch.override_args(overrides) == [
+        "pretrain.epochs=50", "pretrain.simclr.proj_dim=64", 'prepare.root="data/my images"']
+    with orch.overridden_params(tmp_path, overrides, warn=pytest.fail):
+        inside = yaml.safe_load(params.read_text())
+        assert inside["pretrain"] == {"epochs": 50, "simclr": {"proj_dim": 64}}
+        assert inside["prepare"]["root"] == "data/my images"
+        assert "# knobs" in params.read_text()  # DVC's writer keeps comments
+    assert params.read_text() == original
+
+    with pytest.raises(orch.SslopsError, match="pretrain.epochz"), \
+            orch.overridden_params(tmp_path, {"pretrain.epochz": 1}, warn=pytest.fail):
+        pass
+    assert params.read_text() == original
+
+    # A run killed inside the block (kill -9) leaves the backup behind; the next run restores it first.
+    backup = tmp_path / orch.BACKUP_DIR / "params.yaml"
+    backup.parent.mkdir(parents=True)
+    backup.write_text(original)
+    params.write_text(original.replace("epochs: 5", "epochs: 7"))
+    warnings: list[str] = []
+    with orch.overridden_params(tmp_path, {}, warn=warnings.append):
+        assert params.read_text() == original
+    assert warnings == ["restoring params.yaml, left overridden by an interrupted run"]
+    assert not backup.exists()
+
+
+def test_project_lock_waits_for_the_holder_then_fails_after_the_limit(tmp_path: Path):
+    released = threading.Event()
+
+    def hold(seconds: float) -> None:
+        with orch.project_lock(tmp_path, 0, "nightly run 'a'", on_wait=pytest.fail):
+            released.wait(seconds)
+
+    holder = threading.Thread(target=hold, args=(1.0,))
+    holder.start()
+    time.sleep(0.2)
+    waits: list[str] = []
+    started = time.monotonic()
+    with orch.project_lock(tmp_path, 10, "run 'b'", on_wait=waits.append):  # waits for 'a' to finish
+        assert time.monotonic() - started >= 0.5
+    holder.join()
+    assert len(waits) == 1 and "nightly run 'a'" in waits[0]
+
+    holder = threading.Thread(target=hold, args=(10.0,))
+    holder.start()
+    time.sleep(0.2)
+    try:
+        with pytest.raises(orch.PipelineBusy, match=r"holds .*nightly run 'a'.*waited 0.3 s"), \
+                orch.project_lock(tmp_path, 0.3, "run 'c'", on_wait=waits.append):
+            pytest.fail("entered a held lock")
+    finally:
+        released.set()
+        holder.join()
+
+
+def test_user_errors_are_final_and_other_failures_retryable():
+    validation = [
+        "Running stage 'validate':",
+        "> python -m sslops validate",
+        "sslops validate: error: data validation failed; downstream stages will not run.",
+        "1 expectation(s) failed:",
+        "  - [manifest] expect_column_values_to_be_in_set(test_in_train) unexpected=2 (5%)",
+        "ERROR: failed to reproduce 'validate': failed to run: python -m sslops validate, exited with 1",
+    ]
+    failure = orch.stage_failure("validate", 255, validation)
+    assert not failure.retryable
+    assert "expect_column_values_to_be_in_set(test_in_train)" in str(failure)
+    assert "ERROR: failed to reproduce" not in str(failure)
+
+    locked = ["ERROR: Unable to acquire lock. Most likely another DVC process is running or was terminated abruptly."]
+    assert orch.stage_failure("pretrain", 255, locked).retryable
+    crash = ["Traceback (most recent call last):", "MemoryError",
+             "ERROR: failed to reproduce 'pretrain': failed to run: python -m sslops pretrain, exited with -9"]
+    failure = orch.stage_failure("pretrain", 255, crash)
+    assert failure.retryable and "MemoryError" in str(failure)
+
+
+def test_only_retryable_stage_failures_are_retried():
+    from prefect.states import Failed
+
+    sys.path.insert(0, str(REPO / "flows"))
+    try:
+        from ssl_pipeline import _retry_unless_user_error
+    finally:
+        sys.path.remove(str(REPO / "flows"))
+    for retryable in (True, False):
+        state = Failed(data=orch.StageFailed("validate", "detail", retryable=retryable))
+        assert _retry_unless_user_error(None, None, state) is retryable
+    assert _retry_unless_user_error(None, None, Failed(data=MemoryError()))
+
+
+def test_interrupting_a_stage_stops_dvc_and_the_stage_command(tmp_path: Path):
+    """A cancelled flow run (Prefect raises in the flow's thread) must not leave a stage running."""
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(
+        {"stages": {"slow": {"cmd": "echo $$ > pid && echo started && exec sleep 120", "outs": ["x"]}}}))
+    sh("dvc", "init", "-q", "--no-scm", cwd=tmp_path)
+
+    def interrupt_when_started(line: str) -> None:
+        if line == "started":
+            raise KeyboardInterrupt
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        orch.repro_stage(tmp_path, "slow", orch.stage_env(tmp_path, None), interrupt_when_started)
+    assert time.monotonic() - started < orch.STOP_GRACE_S
+    with pytest.raises(ProcessLookupError):
+        os.kill(int((tmp_path / "pid").read_text()), 0)  # the stage's process is gone
+    assert sh("dvc", "status", cwd=tmp_path).returncode == 0  # and DVC's lock was released
+
+
+def test_summary_names_model_version_runs_and_experiment():
+    text = orch.summary_markdown(
+        "run `x`", [orch.StageOutcome("prepare", "skipped", 0.4), orch.StageOutcome("pretrain", "ran", 12.0)],
+        {"pretrain.epochs": 2}, "x-1234abcd",
+        {"model_name": "sslops-encoder", "version": "3", "run_id": "r9", "promoted": False, "champion_version": "2",
+         "reason": "knn_acc 0.81 < 0.83"},
+        [{"stage": "pretrain", "metric": "knn_acc", "value": 0.8123}],
+        [{"stage": "pretrain", "run_id": "abc", "status": "FINISHED", "url": "http://ui/#/experiments/1/runs/abc"}])
+    assert "`pretrain.epochs=2` → DVC experiment `x-1234abcd`" in text
+    assert "| prepare | skipped | 0.4 |" in text
+    assert "version **3**" in text and "not promoted (champion: version 2): knn_acc 0.81 < 0.83" in text
+    assert "| pretrain | knn_acc | 0.8123 |" in text
+    assert "[abc](http://ui/#/experiments/1/runs/abc)" in text
+
+
+# --- the flow, under prefect_test_harness -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def flow_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_flow_repo(tmp_path_factory.mktemp("flow") / "proj")
+
+
+def run_flow(root: Path, **params: Any):
+    sys.path.insert(0, str(REPO / "flows"))
+    try:
+        from ssl_pipeline import ssl_pipeline
+    finally:
+        sys.path.remove(str(REPO / "flows"))
+    return ssl_pipeline(project_dir=str(root), return_state=True, **params)
+
+
+def task_runs(flow_run_id: Any) -> list[Any]:
+    """The flow run's task runs, in the order they started."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return sorted(runs, key=lambda r: r.start_time or r.expected_start_time)
+
+
+def artifacts(flow_run_id: Any) -> dict[str, Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return {a.type: a for a in found}
+
+
+@pytest.mark.integration
+def test_flow_runs_each_stage_in_dvc_order_then_skips_what_is_up_to_date(harness, flow_project: Path):
+    root = flow_project
+    state = run_flow(root)
+    assert state.is_completed(), state.message
+    run_id = str(state.state_details.flow_run_id)
+    order = orch.stage_order(root, orch.stage_env(root, None))
+    assert [t.name for t in task_runs(run_id)] == order
+    summary = state.result()
+    assert [(s["stage"], s["status"]) for s in summary["stages"]] == [(s, "ran") for s in order]
+    assert summary["experiment"] is None
+
+    # Both directions: every MLflow stage run carries the flow run id, the summary carries their run ids.
+    runs = mlflow_runs(root)
+    assert runs and {r.data.tags["prefect.flow_run_id"] for r in runs} == {run_id}
+    assert {"prepare", "validate", "augment", "pretrain"} <= {r.info.run_name for r in runs}
+    found = artifacts(run_id)
+    markdown = found["markdown"].data
+    for run in runs:
+        assert f"[{run.info.run_id}](http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id})" in markdown
+    assert "| pretrain | ran |" in markdown and "| pretrain | knn_acc |" in markdown
+    table = json.loads(found["table"].data)
+    assert {"stage": "validate", "metric": "success", "value": True} in table
+    assert sh("git", "status", "--porcelain", "params.yaml", cwd=root).stdout == ""
+
+    # Nothing changed: DVC skips every stage and no stage logs a new MLflow run.
+    again = run_flow(root)
+    assert again.is_completed(), again.message
+    assert {s["status"] for s in again.result()["stages"]} == {"skipped"}
+    assert len(mlflow_runs(root)) == len(runs)
+
+
+@pytest.mark.integration
+def test_overlapping_run_waits_up_to_the_limit_then_fails_without_touching_the_workspace(harness, flow_project: Path):
+    lock_before = (flow_project / "dvc.lock").read_text() if (flow_project / "dvc.lock").exists() else None
+    with orch.project_lock(flow_project, 0, "Prefect flow run 'nightly-owl'", on_wait=pytest.fail):
+        started = time.monotonic()
+        state = run_flow(flow_project, overrides={"pretrain.seed": 5})
+    assert state.is_failed()
+    assert "another pipeline run holds" in state.message and "nightly-owl" in state.message
+    assert "waited 1 s" in state.message and time.monotonic() - started < 30
+    assert task_runs(state.state_details.flow_run_id) == []
+    after = (flow_project / "dvc.lock").read_text() if (flow_project / "dvc.lock").exists() else None
+    assert after == lock_before
+    assert sh("git", "status", "--porcelain", "params.yaml", cwd=flow_project).stdout == ""
+
+
+@pytest.mark.integration
+def test_failed_validation_fails_the_flow_run_naming_the_expectation_without_retry(harness, flow_project: Path):
+    root = flow_project
+    d = root / "data" / "fashion-mnist"
+    test = read_idx(d / "t10k-images-idx3-ubyte").copy()
+    test[:2] = read_idx(d / "train-images-idx3-ubyte")[:2]  # leak two train images into test
+    write_idx(d / "t10k-images-idx3-ubyte", test)
+    sh("dvc", "add", "-q", "data", cwd=root)
+    try:
+        state = run_flow(root)
+        assert state.is_failed()
+        assert "stage 'validate' failed" in state.message
+        assert "expect_column_values_to_be_in_set(test_in_train) unexpected=2" in state.message
+        runs = {t.name: t for t in task_runs(state.state_details.flow_run_id)}
+        assert runs["validate"].state.is_failed()
+        assert runs["validate"].run_count == 1  # flow.retries is 1 here, but a data error is final
+        order = orch.stage_order(root, orch.stage_env(root, None))
+        assert set(runs) == set(order[: order.index("validate") + 1])  # nothing downstream started
+        markdown = artifacts(state.state_details.flow_run_id)["markdown"].data
+        assert "| validate | failed |" in markdown and "| augment | not run |" in markdown
+    finally:
+        sh("git", "checkout", "-q", "data.dvc", cwd=root)
+        sh("dvc", "checkout", "-q", "data", cwd=root)
+
+
+def test_flow_config_is_read_from_params_yaml():
+    from sslops.config import Project
+
+    config = orch.FlowConfig.from_project(Project(REPO))
+    assert len(config.cron.split()) == 5 and config.retries >= 0 and config.lock_timeout_s >= 0
