@@ -217,10 +217,13 @@ def test_summary_names_model_version_runs_and_experiment():
 
 
 @pytest.fixture(scope="module")
-def harness():
+def harness(tmp_path_factory: pytest.TempPathFactory):
+    """One temporary Prefect server for the module, with its own PREFECT_HOME (not ~/.prefect)."""
+    from prefect.settings import PREFECT_HOME, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with temporary_settings({PREFECT_HOME: tmp_path_factory.mktemp("prefect-home")}), \
+            prefect_test_harness(server_startup_timeout=120):
         yield
 
 
@@ -278,6 +281,9 @@ def test_flow_runs_each_stage_in_dvc_order_then_skips_what_is_up_to_date(harness
     for run in runs:
         assert f"[{run.info.run_id}](http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id})" in markdown
     assert "| pretrain | ran |" in markdown and "| pretrain | knn_acc |" in markdown
+    register = root / "metrics" / "register.json"
+    if register.exists():  # a pipeline with a register stage: the summary names the version it registered
+        assert f"version **{json.loads(register.read_text())['version']}**" in markdown
     table = json.loads(found["table"].data)
     assert {"stage": "validate", "metric": "success", "value": True} in table
     assert sh("git", "status", "--porcelain", "params.yaml", cwd=root).stdout == ""

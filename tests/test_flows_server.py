@@ -89,12 +89,13 @@ def test_served_deployment_runs_an_override_as_a_dvc_experiment(tmp_path: Path, 
     )
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
     api, env, procs = prefect_server
     root = make_flow_repo(tmp_path / "proj")
     committed_params = (root / "params.yaml").read_text()
-    with open(tmp_path / "serve.log", "w") as log, temporary_settings({PREFECT_API_URL: api}):
+    settings = {PREFECT_API_URL: api, PREFECT_HOME: env["PREFECT_HOME"]}  # this process talks to the same server
+    with open(tmp_path / "serve.log", "w") as log, temporary_settings(settings):
         procs.append(subprocess.Popen([sys.executable, "flows/ssl_pipeline.py"], cwd=root, env=env,
                                       stdout=log, stderr=subprocess.STDOUT))
 
