@@ -24,20 +24,20 @@ CLASSES = [f"class{i}" for i in range(4)]
 os.environ.update(TELEMETRY_OFF)
 
 
-def synthetic_images(n: int, size: int = 12, channels: int = 1, n_classes: int = 4, seed: int = 0):
-    """`n` distinct uint8 images (n, size, size, channels) and balanced labels."""
+def synthetic_images(n: int, size: int = 12, channels: int = 1, n_classes: int = 4, seed: int = 0, noise: int = 40):
+    """`n` distinct uint8 images (n, size, size, channels) and balanced labels; `noise` sets how hard they are."""
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % n_classes
     base = rng.integers(0, 256, size=(n_classes, size, size, channels))
-    noise = rng.integers(-40, 41, size=(n, size, size, channels))
+    noise = rng.integers(-noise, noise + 1, size=(n, size, size, channels))
     images = np.clip(base[labels] + noise, 0, 255).astype(np.uint8)
     return images, labels.astype(np.uint8)
 
 
-def write_idx_dataset(folder: Path, n_train: int = 80, n_test: int = 20, size: int = 12, seed: int = 0) -> None:
+def write_idx_dataset(folder: Path, n_train: int = 80, n_test: int = 20, size: int = 12, seed: int = 0, noise: int = 40) -> None:
     """An MNIST-style folder (four uncompressed IDX files) of synthetic images."""
     folder.mkdir(parents=True, exist_ok=True)
-    images, labels = synthetic_images(n_train + n_test, size, seed=seed)
+    images, labels = synthetic_images(n_train + n_test, size, seed=seed, noise=noise)
     for prefix, sl in (("train", slice(0, n_train)), ("t10k", slice(n_train, None))):
         write_idx(folder / f"{prefix}-images-idx3-ubyte", images[sl, ..., 0])
         write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels[sl])
@@ -86,7 +86,10 @@ def small_params(text: str) -> str:
     params["validate"]["max_duplicate_share"] = 0.0
     params["augment"]["views"] = 2
     params["pretrain"].update(epochs=1, batch_size=16, backbone={"name": "small_cnn", "width": 4},
-                              simclr={"proj_hidden": 16, "proj_dim": 8, "temperature": 0.2})
+                              simclr={"proj_hidden": 16, "proj_dim": 8, "temperature": 0.2}, probe={"weight_decay": 1e-3, "iterations": 20})
+    params["finetune"].update(fractions=[0.25, 1.0], probe={"weight_decays": [1e-3, 1e-2], "iterations": 20}, knn={"k": 10, "temperature": 0.1})
+    params["finetune"]["recipe"].update(epochs=2, max_steps=4, batch_size=16)
+    params["evaluate"].update(map_points=40, perplexity=5)
     return yaml.safe_dump(params, sort_keys=False)
 
 

@@ -9,7 +9,6 @@ across sources, so the committed data.dvc matches whichever source a machine use
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import shutil
 import subprocess
@@ -18,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from sslops.errors import SslopsError
+from sslops.provenance import file_digest
 
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -31,16 +31,8 @@ FILES = {
 }
 
 
-def _digest(path: Path, algo: str = "sha256") -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _verified(folder: Path) -> bool:
-    return all((folder / n).is_file() and _digest(folder / n) == sha for n, (sha, _) in FILES.items())
+    return all((folder / n).is_file() and file_digest(folder / n) == sha for n, (sha, _) in FILES.items())
 
 
 def _install_from_gz(gz_files: dict[str, Path], target: Path) -> None:
@@ -51,7 +43,7 @@ def _install_from_gz(gz_files: dict[str, Path], target: Path) -> None:
             out = Path(tmp) / name
             with gzip.open(gz, "rb") as src, open(out, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
-            if _digest(out) != FILES[name][0]:
+            if file_digest(out) != FILES[name][0]:
                 raise SslopsError(f"{gz}: decompressed content fails its sha256 check; the file is corrupt.")
         for name in gz_files:
             os.replace(Path(tmp) / name, target / name)
@@ -79,7 +71,7 @@ def _from_official(target: Path) -> str | None:
                 urllib.request.urlretrieve(OFFICIAL_URL + dest.name, dest)  # noqa: S310 - fixed https/http host
             except OSError as exc:
                 return f"official download from {OFFICIAL_URL}: {exc}"
-            if _digest(dest, "md5") != md5:
+            if file_digest(dest, "md5") != md5:
                 return f"official download: {dest.name} failed its checksum"
             gz_files[name] = dest
         _install_from_gz(gz_files, target)

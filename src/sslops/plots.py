@@ -32,3 +32,60 @@ def view_pairs_grid(originals: np.ndarray, first: np.ndarray, second: np.ndarray
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
+
+
+def label_efficiency(rows: list[dict], path: Path) -> None:
+    """Test accuracy against the number of labels (log x), one line per protocol and initialisation."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    series = sorted({(r["protocol"], r["init"]) for r in rows})
+    colours = {"linear": "tab:blue", "knn": "tab:green", "finetune": "tab:red"}
+    for protocol, init in series:
+        pts = sorted((r["labels"], r["acc"]) for r in rows if (r["protocol"], r["init"]) == (protocol, init))
+        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", color=colours.get(protocol),
+                linestyle="-" if init == "pretrained" else "--", label=f"{protocol}, {init}")
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled training images")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Label efficiency: pretrained (solid) vs random init (dashed)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")
+    plt.close(fig)
+
+
+def confusion(cm: np.ndarray, classes: list[str], title: str, path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    shares = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(cm)):
+        for j in range(len(cm)):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7, color="white" if shares[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(classes)), classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")
+    plt.close(fig)
+
+
+def embedding_maps(maps: dict[str, np.ndarray], labels: np.ndarray, classes: list[str], path: Path) -> None:
+    """Side-by-side 2-D maps (e.g. t-SNE) of test embeddings, coloured by class."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(maps), figsize=(5.5 * len(maps), 5), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, (title, xy) in zip(axes[0], maps.items(), strict=True):
+        for c, name in enumerate(classes):
+            sel = labels == c
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=3, color=cmap(c % 10), label=name)
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][-1].legend(markerscale=4, fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)

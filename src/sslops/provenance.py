@@ -6,6 +6,7 @@ attached to MLflow runs, Prefect artifacts or printed by `sslops lineage`.
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,15 @@ from sslops import dvcmeta
 from sslops.config import params_hash
 
 PIPELINE_WRITES = ("dvc.lock", "metrics", "plots")
+
+
+def file_digest(path: Path, algo: str = "sha256") -> str:
+    """Hex digest of a file's bytes, read in blocks (data files, checkpoints)."""
+    h = hashlib.new(algo)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def git_state(root: Path) -> tuple[str | None, bool | None]:

@@ -67,12 +67,46 @@ def stage_run(project: Project, stage: str, params: dict[str, Any], system_metri
     import mlflow
 
     experiment_id = connect(project)
-    tags = lineage_tags(project.root, stage, params)
-    if os.environ.get(PREFECT_RUN_ENV):
-        tags["prefect.flow_run_id"] = os.environ[PREFECT_RUN_ENV]
+    tags = {**lineage_tags(project.root, stage, params), **_orchestrator_tags()}
     with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags, log_system_metrics=system_metrics) as run:
         mlflow.log_params({k: _param_value(v) for k, v in flatten({stage: params}).items()})
         yield run
+
+
+@contextlib.contextmanager
+def child_run(name: str, tags: dict[str, Any]) -> Iterator["mlflow.ActiveRun"]:
+    """A run nested under the active stage run (MLflow UI groups them); `tags` are also logged as params."""
+    import mlflow
+
+    all_tags = {**{k: str(v) for k, v in tags.items()}, **_orchestrator_tags()}
+    with mlflow.start_run(run_name=name, nested=True, tags=all_tags) as run:
+        mlflow.log_params({k: _param_value(v) for k, v in tags.items() if "." not in k})
+        yield run
+
+
+def active_run_id() -> str:
+    import mlflow
+
+    return mlflow.active_run().info.run_id
+
+
+def log_metrics_to(run_id: str, metrics: dict[str, float]) -> None:
+    """Add metrics to an earlier run (evaluate scores the models that finetune's child runs trained)."""
+    import mlflow
+
+    mlflow.MlflowClient().log_batch(run_id, metrics=[mlflow.entities.Metric(k, float(v), _now_ms(), 0) for k, v in metrics.items()])
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+def _orchestrator_tags() -> dict[str, str]:
+    """The Prefect flow run that drove this process, if any (set by flows/ for the DVC subprocesses)."""
+    run_id = os.environ.get(PREFECT_RUN_ENV)
+    return {"prefect.flow_run_id": run_id} if run_id else {}
 
 
 def _param_value(value: Any) -> Any:
@@ -118,3 +152,99 @@ def log_artifacts(path: Path, artifact_path: str | None = None) -> None:
         mlflow.log_artifacts(str(path), artifact_path)
     else:
         mlflow.log_artifact(str(path), artifact_path)
+
+
+# --- Model registry: versions and aliases (no registry stages) ---------------------------------------
+
+def client() -> "mlflow.MlflowClient":
+    import mlflow
+
+    return mlflow.MlflowClient()
+
+
+def find_run(project: Project, filter_string: str) -> "mlflow.entities.Run | None":
+    """The newest FINISHED run of the project's experiment matching an MLflow search filter."""
+    experiment_id = connect(project)
+    runs = client().search_runs([experiment_id], f"attributes.status = 'FINISHED' and {filter_string}",
+                                order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def search_runs(project: Project, filter_string: str) -> list["mlflow.entities.Run"]:
+    """All runs of the project's experiment matching a filter, newest first."""
+    experiment_id = connect(project)
+    return list(client().search_runs([experiment_id], filter_string, order_by=["attributes.start_time DESC"]))
+
+
+def log_encoder(model: Any, input_example: Any, state_dir: Path) -> "mlflow.models.model.ModelInfo":
+    """Log an encoder as an MLflow PyTorch model (signature from an example) plus its plain state_dict files.
+
+    Pickled, not exported with torch.export (MLflow's `pt2` format): finetune trains the loaded module,
+    which needs the real `Encoder` (train/eval BatchNorm, any batch size, its `config` to rebuild it at
+    random init). Requirements are pinned explicitly: MLflow would otherwise infer them by loading the
+    model in a subprocess, which costs seconds and still misses that the pickled classes live in sslops.
+    """
+    import mlflow
+    import torch
+    import torchvision
+    from mlflow.models import infer_signature
+
+    with torch.no_grad():
+        output = model(torch.as_tensor(input_example)).numpy()
+    signature = infer_signature(input_example, output)
+    mlflow.log_artifacts(str(state_dir), "state_dict")
+    return mlflow.pytorch.log_model(
+        model, name="encoder", signature=signature, input_example=input_example, serialization_format="pickle",
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}", "sslops"],
+    )
+
+
+def register_version(model_uri: str, name: str, tags: dict[str, Any]) -> "mlflow.entities.model_registry.ModelVersion":
+    import mlflow
+
+    return mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+
+
+def version_by_alias(name: str, alias: str) -> "mlflow.entities.model_registry.ModelVersion | None":
+    """The version an alias points to, or None when the model or the alias does not exist yet."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def resolve_version(name: str, ref: str) -> "mlflow.entities.model_registry.ModelVersion":
+    """A model version from an alias (`champion`) or a version number (`3`); a clear error otherwise."""
+    from mlflow.exceptions import MlflowException
+
+    from sslops.errors import SslopsError
+
+    try:
+        if str(ref).isdigit():
+            return client().get_model_version(name, str(ref))
+        return client().get_model_version_by_alias(name, str(ref))
+    except MlflowException as exc:
+        raise SslopsError(f"model '{name}' has no version or alias '{ref}' in {os.environ.get('MLFLOW_TRACKING_URI') or 'the project store'}: "
+                          f"run the register stage first (dvc repro register). ({exc.message})") from None
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    client().set_registered_model_alias(name, alias, str(version))
+
+
+def set_version_tags(name: str, version: str, tags: dict[str, Any]) -> None:
+    for key, value in tags.items():
+        client().set_model_version_tag(name, str(version), key, str(value))
+
+
+def search_versions(filter_string: str) -> list["mlflow.entities.model_registry.ModelVersion"]:
+    return list(client().search_model_versions(filter_string))
+
+
+def load_encoder(name: str, version: str) -> Any:
+    """The registered encoder as a torch module, through the registry (never a loose file path)."""
+    import mlflow
+
+    return mlflow.pytorch.load_model(f"models:/{name}/{version}", map_location="cpu")

@@ -170,6 +170,8 @@ def pretrain(
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - started):.0f}")
         bar.close()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # kernels are queued asynchronously: time the work, not the launches
         seconds = time.perf_counter() - started
         if world_size > 1:
             dist.all_reduce(loss_sum)

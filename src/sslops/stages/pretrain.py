@@ -21,6 +21,7 @@ from sslops.atomic import atomic_dir, write_json
 from sslops.config import Project, params_hash
 from sslops.data.store import ImageStore, manifest_digest
 from sslops.errors import SslopsError
+from sslops.provenance import file_digest
 from sslops.stages.augment import augment_config
 
 PROFILE_KEYS = ("profile", "profiles")
@@ -116,6 +117,7 @@ def _run(project: Project) -> dict[str, Any]:
 
     from sslops.ml import views as view_sources
     from sslops.ml.knn import knn_accuracy
+    from sslops.ml.transfer import features, probe_accuracy
     from sslops.ml.methods import build_method
     from sslops.ml.models import BackboneConfig, Encoder
     from sslops.ml.train import pick_device, pretrain, world
@@ -163,19 +165,26 @@ def _run(project: Project) -> dict[str, Any]:
     fingerprint = params_hash({"params": params, "augment": project.params.get("augment"), "world": world_size,
                                "data": data_digest})
     checkpoint = project.root / "artifacts" / "checkpoints" / "pretrain.pt"
-    knn = params.get("knn") or {}
+    knn, probe = params.get("knn") or {}, params.get("probe") or {}
     # Intermediate epochs use a subsampled bank (a cheap trend); the last epoch uses the whole train set.
     monitor_sets = _knn_sets(store, knn.get("monitor_bank_size"), seed)
     final_sets = _knn_sets(store, None, seed)
 
     def on_epoch(stats) -> dict[str, float]:  # rank 0 only
-        bank_rows, bank_labels, query_rows, query_labels = final_sets if stats.epoch == train_cfg.epochs - 1 else monitor_sets
-        acc = knn_accuracy(method.encoder, store.images[bank_rows], bank_labels, store.images[query_rows], query_labels,
-                           device, int(knn.get("k", 200)), float(knn.get("temperature", 0.1)))
-        metrics = {"loss": stats.loss, "lr": stats.lr, "knn_acc": acc, "images_per_s": stats.images_per_s}
-        print(f"epoch {stats.epoch + 1}: loss {stats.loss:.4f}  kNN {acc:.4f}  {stats.images_per_s:.0f} img/s")
+        last = stats.epoch == train_cfg.epochs - 1
+        bank_rows, bank_labels, query_rows, query_labels = final_sets if last else monitor_sets
+        bank = features(method.encoder, store.images[bank_rows], device)
+        queries = features(method.encoder, store.images[query_rows], device)
+        acc = knn_accuracy(bank, bank_labels, queries, query_labels, int(knn.get("k", 200)), float(knn.get("temperature", 0.1)))
+        extra = {"knn_acc": acc}
+        if last:  # the promotion metric of the register stage: a linear probe on the whole labelled train set
+            extra["linear_acc"] = probe_accuracy(bank, bank_labels, queries, query_labels, float(probe.get("weight_decay", 1e-3)),
+                                                 int(probe.get("iterations", 100)), seed)
+        metrics = {"loss": stats.loss, "lr": stats.lr, "images_per_s": stats.images_per_s, **extra}
+        print(f"epoch {stats.epoch + 1}: loss {stats.loss:.4f}  " + "  ".join(f"{k} {v:.4f}" for k, v in extra.items())
+              + f"  {stats.images_per_s:.0f} img/s")
         tracking.log_metrics(metrics, step=stats.epoch + 1)
-        return {"knn_acc": acc}
+        return extra
 
     run_ctx = tracking.stage_run(project, "pretrain", raw, system_metrics=True) if rank == 0 else contextlib.nullcontext()
     with run_ctx:
@@ -191,6 +200,7 @@ def _run(project: Project) -> dict[str, Any]:
             "steps": history[-1].step,
             "loss": round(history[-1].loss, 5),
             "knn_acc": round(history[-1].extra["knn_acc"], 5),
+            "linear_acc": round(history[-1].extra["linear_acc"], 5),
             "images_per_s": round(float(np.mean([h.images_per_s for h in history])), 1),
             "train_seconds": round(sum(h.seconds for h in history), 1),
             "seconds": round(time.perf_counter() - started, 1),
@@ -208,6 +218,8 @@ def _run(project: Project) -> dict[str, Any]:
         write_json(project.metrics_dir / "pretrain.json", summary)
         tracking.log_metrics({f"final.{k}": v for k, v in summary.items() if isinstance(v, (int, float))})
         tracking.log_artifacts(out, "encoder")
+        # How the register stage finds this run from the weights alone (DVC may restore them from its cache).
+        tracking.set_tags({"encoder.sha256": file_digest(out / "encoder.pt")})
     return summary
 
 
