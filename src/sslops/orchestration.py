@@ -378,26 +378,12 @@ def registered_model(root: Path) -> dict[str, Any] | None:
 
 
 def mlflow_runs(project: Project, flow_run_id: str, ui_base: str) -> list[dict[str, str]]:
-    """The MLflow stage runs a flow run started (tag `prefect.flow_run_id`), oldest first, with UI links.
-
-    Reads the same store the stages write to (sslops.tracking.tracking_uri); a project whose stages never
-    ran has no store yet, and then no runs.
-    """
-    from mlflow.tracking import MlflowClient
-
+    """The MLflow stage runs a flow run started (tag `prefect.flow_run_id`), oldest first, with UI links."""
     from sslops import tracking
 
-    uri = tracking.tracking_uri(project)
-    if uri == tracking.default_uri(project) and not (project.root / "mlflow" / "mlflow.db").is_file():
-        return []
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name((project.params.get("tracking") or {}).get("experiment", "sslops"))
-    if experiment is None:
-        return []
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.\"prefect.flow_run_id\" = '{flow_run_id}'",
-                              order_by=["attributes.start_time ASC"])
     return [{"stage": r.info.run_name, "run_id": r.info.run_id, "status": r.info.status,
-             "url": f"{ui_base}/#/experiments/{experiment.experiment_id}/runs/{r.info.run_id}"} for r in runs]
+             "url": f"{ui_base}/#/experiments/{r.info.experiment_id}/runs/{r.info.run_id}"}
+            for r in tracking.stage_runs_tagged(project, "prefect.flow_run_id", flow_run_id)]
 
 
 def summary_markdown(title: str, outcomes: list[StageOutcome], overrides: Mapping[str, Any],

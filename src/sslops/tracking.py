@@ -176,6 +176,25 @@ def search_runs(project: Project, filter_string: str) -> list["mlflow.entities.R
     return list(client().search_runs([experiment_id], filter_string, order_by=["attributes.start_time DESC"]))
 
 
+def stage_runs_tagged(project: Project, key: str, value: str) -> list["mlflow.entities.Run"]:
+    """Stage runs (not their nested child runs) carrying tag `key` = `value`, oldest first.
+
+    Read-only: a project whose stages never ran has no store yet, and then no runs (no empty store is created).
+    """
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(project)
+    if uri == default_uri(project) and not (project.root / "mlflow" / "mlflow.db").is_file():
+        return []
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name((project.params.get("tracking") or {}).get("experiment", "sslops"))
+    if experiment is None:
+        return []
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.\"{key}\" = '{value}'",
+                              order_by=["attributes.start_time ASC"])
+    return [r for r in runs if "sslops.stage" in r.data.tags]
+
+
 def log_encoder(model: Any, input_example: Any, state_dir: Path) -> "mlflow.models.model.ModelInfo":
     """Log an encoder as an MLflow PyTorch model (signature from an example) plus its plain state_dict files.
 
