@@ -32,8 +32,9 @@ setup: $(STAMP) data  ## create .venv (pip, locked versions) and get the default
 data: $(STAMP)  ## make data/ match data.dvc (local cache, DVC remote, or the verified Fashion-MNIST sources)
 	@bash scripts/setup_data.sh
 
-run: setup  ## run the pipeline on the default data (dvc repro)
+run: setup  ## run the pipeline on the default data (dvc repro), then print the results table
 	dvc repro
+	sslops report
 
 test: setup  ## run the whole test suite, end-to-end tests included
 	pytest

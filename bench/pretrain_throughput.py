@@ -10,6 +10,8 @@ torch.utils.flop_counter, x3 for the backward) as a share of a measured fp32 mat
 without channels_last.
 
 Run: .venv/bin/python bench/pretrain_throughput.py [--steps 30] [--rounds 3] [--batch 256] [--json out.json]
+The backbone defaults to the one params.yaml's CPU profile trains (`pretrain.backbone`). On a GPU:
+  python bench/pretrain_throughput.py --device cuda --amp bf16 --backbone resnet18 --batch 512 --workers 0,4,8
 Uses artifacts/prepared and artifacts/augment when present (run `dvc repro augment` first), else
 synthetic 28x28 data and a freshly built cache.
 """
@@ -37,15 +39,34 @@ from sslops.ml.views import ViewCache, cached_pairs, on_the_fly_pairs
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> float:
+    """Best-of-`repeats` FLOP/s of one square matmul in `dtype`: the ceiling the model step is held against."""
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     best = float("inf")
     for _ in range(repeats):
+        sync(device)
         t = time.perf_counter()
         a @ b
+        sync(device)
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best
+
+
+def default_backbone() -> dict:
+    """The backbone of params.yaml's default (CPU) profile, so the benchmark measures what `make run` trains."""
+    import yaml
+
+    from sslops.stages.pretrain import resolve_params
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())["pretrain"]
+    return resolve_params(params).get("backbone") or {}
 
 
 def step_flops(method: SimCLR, batch: int, shape: tuple[int, int, int]) -> float:
@@ -57,19 +78,20 @@ def step_flops(method: SimCLR, batch: int, shape: tuple[int, int, int]) -> float
     return 3.0 * counter.get_total_flops()  # forward + backward (~2x forward)
 
 
-def make_method(channels: int, backbone: str, seed: int = 0) -> SimCLR:
+def make_method(channels: int, backbone: BackboneConfig, seed: int = 0) -> SimCLR:
     torch.manual_seed(seed)
-    return SimCLR(Encoder(BackboneConfig(name=backbone, in_channels=channels), [0.3] * channels, [0.35] * channels))
+    return SimCLR(Encoder(BackboneConfig(**{**backbone.to_dict(), "in_channels": channels}), [0.3] * channels, [0.35] * channels))
 
 
-def measure(name: str, batches, steps: int, batch: int, channels: int, backbone: str, channels_last: bool) -> float:
-    """images/s of `steps` training steps through sslops.ml.train.pretrain (one warm-up step excluded)."""
+def measure(name: str, batches, steps: int, batch: int, channels: int, backbone: BackboneConfig, channels_last: bool,
+            device: torch.device, amp: str) -> float:
+    """images/s of `steps` training steps through sslops.ml.train.pretrain (warm-up steps excluded)."""
     method = make_method(channels, backbone)
-    cfg = TrainConfig(epochs=1, batch_size=batch, channels_last=channels_last, warmup_epochs=0)
+    cfg = TrainConfig(epochs=1, batch_size=batch, channels_last=channels_last, warmup_epochs=0, amp=amp)
     with tempfile.TemporaryDirectory() as tmp:
-        warm = itertools.islice(batches(0), 1)
-        pretrain(method, lambda e: warm, 1, cfg, torch.device("cpu"), Path(tmp) / "w.pt", "w", progress=False)
-        history = pretrain(method, lambda e: itertools.islice(batches(1), steps), steps, cfg, torch.device("cpu"),
+        warm = itertools.islice(batches(0), 3)
+        pretrain(method, lambda e: warm, 3, cfg, device, Path(tmp) / "w.pt", "w", progress=False)
+        history = pretrain(method, lambda e: itertools.islice(batches(1), steps), steps, cfg, device,
                            Path(tmp) / "m.pt", "m", progress=False)
     rate = history[-1].images_per_s
     print(f"  {name:<58} {rate:8.0f} img/s", flush=True)
@@ -102,11 +124,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--backbone", default="small_cnn")
+    parser.add_argument("--backbone", help="backbone name (default: params.yaml's CPU profile)")
+    parser.add_argument("--width", type=int, help="small_cnn width (default: params.yaml's CPU profile)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | mps")
+    parser.add_argument("--amp", default="off", help="off | bf16 | fp16 (autocast during the step)")
+    parser.add_argument("--workers", default="0,1,2", help="num_workers tried for the (d) reference loader")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of (a)-(c); best is kept")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
+    device = torch.device(args.device)
+    defaults = default_backbone()
+    backbone = BackboneConfig(**{**defaults, **({"name": args.backbone} if args.backbone else {}),
+                                 **({"width": args.width} if args.width else {})})
 
     prepared, cache_dir = ROOT / "artifacts" / "prepared", ROOT / "artifacts" / "augment"
     if (prepared / "images.npy").is_file() and (cache_dir / "index.json").is_file() and json.loads((cache_dir / "index.json").read_text())["views"]:
@@ -123,8 +152,9 @@ def main() -> None:
     channels, shape = pool.shape[-1], pool.shape[1:]
     cfg = AugmentConfig()
     b, steps = args.batch, args.steps
-    print(f"data: {source}; backbone {args.backbone}; batch {b}; {steps} steps; {torch.get_num_threads()} threads; "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {torch.backends.cpu.get_cpu_capability()}"
+    print(f"data: {source}; backbone {backbone}; batch {b}; {steps} steps; amp {args.amp}; "
+          f"{torch.get_num_threads()} threads; {hardware}")
 
     ready = next(cached_pairs(cache, b, 0, 0))
     augment = BatchAugment(cfg)
@@ -132,23 +162,26 @@ def main() -> None:
         "a_model_only_contiguous": ("(a) model step on ready tensors [contiguous]", lambda e: itertools.repeat(ready), False),
         "a_model_only_channels_last": ("(a) model step on ready tensors [channels_last]", lambda e: itertools.repeat(ready), True),
         "b_cache": ("(b) full loop reading the augmentation cache", lambda e: cached_pairs(cache, b, e, 0), True),
-        "c_on_the_fly": ("(c) loop with on-the-fly batched augmentation", lambda e: on_the_fly_pairs(pool, augment, b, e, 0), True),
+        "c_on_the_fly": ("(c) loop with on-the-fly batched augmentation", lambda e: on_the_fly_pairs(pool, augment, b, e, 0, device=device), True),
     }
     # Interleaved rounds, best of each: a shared machine's speed drifts, and drift must not pick the winner.
     results: dict[str, float] = {}
     for round_ in range(args.rounds):
         print(f"round {round_ + 1}/{args.rounds}")
         for key, (label, batches, cl) in configs.items():
-            results[key] = max(results.get(key, 0.0), measure(label, batches, steps, b, channels, args.backbone, cl))
+            results[key] = max(results.get(key, 0.0), measure(label, batches, steps, b, channels, backbone, cl, device, args.amp))
     reference = {}
-    for workers in (0, 1, 2):
-        loader = torch.utils.data.DataLoader(PerSampleViews(pool, cfg), batch_size=b, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=workers > 0)
-        reference[workers] = measure(f"(d) per-sample torchvision v2 in a DataLoader, num_workers={workers}", lambda e, ld=loader: iter(ld), steps, b, channels, args.backbone, True)
+    for workers in (int(w) for w in args.workers.split(",")):
+        loader = torch.utils.data.DataLoader(PerSampleViews(pool, cfg), batch_size=b, shuffle=True, num_workers=workers,
+                                             drop_last=True, persistent_workers=workers > 0, pin_memory=device.type == "cuda")
+        reference[workers] = measure(f"(d) per-sample torchvision v2 in a DataLoader, num_workers={workers}", lambda e, ld=loader: iter(ld),
+                                     steps, b, channels, backbone, True, device, args.amp)
     results["d_reference_best"] = max(reference.values())
     results["d_reference_best_workers"] = max(reference, key=reference.get)
 
-    peak = matmul_peak()
-    flops = step_flops(make_method(channels, args.backbone), b, shape)
+    peak_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp, torch.float32)
+    peak = matmul_peak(device, peak_dtype)
+    flops = step_flops(make_method(channels, backbone), b, shape)
     for key in ("a_model_only_contiguous", "a_model_only_channels_last", "b_cache"):
         achieved = flops * results[key] / b
         results[f"{key}_gflops"] = achieved / 1e9
@@ -158,11 +191,13 @@ def main() -> None:
     a_best = max(results["a_model_only_contiguous"], results["a_model_only_channels_last"])
     results["b_over_a"] = results["b_cache"] / a_best
     results["b_over_d"] = results["b_cache"] / results["d_reference_best"]
-    print(f"\nfp32 matmul peak {peak / 1e9:.0f} GFLOP/s; model {flops / b / 1e6:.1f} MFLOP per image (2 views, fwd+bwd)")
+    print(f"\n{peak_dtype} matmul peak {peak / 1e9:.0f} GFLOP/s; model {flops / b / 1e6:.1f} MFLOP per image (2 views, fwd+bwd)")
     for key in ("a_model_only_contiguous", "a_model_only_channels_last", "b_cache"):
         print(f"  {key:<28} {results[key + '_gflops']:6.1f} GFLOP/s = {100 * results[key + '_share_of_peak']:.0f}% of peak")
     print(f"(b)/(a) = {results['b_over_a']:.2f} (target >= 0.95); (b)/(d) = {results['b_over_d']:.2f} (target >= 1.6)")
-    results.update(machine=platform.processor() or platform.machine(), threads=torch.get_num_threads(), torch=torch.__version__, batch=b, steps=steps, backbone=args.backbone)
+    results.update(machine=hardware, processor=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
+                   torch=torch.__version__, batch=b, steps=steps, backbone=backbone.to_dict(), amp=args.amp,
+                   matmul_peak_dtype=str(peak_dtype))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
