@@ -78,15 +78,17 @@ def step_flops(method: SimCLR, batch: int, shape: tuple[int, int, int]) -> float
     return 3.0 * counter.get_total_flops()  # forward + backward (~2x forward)
 
 
-def make_method(channels: int, backbone: BackboneConfig, seed: int = 0) -> SimCLR:
+def make_method(shape: tuple[int, int, int], backbone: BackboneConfig, seed: int = 0) -> SimCLR:
+    """SimCLR for images of `shape` (H, W, C)."""
     torch.manual_seed(seed)
-    return SimCLR(Encoder(BackboneConfig(**{**backbone.to_dict(), "in_channels": channels}), [0.3] * channels, [0.35] * channels))
+    h, w, c = shape
+    return SimCLR(Encoder(BackboneConfig(**{**backbone.to_dict(), "in_channels": c}), [0.3] * c, [0.35] * c), (c, h, w))
 
 
-def measure(name: str, batches, steps: int, batch: int, channels: int, backbone: BackboneConfig, channels_last: bool,
+def measure(name: str, batches, steps: int, batch: int, shape: tuple[int, int, int], backbone: BackboneConfig, channels_last: bool,
             device: torch.device, amp: str) -> float:
     """images/s of `steps` training steps through sslops.ml.train.pretrain (warm-up steps excluded)."""
-    method = make_method(channels, backbone)
+    method = make_method(shape, backbone)
     cfg = TrainConfig(epochs=1, batch_size=batch, channels_last=channels_last, warmup_epochs=0, amp=amp)
     with tempfile.TemporaryDirectory() as tmp:
         warm = itertools.islice(batches(0), 3)
@@ -149,7 +151,7 @@ def main() -> None:
         build_cache(pool, np.arange(len(pool)), AugmentConfig(), 8, 0, tmp, progress=False)
         cache = ViewCache.open(tmp)
         source = "synthetic 28x28x1 (no prepared data found)"
-    channels, shape = pool.shape[-1], pool.shape[1:]
+    shape = pool.shape[1:]
     cfg = AugmentConfig()
     b, steps = args.batch, args.steps
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {torch.backends.cpu.get_cpu_capability()}"
@@ -169,19 +171,19 @@ def main() -> None:
     for round_ in range(args.rounds):
         print(f"round {round_ + 1}/{args.rounds}")
         for key, (label, batches, cl) in configs.items():
-            results[key] = max(results.get(key, 0.0), measure(label, batches, steps, b, channels, backbone, cl, device, args.amp))
+            results[key] = max(results.get(key, 0.0), measure(label, batches, steps, b, shape, backbone, cl, device, args.amp))
     reference = {}
     for workers in (int(w) for w in args.workers.split(",")):
         loader = torch.utils.data.DataLoader(PerSampleViews(pool, cfg), batch_size=b, shuffle=True, num_workers=workers,
                                              drop_last=True, persistent_workers=workers > 0, pin_memory=device.type == "cuda")
         reference[workers] = measure(f"(d) per-sample torchvision v2 in a DataLoader, num_workers={workers}", lambda e, ld=loader: iter(ld),
-                                     steps, b, channels, backbone, True, device, args.amp)
+                                     steps, b, shape, backbone, True, device, args.amp)
     results["d_reference_best"] = max(reference.values())
     results["d_reference_best_workers"] = max(reference, key=reference.get)
 
     peak_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp, torch.float32)
     peak = matmul_peak(device, peak_dtype)
-    flops = step_flops(make_method(channels, backbone), b, shape)
+    flops = step_flops(make_method(shape, backbone), b, shape)
     for key in ("a_model_only_contiguous", "a_model_only_channels_last", "b_cache"):
         achieved = flops * results[key] / b
         results[f"{key}_gflops"] = achieved / 1e9

@@ -122,7 +122,7 @@ def main() -> None:
             res = evaluate_encoder(make_encoder(width, pool, mean, std, 0), data, device, [0.01, 0.1, 1.0], {0.01: [1.0], 0.1: [1.0]}, 0, False)
             results[f"scratch_w{width}p{pool}"] = res
             print(f"scratch w{width}p{pool}: {json.dumps({k: round(v, 4) for k, v in res.items()})}", flush=True)
-        method = SimCLR(make_encoder(width, pool, mean, std, 0), 512, 128, temperature)
+        method = SimCLR(make_encoder(width, pool, mean, std, 0), (1, 28, 28), 512, 128, temperature)
         cfg = TrainConfig(epochs=epochs, batch_size=256, optimizer="lars", base_lr=1.2, warmup_epochs=1, channels_last=True, amp="off")
         t = time.perf_counter()
         history = pretrain(method, lambda e: cached_pairs(cache, 256, e, 0), steps, cfg, device, tmp / f"{name}.pt", name, progress=False)

@@ -104,6 +104,11 @@ def test_dvc_repro_end_to_end(tmp_path: Path):
     status = sh("dvc", "status", "validate", cwd=root).stdout
     assert "changed deps" in status  # validate's lock entry still describes the last good data
 
+    # A fresh MLflow store (a fresh clone, a deleted mlflow/): DVC must register again, not trust the old record.
+    shutil.rmtree(root / "mlflow")
+    status = sh("dvc", "status", "register", cwd=root).stdout
+    assert "mlflow/registered.json" in status and "deleted" in status
+
 
 def lineage(root: Path, *args: str) -> dict:
     return json.loads(sh(sys.executable, "-m", "sslops", "lineage", *args, "--json", cwd=root).stdout)

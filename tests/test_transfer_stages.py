@@ -41,6 +41,8 @@ def test_register_finetune_evaluate_chain(pretrained, capsys, tmp_path):
     assert main(["register"]) == 0
     reg = json.loads((project.metrics_dir / "register.json").read_text())
     assert reg["version"] == 1 and reg["promoted"] and reg["champion_version"] == 1 and reg["reason"] == "no champion yet"
+    record = json.loads((project.root / "mlflow" / "registered.json").read_text())
+    assert record["version"] == 1 and record["tracking_uri"].endswith("mlflow.db")
     c = client(project)
     v1 = c.get_model_version_by_alias("sslops-encoder", "champion")
     assert str(v1.version) == "1" and str(c.get_model_version_by_alias("sslops-encoder", "candidate").version) == "1"

@@ -34,9 +34,9 @@ from typing import Any
 from sslops.cli import TELEMETRY_OFF
 from sslops.config import ROOT_ENV, Project, flatten
 from sslops.errors import SslopsError
+from sslops.tracking import PREFECT_RUN_ENV as FLOW_RUN_ENV  # tags every MLflow run
 
 FLOW_SECTION = "flow"
-FLOW_RUN_ENV = "PREFECT__FLOW_RUN_ID"  # the variable sslops.tracking reads to tag MLflow runs
 LOCK_PATH = Path(".dvc") / "tmp" / "sslops-pipeline.lock"  # .dvc/tmp is DVC's own git-ignored scratch
 BACKUP_DIR = Path(".dvc") / "tmp" / "sslops-params-backup"
 PROGRESS_EVERY_S = 30.0  # progress-bar redraws (lines ending in '\r') reach the log at most this often

@@ -246,7 +246,8 @@ def resolve_version(name: str, ref: str) -> "mlflow.entities.model_registry.Mode
         return client().get_model_version_by_alias(name, str(ref))
     except MlflowException as exc:
         raise SslopsError(f"model '{name}' has no version or alias '{ref}' in {os.environ.get('MLFLOW_TRACKING_URI') or 'the project store'}: "
-                          f"run the register stage first (dvc repro register). ({exc.message})") from None
+                          f"run the register stage first (dvc repro register; `dvc repro -f register` if DVC thinks it is up to date, "
+                          f"e.g. after pointing MLFLOW_TRACKING_URI at another store). ({exc.message})") from None
 
 
 def set_alias(name: str, alias: str, version: str) -> None:

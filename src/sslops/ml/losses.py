@@ -42,3 +42,29 @@ class NTXentLoss(nn.Module):
         positive = torch.cat([local + m, local])
         logits[torch.arange(2 * n, device=z1.device), self_index] = float("-inf")
         return F.cross_entropy(logits, positive)
+
+
+@torch.no_grad()
+def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate `x` from every rank without gradients (keys for a queue, targets)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, 0)
+
+
+def info_nce_with_queue(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE of MoCo (He et al., 2019, arXiv:1911.05722, eq. 1): one positive key per query, the queue as negatives.
+
+    `q`, `k` and `queue` are L2-normalised; `k` and `queue` carry no gradient.
+    """
+    positive = (q * k).sum(1, keepdim=True)
+    negative = q @ queue.T
+    logits = torch.cat([positive, negative], 1) / temperature
+    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+
+
+def byol_regression(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """BYOL's loss (Grill et al., 2020, arXiv:2006.07733, eq. 2): 2 - 2 cos(prediction, target projection)."""
+    return (2 - 2 * F.cosine_similarity(p.float(), z.float().detach(), dim=1)).mean()

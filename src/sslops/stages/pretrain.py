@@ -160,7 +160,13 @@ def _run(project: Project) -> dict[str, Any]:
     mean, std = _channel_stats(store, rows)
     backbone_cfg = BackboneConfig(**{"in_channels": int(store.images.shape[-1]), **(params.get("backbone") or {})})
     method_name = params.get("method", "simclr")
-    method = build_method(method_name, Encoder(backbone_cfg, mean, std), params.get(method_name) or {})
+    size = project.section("augment").get("size")
+    height, width, channels = store.images.shape[1:]
+    image_shape = (channels, int(size or height), int(size or width))  # what the views look like
+    try:
+        method = build_method(method_name, Encoder(backbone_cfg, mean, std), params.get(method_name) or {}, image_shape)
+    except (TypeError, ValueError) as exc:  # an unknown or invalid knob under pretrain.<method>
+        raise SslopsError(f"pretrain.{method_name} in params.yaml: {exc}") from None
     data_digest = manifest_digest(store.manifest)
     fingerprint = params_hash({"params": params, "augment": project.params.get("augment"), "world": world_size,
                                "data": data_digest})

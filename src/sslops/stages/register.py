@@ -5,6 +5,9 @@ a new version of `register.model_name`, points alias `candidate` at it, and move
 the new version beats the current champion on `register.metric` by more than `register.min_improvement`
 (a tie keeps the old champion). Aliases only: MLflow's registry stages are deprecated.
 
+Besides metrics/register.json (in git), the stage's record mlflow/registered.json lives in the store's own
+folder, so a fresh clone or a reset store makes DVC register again rather than skip.
+
 The pretrain run is found by the sha256 of the encoder weights it logged, so the chain data -> pretrain run
 -> model version holds even when DVC restored artifacts/pretrain from its cache.
 """
@@ -23,6 +26,11 @@ from sslops.provenance import file_digest
 CANDIDATE, CHAMPION = "candidate", "champion"
 # Lineage copied from the pretrain run onto the model version, so a version answers for itself.
 LINEAGE_TAGS = ("data.dvc_md5", "data.manifest_digest", "git.commit", "git.dirty", "params.hash", "dvc.dep.artifacts/augment")
+
+
+def registry_record(project: Project):
+    """mlflow/registered.json: DVC output of this stage that lives and dies with the local MLflow store."""
+    return project.root / "mlflow" / "registered.json"
 
 
 def decide(new_value: float, champion_value: float | None, min_improvement: float) -> tuple[bool, str]:
@@ -91,6 +99,9 @@ def run(project: Project) -> dict[str, Any]:
         }
         tracking.set_tags({"model.name": name, "model.version": version.version, "promotion.decision": summary["promoted"]})
         write_json(project.metrics_dir / "register.json", summary)
+        # A record kept beside the store it describes: a fresh clone or a deleted mlflow/ has no record,
+        # so DVC reruns this stage instead of trusting metrics/register.json about a registry that is gone.
+        write_json(registry_record(project), {**summary, "tracking_uri": tracking.tracking_uri(project)})
     print(f"registered {name} version {version.version} ({metric} {value:.4f}); alias {CANDIDATE} -> {version.version}; "
           f"{CHAMPION} -> {champion_version}: {reason}")
     return summary
