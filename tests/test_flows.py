@@ -185,14 +185,18 @@ def test_interrupting_a_stage_stops_dvc_and_the_stage_command(tmp_path: Path):
         {"stages": {"slow": {"cmd": "echo $$ > pid && echo started && exec sleep 120", "outs": ["x"]}}}))
     sh("dvc", "init", "-q", "--no-scm", cwd=tmp_path)
 
+    interrupted: list[float] = []
+
     def interrupt_when_started(line: str) -> None:
         if line == "started":
+            interrupted.append(time.monotonic())
             raise KeyboardInterrupt
 
-    started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         orch.repro_stage(tmp_path, "slow", orch.stage_env(tmp_path, None), interrupt_when_started)
-    assert time.monotonic() - started < orch.STOP_GRACE_S
+    # Stopped by SIGINT, not by the SIGKILL that follows the grace period (measured from the interrupt,
+    # not from DVC's start-up, which alone can take seconds on a loaded machine).
+    assert time.monotonic() - interrupted[0] < orch.STOP_GRACE_S
     with pytest.raises(ProcessLookupError):
         os.kill(int((tmp_path / "pid").read_text()), 0)  # the stage's process is gone
     assert sh("dvc", "status", cwd=tmp_path).returncode == 0  # and DVC's lock was released
@@ -278,7 +282,7 @@ def test_flow_runs_each_stage_in_dvc_order_then_skips_what_is_up_to_date(harness
     assert {"prepare", "validate", "augment", "pretrain"} <= {r.info.run_name for r in runs}
     found = artifacts(run_id)
     markdown = found["markdown"].data
-    for run in runs:
+    for run in (r for r in runs if "sslops.stage" in r.data.tags):  # stage runs; finetune's children are nested in theirs
         assert f"[{run.info.run_id}](http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id})" in markdown
     assert "| pretrain | ran |" in markdown and "| pretrain | knn_acc |" in markdown
     register = root / "metrics" / "register.json"

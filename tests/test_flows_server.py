@@ -133,5 +133,6 @@ def test_served_deployment_runs_an_override_as_a_dvc_experiment(tmp_path: Path, 
     assert {"prepare", "pretrain"} <= {r.info.run_name for r in runs}
     for r in runs:
         assert r.data.tags["prefect.flow_run_id"] == str(run.id)
-        assert r.info.run_id in markdown
+        if "sslops.stage" in r.data.tags:  # stage runs are listed; finetune's child runs are nested in theirs
+            assert r.info.run_id in markdown
     assert {r.data.params["pretrain.seed"] for r in runs if r.info.run_name == "pretrain"} == {"1"}
