@@ -55,7 +55,7 @@ def _metrics(data: dict, path: str) -> dict:
 def experiments() -> dict[str, dict]:
     """method -> (pretrain metrics, evaluate metrics, experiment name) from `dvc exp show --json`."""
     rows: dict[str, dict] = {}
-    shown = json.loads(dvc("exp", "show", "--json"))
+    shown = json.loads(dvc("exp", "show", "--json", "-A"))  # every baseline: commits made since still see them
     for commit in shown:
         for exp in commit.get("experiments") or []:
             for rev in exp.get("revs") or []:
@@ -67,7 +67,7 @@ def experiments() -> dict[str, dict]:
                                                   "evaluate": _metrics(data, "metrics/evaluate.json")})
     # The committed default run is the baseline every experiment above starts from: it stands in for the
     # default method when no `method-<default>` experiment was queued.
-    for commit in shown:
+    for commit in shown[:2]:  # the workspace, then HEAD (the committed default run)
         data = commit.get("data") or {}
         method = (((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}).get("pretrain", {}).get("method")
         if commit.get("rev") != "workspace" and method and method not in rows:

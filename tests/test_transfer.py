@@ -70,3 +70,10 @@ def test_features_are_raw_and_shaped():
     images = np.zeros((5, 12, 12, 1), dtype=np.uint8)
     feats = features(encoder, images, torch.device("cpu"), batch_size=2)
     assert feats.shape == (5, 4 * 8 * 2 * 2) and encoder.feature_dim == 128
+
+
+def test_finetune_skips_a_last_batch_of_one():
+    images, labels = synthetic_images(33, size=12, seed=2)  # 33 = 2 x 16 + 1: the remainder cannot be batch-normalised
+    model = Classifier(Encoder(BackboneConfig(width=4), [0.5], [0.3]), 4)
+    stats = finetune(model, images, labels.astype(np.int64), FinetuneConfig(epochs=2, max_steps=10, batch_size=16), torch.device("cpu"), pretrained=True)
+    assert stats["steps"] == 6  # the step budget (2 epochs x 3 batches) is spent on full batches only

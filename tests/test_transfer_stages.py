@@ -12,6 +12,7 @@ from conftest import mlflow_runs, set_param
 from PIL import Image
 
 from sslops.cli import main
+from sslops.errors import SslopsError
 from sslops.stages.register import decide
 
 pytestmark = pytest.mark.integration
@@ -58,6 +59,12 @@ def test_register_finetune_evaluate_chain(pretrained, capsys, tmp_path):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
     state_dict = mlflow.artifacts.download_artifacts(run_id=reg["run_id"], artifact_path="state_dict/encoder.pt", dst_path=str(tmp_path))
     assert torch.load(state_dict, weights_only=True).keys() == weights.keys()
+
+    # A champion promoted on another metric cannot be compared: a clear stop, no new version.
+    set_param(project.root, "register", "metric", "knn_acc")
+    assert main(["register"]) == 2
+    assert "promoted on 'linear_acc', not on register.metric 'knn_acc'" in capsys.readouterr().err
+    set_param(project.root, "register", "metric", "linear_acc")
 
     # Same encoder again: a tie, so `candidate` moves and `champion` stays.
     assert main(["register"]) == 0
@@ -130,3 +137,18 @@ def test_register_without_its_pretrain_run_is_a_clear_error(pretrained, capsys, 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other.db'}")
     assert main(["register"]) == 2
     assert "does not hold the run that produced artifacts/pretrain" in capsys.readouterr().err
+
+
+def test_model_refs_and_recipe_numbers():
+    from sslops.lineage import parse_ref
+    from sslops.stages.finetune import recipe
+
+    assert parse_ref("models:/enc@champion", "d") == ("enc", "champion")
+    assert parse_ref("models:/enc/3", "d") == ("enc", "3")
+    assert parse_ref("candidate", "d") == ("d", "candidate") and parse_ref("@champion", "d") == ("d", "champion")
+    cfg = recipe({"recipe": {"lr": "5e-2", "max_steps": "10", "crop_scale": [0.5, 1]}}, seed=3)
+    assert (cfg.lr, cfg.max_steps, cfg.crop_scale, cfg.seed) == (0.05, 10, (0.5, 1.0), 3)
+    with pytest.raises(SslopsError, match="finetune.recipe.lr"):
+        recipe({"recipe": {"lr": "fast"}}, seed=0)
+    with pytest.raises(SslopsError, match="unknown finetune.recipe keys: lr_scale"):
+        recipe({"recipe": {"lr_scale": 1}}, seed=0)

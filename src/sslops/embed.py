@@ -49,6 +49,8 @@ def embed_folder(model_uri: str, folder: Path, out: Path, batch_size: int = 512)
         encoder = mlflow.pytorch.load_model(model_uri, map_location="cpu")
     except mlflow.exceptions.MlflowException as exc:
         raise SslopsError(f"cannot load {model_uri}: {exc.message}") from None
+    if info.signature is None:
+        raise SslopsError(f"{model_uri} has no signature, so the input size is unknown: register it with `sslops register`.")
     _, channels, height, width = info.signature.inputs.inputs[0].shape
     paths, images = load_images(folder, channels, height, width)
     feats = features(encoder, images, torch.device("cpu"), batch_size).numpy().astype(np.float32)

@@ -19,7 +19,7 @@ from sslops.errors import SslopsError
 def parse_ref(ref: str, default_name: str) -> tuple[str, str]:
     """`name@alias`, `name/3`, `@alias`, `3` or `alias` -> (model name, alias or version)."""
     if "@" in ref:
-        name, _, alias = ref.partition("@")
+        name, _, alias = ref.removeprefix("models:/").partition("@")
         return name or default_name, alias
     if "/" in ref:
         name, _, version = ref.rpartition("/")
@@ -47,7 +47,10 @@ def model_chain(project: Project, ref: str) -> dict[str, Any]:
     run_id = tags.get("pretrain.run_id")
     if not run_id:
         raise SslopsError(f"{name} version {version.version} carries no pretrain.run_id tag: it was not registered by sslops.")
-    pretrain = tracking.client().get_run(run_id)
+    try:
+        pretrain = tracking.client().get_run(run_id)
+    except Exception as exc:  # MlflowException: a deleted run, or a store that no longer holds it
+        raise SslopsError(f"{name} version {version.version} names pretrain run {run_id}, which this store cannot return: {exc}") from None
     ptags = pretrain.data.tags
     digest = ptags.get("data.manifest_digest")
     validation = tracking.find_run(project, f"tags.`sslops.stage` = 'validate' and tags.`data.manifest_digest` = '{digest}'")

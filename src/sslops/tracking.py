@@ -75,7 +75,7 @@ def stage_run(project: Project, stage: str, params: dict[str, Any], system_metri
 
 @contextlib.contextmanager
 def child_run(name: str, tags: dict[str, Any]) -> Iterator["mlflow.ActiveRun"]:
-    """A run nested under the active stage run (MLflow UI groups them); `tags` are also logged as params."""
+    """A run nested under the active stage run (MLflow UI groups them); plain `tags` (no dot) are also logged as params."""
     import mlflow
 
     all_tags = {**{k: str(v) for k, v in tags.items()}, **_orchestrator_tags()}

@@ -1,7 +1,7 @@
 """Self-supervised methods behind one small interface, so the training loop never changes per method.
 
-A method owns the trainable modules (encoder + heads), says how many augmented views a step needs, and
-turns a batch of views into a loss. Methods with momentum targets or queues override `after_step`.
+A method owns the trainable modules (encoder + heads) and turns the two augmented views of a batch into a
+loss. Methods with momentum targets override `after_step`.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from sslops.ml.models import Encoder, ProjectionHead
 class Method(nn.Module):
     """Base class: `encoder` is what gets registered and evaluated; everything else is pretext-only.
 
+    The training loop hands `forward` two augmented views of each image of the batch.
+
     `image_shape` is (C, H, W) of the views, for methods that reconstruct or transform whole images.
     """
-
-    views: int = 2
 
     def __init__(self, encoder: Encoder, image_shape: tuple[int, int, int]):
         super().__init__()
@@ -36,7 +36,7 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def after_step(self, step: int, total_steps: int) -> None:
-        """Hook after each optimiser step (EMA targets, queues); SimCLR needs none."""
+        """Hook after each optimiser step (momentum targets); SimCLR needs none. MoCo's queue is updated in forward."""
 
 
 class SimCLR(Method):
@@ -65,7 +65,7 @@ def _frozen_copy(module: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def _ema(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """target <- momentum * target + (1 - momentum) * online, parameters and BN statistics alike."""
+    """target <- momentum * target + (1 - momentum) * online for parameters; BN statistics are copied."""
     for t, o in zip(target.parameters(), online.parameters(), strict=True):
         t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
     for t, o in zip(target.buffers(), online.buffers(), strict=True):

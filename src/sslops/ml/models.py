@@ -122,3 +122,7 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.normalize(x))
+
+    def untrained_copy(self) -> "Encoder":
+        """The same architecture and input normalisation at a fresh random initialisation (seed the RNG first)."""
+        return Encoder(self.config, self.channel_mean, self.channel_std)

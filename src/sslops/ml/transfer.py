@@ -107,9 +107,9 @@ def fit_linear_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, weight_de
     torch.manual_seed(seed)
     probe = LinearProbe(x.shape[1], n_classes)
     chosen = weight_decays[0]
-    if len(weight_decays) > 1:
+    n_val = max(n_classes, int(holdout * len(x)))
+    if len(weight_decays) > 1 and len(x) - n_val >= 2 * n_classes:  # else too few labels to hold any out
         order = np.random.default_rng(seed).permutation(len(x))
-        n_val = max(n_classes, int(holdout * len(x)))
         val, fit = torch.as_tensor(order[:n_val]), torch.as_tensor(order[n_val:])
         best = -1.0
         for wd in weight_decays:
@@ -191,6 +191,8 @@ def finetune(model: Classifier, images: np.ndarray, labels: np.ndarray, cfg: Fin
             if step == total:
                 break
             idx = order[start : start + cfg.batch_size]
+            if len(idx) < 2:  # BatchNorm cannot normalise a batch of one: skip that remainder
+                continue
             x = augment(pool[idx], gen).to(device).float()
             y = targets[idx].to(device)
             for group in optimizer.param_groups:

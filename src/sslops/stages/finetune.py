@@ -38,19 +38,29 @@ def labelled(store: ImageStore, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def recipe(params: dict[str, Any], seed: int):
-    """FinetuneConfig from `finetune.recipe`, naming unknown keys (a typo would otherwise be ignored)."""
+    """FinetuneConfig from `finetune.recipe`: unknown keys named, numbers coerced (YAML 1.1 reads `5e-2` as text)."""
     from sslops.ml.transfer import FinetuneConfig
 
     values = dict(params.get("recipe") or {})
-    known = {f.name for f in fields(FinetuneConfig)}
-    if set(values) - known:
-        raise SslopsError(f"unknown finetune.recipe keys: {', '.join(sorted(set(values) - known))} (known: {', '.join(sorted(known))}).")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    types = {f.name: f.type for f in fields(FinetuneConfig)}
+    if set(values) - set(types):
+        raise SslopsError(f"unknown finetune.recipe keys: {', '.join(sorted(set(values) - set(types)))} (known: {', '.join(sorted(types))}).")
+    for key, value in values.items():
+        try:
+            if types[key] in ("int", "float"):
+                values[key] = int(value) if types[key] == "int" else float(value)
+            elif isinstance(value, list):
+                values[key] = tuple(float(v) for v in value)
+        except (TypeError, ValueError):
+            raise SslopsError(f"finetune.recipe.{key} in params.yaml must be numeric, not {value!r}.") from None
     return FinetuneConfig(**{**values, "seed": seed})
 
 
 def fractions(params: dict[str, Any]) -> list[float]:
-    values = [float(f) for f in params.get("fractions", [0.01, 0.1, 1.0])]
+    try:
+        values = [float(f) for f in params.get("fractions", [0.01, 0.1, 1.0])]
+    except (TypeError, ValueError):
+        values = []
     if not values or any(not 0 < f <= 1 for f in values):
         raise SslopsError(f"finetune.fractions must be numbers in (0, 1], got {params.get('fractions')}.")
     return sorted(set(values))
@@ -60,10 +70,8 @@ def scratch_encoder(encoder, seed: int):
     """The same architecture and input normalisation at random initialisation (seeded)."""
     import torch
 
-    from sslops.ml.models import Encoder
-
     torch.manual_seed(seed)
-    return Encoder(encoder.config, encoder.channel_mean, encoder.channel_std)
+    return encoder.untrained_copy()
 
 
 def run(project: Project) -> dict[str, Any]:

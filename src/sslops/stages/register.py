@@ -79,8 +79,13 @@ def run(project: Project) -> dict[str, Any]:
         info = tracking.log_encoder(encoder, example, encoder_dir)
         champion = tracking.version_by_alias(name, CHAMPION)
         champion_value = None
-        if champion is not None and "promotion.value" in champion.tags:
+        if champion is not None and champion.tags.get("promotion.metric") == metric and "promotion.value" in champion.tags:
             champion_value = float(champion.tags["promotion.value"])
+        elif champion is not None:
+            raise SslopsError(f"champion version {champion.version} of {name} was promoted on "
+                              f"'{champion.tags.get('promotion.metric')}', not on register.metric '{metric}': the two "
+                              "cannot be compared. Keep the metric, or choose the champion by hand "
+                              f"(MlflowClient().set_registered_model_alias('{name}', 'champion', <version>)).")
         promote, reason = decide(float(value), champion_value, min_improvement)
         version = tracking.register_version(info.model_uri, name, {
             **lineage, "pretrain.run_id": pretrain_run.info.run_id, "register.run_id": run.info.run_id,
