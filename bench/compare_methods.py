@@ -58,10 +58,14 @@ def experiments() -> dict[str, dict]:
     shown = json.loads(dvc("exp", "show", "--json", "-A"))  # every baseline: commits made since still see them
     for commit in shown:
         for exp in commit.get("experiments") or []:
+            state = (exp.get("executor") or {}).get("state")
             for rev in exp.get("revs") or []:
                 name, data = rev.get("name") or "", rev.get("data") or {}
                 match = re.fullmatch(r"method-(\w+)", name)
                 if not match or rev.get("error"):
+                    continue
+                if state not in (None, "success"):  # queued or running: its files are still the baseline's
+                    rows.setdefault(match.group(1), {"name": name, "state": state})
                     continue
                 rows.setdefault(match.group(1), {"name": name, "pretrain": _metrics(data, "metrics/pretrain.json"),
                                                   "evaluate": _metrics(data, "metrics/evaluate.json")})
@@ -80,8 +84,8 @@ def table(rows: dict[str, dict]) -> str:
     lines = ["| method | linear probe (all labels) | kNN | 1 % labels: best pretrained | 1 % labels: scratch fine-tune | gain | pretraining time | images/s | experiment |",
              "|---|---|---|---|---|---|---|---|---|"]
     for method in METHODS:
-        if method not in rows:
-            lines.append(f"| {method} | not run yet | | | | | | | |")
+        if method not in rows or "state" in rows[method]:
+            lines.append(f"| {method} | {rows.get(method, {}).get('state', 'not run yet')} | | | | | | | |")
             continue
         p, e = rows[method]["pretrain"], rows[method]["evaluate"]
         head = "headline.frac_0.01."
