@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from sslops.report import replace_section
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "methods.md"
 METHODS = ("simclr", "moco", "byol", "mim", "rotation")
@@ -107,12 +109,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.run:
         run_queue(args.methods.split(","))
-    text = DOC.read_text()
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"{DOC} lacks the marker lines {BEGIN!r} ... {END!r}")
     generated = table(experiments())
-    DOC.write_text(pattern.sub(lambda _: f"{BEGIN}\n{generated}\n{END}", text))
+    replace_section(DOC, BEGIN, END, generated)
     print(generated)
 
 

@@ -13,6 +13,7 @@ Run: python bench/transfer_recipes.py --data data/fashion-mnist --device cuda --
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import tempfile
 import time
@@ -81,19 +82,13 @@ def evaluate_encoder(encoder: Encoder, data, device, fractions, ft_scales, seed:
         pred = knn_predict(norm(ftr[idx], dim=1), torch.as_tensor(ytr[idx]), norm(fte, dim=1), 10, 200, 0.1)
         out[f"knn_{frac}"] = float((pred.numpy() == yte).mean())
         for scale in ft_scales.get(frac, []):
-            model = Classifier(encoder_copy(encoder), 10)
+            model = Classifier(copy.deepcopy(encoder), 10)
             model.head.load_state_dict(probe.state_dict())
             cfg = replace(FinetuneConfig(seed=seed), backbone_lr_scale=scale)
             stats = finetune(model.to(device), xtr[idx], ytr[idx], cfg, device, pretrained=pretrained)
             out[f"ft_{frac}_scale{scale}"] = float((predict(model, xte, device) == yte).mean())
             out[f"ft_{frac}_scale{scale}_s"] = stats["seconds"]
     return out
-
-
-def encoder_copy(encoder: Encoder) -> Encoder:
-    import copy
-
-    return copy.deepcopy(encoder)
 
 
 def main() -> None:

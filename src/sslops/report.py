@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 from sslops.atomic import atomic_file
 from sslops.config import Project
@@ -48,14 +49,18 @@ def _metrics(project: Project, stage: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def replace_section(path: Path, begin: str, end: str, body: str) -> None:
+    """Rewrite the text between two marker lines of a document (atomically); a clear error if they are missing."""
+    content = path.read_text()
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    if not pattern.search(content):
+        raise SslopsError(f"{path} has no generated section: add the two marker lines\n{begin}\n{end}")
+    with atomic_file(path) as tmp:
+        tmp.write_text(pattern.sub(lambda _: f"{begin}\n{body}\n{end}", content))
+
+
 def print_report(project: Project, update_readme: bool = False) -> str:
     text = results_markdown(project)
     if update_readme:
-        readme = project.root / "README.md"
-        content = readme.read_text()
-        pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-        if not pattern.search(content):
-            raise SslopsError(f"{readme} has no results section: add the two marker lines\n{BEGIN}\n{END}")
-        with atomic_file(readme) as tmp:
-            tmp.write_text(pattern.sub(lambda _: f"{BEGIN}\n{text}\n{END}", content))
+        replace_section(project.root / "README.md", BEGIN, END, text)
     return text

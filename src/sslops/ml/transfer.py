@@ -49,16 +49,21 @@ def balanced_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarra
 
 
 @torch.no_grad()
-def features(encoder: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
-    """Raw (not normalised) encoder features of uint8 NHWC `images`, in eval mode, on the CPU."""
-    was_training = encoder.training
-    encoder.eval()
+def _apply(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int) -> torch.Tensor:
+    """`model` outputs for uint8 NHWC `images`, batch by batch in eval mode, gathered on the CPU."""
+    was_training = model.training
+    model.eval()
     out = []
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(np.array(images[start : start + batch_size])).to(device)  # a copy: mmaps are read-only
-        out.append(encoder(batch.permute(0, 3, 1, 2).float()).float().cpu())
-    encoder.train(was_training)
+        out.append(model(batch.permute(0, 3, 1, 2).float()).float().cpu())
+    model.train(was_training)
     return torch.cat(out)
+
+
+def features(encoder: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
+    """Raw (not normalised) encoder features of uint8 NHWC `images`, in eval mode, on the CPU."""
+    return _apply(encoder, images, device, batch_size)
 
 
 class LinearProbe(nn.Module):
@@ -213,12 +218,6 @@ def finetune(model: Classifier, images: np.ndarray, labels: np.ndarray, cfg: Fin
             "seconds": time.perf_counter() - started}
 
 
-@torch.no_grad()
 def predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 1024) -> np.ndarray:
     """Class predictions of a `Classifier` for uint8 NHWC images."""
-    model.eval()
-    preds = []
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.array(images[start : start + batch_size])).to(device)
-        preds.append(model(batch.permute(0, 3, 1, 2).float()).argmax(1).cpu())
-    return torch.cat(preds).numpy()
+    return _apply(model, images, device, batch_size).argmax(1).numpy()
