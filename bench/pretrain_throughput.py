@@ -6,10 +6,11 @@
   (d) reference: per-sample torchvision v2 augmentation in a DataLoader (best of num_workers 0, 1, 2)
 
 (a)-(c) run in interleaved rounds, keeping the best of each. Also: achieved FLOP/s (forward FLOPs from
-torch.utils.flop_counter, x3 for the backward) as a share of a measured fp32 matmul peak, with and
-without channels_last.
+torch.utils.flop_counter, x3 for the backward) as a share of a measured matmul peak in the step's compute
+dtype (fp32, or bf16 under autocast), with and without channels_last. The AMP setting defaults to
+params.yaml's (`auto`: bf16 on a CPU with native bf16 units, else fp32); `--amp off` measures fp32.
 
-Run: .venv/bin/python bench/pretrain_throughput.py [--steps 30] [--rounds 3] [--batch 256] [--json out.json]
+Run: .venv/bin/python bench/pretrain_throughput.py [--steps 30] [--rounds 3] [--batch 256] [--amp off] [--json out.json]
 The backbone defaults to the one params.yaml's CPU profile trains (`pretrain.backbone`). On a GPU:
   python bench/pretrain_throughput.py --device cuda --amp bf16 --backbone resnet18 --batch 512 --workers 0,4,8
 Uses artifacts/prepared and artifacts/augment when present (run `dvc repro augment` first), else
@@ -33,7 +34,7 @@ from sslops.ml.augment import AugmentConfig, BatchAugment
 from sslops.ml.cache import build_cache
 from sslops.ml.methods import SimCLR
 from sslops.ml.models import BackboneConfig, Encoder
-from sslops.ml.train import TrainConfig, pretrain
+from sslops.ml.train import TrainConfig, amp_dtype, cpu_has_native_bf16, pretrain
 from sslops.ml.views import ViewCache, cached_pairs, on_the_fly_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,14 +60,14 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> f
     return 2 * n**3 / best
 
 
-def default_backbone() -> dict:
-    """The backbone of params.yaml's default (CPU) profile, so the benchmark measures what `make run` trains."""
+def default_params() -> dict:
+    """params.yaml's pretrain section as the default (CPU) profile resolves it: the benchmark measures what
+    `make run` trains (backbone and AMP setting)."""
     import yaml
 
     from sslops.stages.pretrain import resolve_params
 
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())["pretrain"]
-    return resolve_params(params).get("backbone") or {}
+    return resolve_params(yaml.safe_load((ROOT / "params.yaml").read_text())["pretrain"])
 
 
 def step_flops(method: SimCLR, batch: int, shape: tuple[int, int, int]) -> float:
@@ -128,16 +129,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--backbone", help="backbone name (default: params.yaml's CPU profile)")
     parser.add_argument("--width", type=int, help="small_cnn width (default: params.yaml's CPU profile)")
+    parser.add_argument("--stem-width", type=int, help="small_cnn first-conv channels, 0 = width (default: params.yaml's)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | mps")
-    parser.add_argument("--amp", default="off", help="off | bf16 | fp16 (autocast during the step)")
+    parser.add_argument("--amp", help="auto | off | bf16 | fp16: autocast during the step (default: params.yaml's)")
     parser.add_argument("--workers", default="0,1,2", help="num_workers tried for the (d) reference loader")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of (a)-(c); best is kept")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     device = torch.device(args.device)
-    defaults = default_backbone()
-    backbone = BackboneConfig(**{**defaults, **({"name": args.backbone} if args.backbone else {}),
-                                 **({"width": args.width} if args.width else {})})
+    defaults = default_params()
+    amp = args.amp or defaults.get("amp", "auto")
+    amp_name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype(amp, device), "off")
+    backbone = BackboneConfig(**{**(defaults.get("backbone") or {}), **({"name": args.backbone} if args.backbone else {}),
+                                 **({"width": args.width} if args.width else {}),
+                                 **({"stem_width": args.stem_width or None} if args.stem_width is not None else {})})
 
     prepared, cache_dir = ROOT / "artifacts" / "prepared", ROOT / "artifacts" / "augment"
     if (prepared / "images.npy").is_file() and (cache_dir / "index.json").is_file() and json.loads((cache_dir / "index.json").read_text())["views"]:
@@ -154,8 +159,9 @@ def main() -> None:
     shape = pool.shape[1:]
     cfg = AugmentConfig()
     b, steps = args.batch, args.steps
-    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {torch.backends.cpu.get_cpu_capability()}"
-    print(f"data: {source}; backbone {backbone}; batch {b}; {steps} steps; amp {args.amp}; "
+    hardware = (torch.cuda.get_device_name(device) if device.type == "cuda" else
+                f"CPU {torch.backends.cpu.get_cpu_capability()}{', native bf16' if cpu_has_native_bf16() else ''}")
+    print(f"data: {source}; backbone {backbone}; batch {b}; {steps} steps; amp {amp_name}; "
           f"{torch.get_num_threads()} threads; {hardware}")
 
     ready = next(cached_pairs(cache, b, 0, 0))
@@ -171,17 +177,17 @@ def main() -> None:
     for round_ in range(args.rounds):
         print(f"round {round_ + 1}/{args.rounds}")
         for key, (label, batches, cl) in configs.items():
-            results[key] = max(results.get(key, 0.0), measure(label, batches, steps, b, shape, backbone, cl, device, args.amp))
+            results[key] = max(results.get(key, 0.0), measure(label, batches, steps, b, shape, backbone, cl, device, amp_name))
     reference = {}
     for workers in (int(w) for w in args.workers.split(",")):
         loader = torch.utils.data.DataLoader(PerSampleViews(pool, cfg), batch_size=b, shuffle=True, num_workers=workers,
                                              drop_last=True, persistent_workers=workers > 0, pin_memory=device.type == "cuda")
         reference[workers] = measure(f"(d) per-sample torchvision v2 in a DataLoader, num_workers={workers}", lambda e, ld=loader: iter(ld),
-                                     steps, b, shape, backbone, True, device, args.amp)
+                                     steps, b, shape, backbone, True, device, amp_name)
     results["d_reference_best"] = max(reference.values())
     results["d_reference_best_workers"] = max(reference, key=reference.get)
 
-    peak_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp, torch.float32)
+    peak_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp_name, torch.float32)
     peak = matmul_peak(device, peak_dtype)
     flops = step_flops(make_method(shape, backbone), b, shape)
     for key in ("a_model_only_contiguous", "a_model_only_channels_last", "b_cache"):
@@ -198,7 +204,7 @@ def main() -> None:
         print(f"  {key:<28} {results[key + '_gflops']:6.1f} GFLOP/s = {100 * results[key + '_share_of_peak']:.0f}% of peak")
     print(f"(b)/(a) = {results['b_over_a']:.2f} (target >= 0.95); (b)/(d) = {results['b_over_d']:.2f} (target >= 1.6)")
     results.update(machine=hardware, processor=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
-                   torch=torch.__version__, batch=b, steps=steps, backbone=backbone.to_dict(), amp=args.amp,
+                   torch=torch.__version__, batch=b, steps=steps, backbone=backbone.to_dict(), amp=amp_name,
                    matmul_peak_dtype=str(peak_dtype))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

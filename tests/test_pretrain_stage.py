@@ -86,6 +86,7 @@ def test_on_the_fly_mode_without_cache(project):
     ("method", "swav", "pretrain.method 'swav' in params.yaml is not one of: simclr"),
     ("optimizer", "adam", "pretrain.optimizer 'adam' in params.yaml is not one of: lars, sgd, adamw"),
     ("profile", "tpu", "pretrain.profile 'tpu' is not one of pretrain.profiles: cpu, gpu"),
+    ("amp", "fp8", "pretrain.amp 'fp8' in params.yaml is not one of: auto, bf16, fp16, off"),
 ])
 def test_bad_pretrain_params_are_named(project, capsys, key, value, message):
     set_param(project.root, "pretrain", key, value)

@@ -22,6 +22,7 @@ class BackboneConfig:
     width: int = 16
     small_stem: bool = True
     pool: int = 1  # small_cnn: average-pool the last feature map to pool x pool cells (1 = global pooling)
+    stem_width: int | None = None  # small_cnn: channels of the first conv (None = width)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -32,19 +33,21 @@ def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 
 
 class SmallCNN(nn.Module):
-    """A 4-conv VGG-style encoder (w, 2w, 4w, 8w channels; the last three with stride 2).
+    """A 4-conv VGG-style encoder (stem, 2w, 4w, 8w channels; the last three with stride 2; stem = w by default).
 
     Sized for 2 CPU cores. `pool` > 1 keeps a coarse spatial layout in the features (8w * pool^2 values):
     global pooling throws away *where* a part is, which matters for small centred images such as
-    Fashion-MNIST, at no extra convolution cost.
+    Fashion-MNIST, at no extra convolution cost. `stem_width` < w narrows the first conv only: it is the one
+    layer at full resolution, so its activations dominate memory traffic (BN, ReLU and their backward) while
+    its 3x3xC input patches (9 values for grayscale) need few filters.
     """
 
-    def __init__(self, in_channels: int = 1, width: int = 16, pool: int = 1):
+    def __init__(self, in_channels: int = 1, width: int = 16, pool: int = 1, stem_width: int | None = None):
         super().__init__()
-        w = width
+        w, stem = width, stem_width or width
         self.features = nn.Sequential(
-            _conv_bn(in_channels, w),
-            _conv_bn(w, 2 * w, stride=2),
+            _conv_bn(in_channels, stem),
+            _conv_bn(stem, 2 * w, stride=2),
             _conv_bn(2 * w, 4 * w, stride=2),
             _conv_bn(4 * w, 8 * w, stride=2),
             nn.AdaptiveAvgPool2d(pool),
@@ -76,7 +79,7 @@ BACKBONES = ("small_cnn", "resnet18", "resnet34", "resnet50")
 def build_backbone(cfg: BackboneConfig) -> nn.Module:
     """Build an encoder with a `feature_dim` attribute."""
     if cfg.name == "small_cnn":
-        return SmallCNN(cfg.in_channels, cfg.width, cfg.pool)
+        return SmallCNN(cfg.in_channels, cfg.width, cfg.pool, cfg.stem_width)
     if cfg.name in BACKBONES:
         return _resnet(cfg.name, cfg.in_channels, cfg.small_stem)
     raise ValueError(f"unknown backbone '{cfg.name}' ({', '.join(BACKBONES)})")

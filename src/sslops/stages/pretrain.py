@@ -58,15 +58,17 @@ def _train_config(params: dict[str, Any]):
 
 
 def _check_choices(params: dict[str, Any]) -> None:
-    """Name a mistyped method, backbone or optimiser up front, as a user error rather than a traceback."""
+    """Name a mistyped method, backbone, optimiser or AMP setting up front, as a user error rather than a traceback."""
     from sslops.ml.methods import METHODS
     from sslops.ml.models import BACKBONES
     from sslops.ml.optim import OPTIMIZERS
+    from sslops.ml.train import AMP_SETTINGS
 
     for key, value, allowed in (
         ("method", params.get("method", "simclr"), METHODS),
         ("backbone.name", (params.get("backbone") or {}).get("name", "small_cnn"), BACKBONES),
         ("optimizer", params.get("optimizer", "lars"), OPTIMIZERS),
+        ("amp", params.get("amp", "auto"), AMP_SETTINGS),
     ):
         if value not in allowed:
             raise SslopsError(f"pretrain.{key} '{value}' in params.yaml is not one of: {', '.join(allowed)}.")
@@ -120,7 +122,7 @@ def _run(project: Project) -> dict[str, Any]:
     from sslops.ml.transfer import features, probe_accuracy
     from sslops.ml.methods import build_method
     from sslops.ml.models import BackboneConfig, Encoder
-    from sslops.ml.train import pick_device, pretrain, world
+    from sslops.ml.train import amp_dtype, pick_device, pretrain, world
 
     raw = project.section("pretrain")
     params = resolve_params(raw)
@@ -145,6 +147,7 @@ def _run(project: Project) -> dict[str, Any]:
     if steps_per_epoch == 0:
         raise SslopsError(f"pretrain.batch_size {train_cfg.batch_size} is larger than the {len(rows)} pretraining images.")
     device = pick_device(params.get("device", "auto"))
+    amp = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype(train_cfg.amp, device), "off")  # what `auto` became
     seed = train_cfg.seed
 
     if index["views"]:
@@ -196,7 +199,7 @@ def _run(project: Project) -> dict[str, Any]:
     with run_ctx:
         started = time.perf_counter()
         if rank == 0:
-            tracking.set_tags({"pretrain.device": str(device), "pretrain.world_size": world_size,
+            tracking.set_tags({"pretrain.device": str(device), "pretrain.amp": amp, "pretrain.world_size": world_size,
                                "augment.cache_views": index["views"], "data.manifest_digest": data_digest})
         history = pretrain(method, batches, steps_per_epoch, train_cfg, device, checkpoint, fingerprint, on_epoch)
         if rank != 0:
@@ -211,6 +214,7 @@ def _run(project: Project) -> dict[str, Any]:
             "train_seconds": round(sum(h.seconds for h in history), 1),
             "seconds": round(time.perf_counter() - started, 1),
             "device": str(device),
+            "amp": amp,
             "world_size": world_size,
         }
         out = project.root / "artifacts" / "pretrain"
