@@ -147,7 +147,8 @@ def test_each_method_learns_beyond_random_init(name, fashion, tmp_path: Path):
     images = data[0]
     batches = lambda epoch: on_the_fly_pairs(images, augment, 128, epoch, seed=0)  # noqa: E731
     cfg = TrainConfig(epochs=epochs, batch_size=128, optimizer="lars" if name in ("simclr", "moco", "byol") else "sgd",
-                      base_lr=1.2 if name in ("simclr", "moco", "byol") else 0.1, warmup_epochs=1, weight_decay=1e-5)
+                      base_lr=1.2 if name in ("simclr", "moco", "byol") else 0.1, warmup_epochs=1, weight_decay=1e-5,
+                      amp="off")  # fp32 everywhere: the margins were calibrated in fp32, and `auto` depends on the CPU
     pretrain(method, batches, len(images) // 128, cfg, torch.device("cpu"), tmp_path / "ckpt.pt", name, progress=False)
     learned = knn(method.encoder, data)
     print(f"{name}: kNN {learned:.4f} vs random init (best of 3 seeds) {baseline:.4f}")

@@ -18,6 +18,7 @@ import yaml
 from conftest import REPO, mlflow_runs, small_params, write_idx_dataset
 
 from sslops.data.idx import read_idx, write_idx
+from sslops.ml.train import cpu_has_native_bf16
 
 pytestmark = pytest.mark.integration
 STAGES = ["prepare", "validate", "augment", "pretrain", "register", "finetune", "evaluate"]
@@ -166,3 +167,4 @@ def test_two_datasets_give_two_complete_chains_and_champion_moves_only_on_improv
 
     out = sh(sys.executable, "-m", "sslops", "report", cwd=root).stdout
     assert "| protocol | init |" in out and "champion is version 2" in out
+    assert ("bf16 autocast" in out) == cpu_has_native_bf16()

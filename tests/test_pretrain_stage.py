@@ -19,7 +19,7 @@ from conftest import mlflow_runs, set_param
 
 from sslops.cli import main
 from sslops.ml.models import BackboneConfig, Encoder
-from sslops.ml.train import load_checkpoint, save_checkpoint
+from sslops.ml.train import cpu_has_native_bf16, load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +49,7 @@ def test_augment_then_pretrain_outputs_and_tracking(project, capsys):
     assert main(["pretrain"]) == 0
     summary = json.loads((project.metrics_dir / "pretrain.json").read_text())
     assert summary["epochs"] == 3 and summary["steps"] == 3 * 5 and 0 <= summary["knn_acc"] <= 1
+    assert summary["amp"] == ("bf16" if cpu_has_native_bf16() else "off")  # what `amp: auto` became on this CPU
     encoder = load_encoder(project.root / "artifacts" / "pretrain")
     assert encoder(torch.zeros(2, 1, 12, 12)).shape == (2, encoder.feature_dim)
     curve = (project.root / "plots" / "pretrain.csv").read_text().splitlines()
@@ -61,6 +62,7 @@ def test_augment_then_pretrain_outputs_and_tracking(project, capsys):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3]
     assert {"knn_acc", "lr", "images_per_s", "final.knn_acc"} <= set(run.data.metrics)
     assert run.data.params["pretrain.method"] == "simclr" and run.data.tags["pretrain.device"] == "cpu"
+    assert run.data.tags["pretrain.amp"] == summary["amp"]
 
 
 def test_augment_refuses_data_that_did_not_pass_validation(project, capsys):

@@ -35,7 +35,8 @@ def results_markdown(project: Project) -> str:
         "",
     ]
     if pretrain:
-        lines.append(f"Pretraining: {pretrain.get('epochs')} epochs in {pretrain.get('seconds')} s on {pretrain.get('device')} "
+        amp = f", {pretrain['amp']} autocast" if pretrain.get("amp", "off") != "off" else ""
+        lines.append(f"Pretraining: {pretrain.get('epochs')} epochs in {pretrain.get('seconds')} s on {pretrain.get('device')}{amp} "
                      f"({pretrain.get('images_per_s')} images/s); kNN {100 * pretrain.get('knn_acc', 0):.2f} %, "
                      f"linear probe {100 * pretrain.get('linear_acc', 0):.2f} % (all train labels).")
     if register:
