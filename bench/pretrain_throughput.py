@@ -101,6 +101,22 @@ def measure(name: str, batches, steps: int, batch: int, shape: tuple[int, int, i
     return rate
 
 
+def profile_step(ready, batch: int, shape: tuple[int, int, int], backbone: BackboneConfig, device: torch.device, amp: str) -> None:
+    """Print where the step's time goes (torch.profiler, ops grouped by input shape): the table that showed
+    the full-resolution first layer's cost."""
+    from torch.profiler import ProfilerActivity, profile
+
+    method = make_method(shape, backbone)
+    cfg = TrainConfig(epochs=1, batch_size=batch, channels_last=True, warmup_epochs=0, amp=amp)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with tempfile.TemporaryDirectory() as tmp:
+        pretrain(method, lambda e: itertools.repeat(ready, 3), 3, cfg, device, Path(tmp) / "w.pt", "w", progress=False)
+        with profile(activities=activities, record_shapes=True) as prof:
+            pretrain(method, lambda e: itertools.repeat(ready, 5), 5, cfg, device, Path(tmp) / "p.pt", "p", progress=False)
+    print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=20,
+                                                             max_name_column_width=32, max_shapes_column_width=70))
+
+
 class PerSampleViews(torch.utils.data.Dataset):
     """The reference pipeline: two torchvision v2 augmentations per image, one image at a time."""
 
@@ -135,6 +151,7 @@ def main() -> None:
     parser.add_argument("--workers", default="0,1,2", help="num_workers tried for the (d) reference loader")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of (a)-(c); best is kept")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--profile", action="store_true", help="only profile 5 model steps (channels_last) and print the op table")
     args = parser.parse_args()
     device = torch.device(args.device)
     defaults = default_params()
@@ -165,6 +182,9 @@ def main() -> None:
           f"{torch.get_num_threads()} threads; {hardware}")
 
     ready = next(cached_pairs(cache, b, 0, 0))
+    if args.profile:
+        profile_step(ready, b, shape, backbone, device, amp_name)
+        return
     augment = BatchAugment(cfg)
     configs = {
         "a_model_only_contiguous": ("(a) model step on ready tensors [contiguous]", lambda e: itertools.repeat(ready), False),
