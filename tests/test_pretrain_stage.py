@@ -112,6 +112,21 @@ def test_checkpoint_of_another_configuration_is_ignored(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
 
 
+def test_a_checkpoint_is_not_resumed_under_another_amp_resolution(project, capsys, monkeypatch):
+    """`amp: auto` means bf16 on one CPU and fp32 on another: a checkpoint must not carry across."""
+    from sslops.ml import train
+
+    tiny(project, epochs=2)
+    assert main(["prepare"]) == 0 and main(["validate"]) == 0 and main(["augment"]) == 0
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    assert main(["pretrain"]) == 0 and main(["pretrain"]) == 0
+    assert "resuming from" in capsys.readouterr().out  # same machine: the finished run is picked up
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
+    assert main(["pretrain"]) == 0
+    assert "resuming from" not in capsys.readouterr().out
+    assert json.loads((project.metrics_dir / "pretrain.json").read_text())["amp"] == "bf16"
+
+
 def _env(root: Path) -> dict[str, str]:
     env = {**os.environ, "SSLOPS_ROOT": str(root), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
