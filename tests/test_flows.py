@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -179,8 +180,10 @@ def test_only_retryable_stage_failures_are_retried():
     assert _retry_unless_user_error(None, None, Failed(data=MemoryError()))
 
 
-def test_interrupting_a_stage_stops_dvc_and_the_stage_command(tmp_path: Path):
-    """A cancelled flow run (Prefect raises in the flow's thread) must not leave a stage running."""
+@pytest.mark.parametrize("sigint_ignored", [False, True], ids=["foreground", "background"])
+def test_interrupting_a_stage_stops_dvc_and_the_stage_command(tmp_path: Path, sigint_ignored: bool):
+    """A cancelled flow run (Prefect raises in the flow's thread) must not leave a stage running, also when
+    the flow's process runs in the background (`make serve &`, nohup), which starts with SIGINT ignored."""
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(
         {"stages": {"slow": {"cmd": "echo $$ > pid && echo started && exec sleep 120", "outs": ["x"]}}}))
     sh("dvc", "init", "-q", "--no-scm", cwd=tmp_path)
@@ -192,8 +195,14 @@ def test_interrupting_a_stage_stops_dvc_and_the_stage_command(tmp_path: Path):
             interrupted.append(time.monotonic())
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        orch.repro_stage(tmp_path, "slow", orch.stage_env(tmp_path, None), interrupt_when_started)
+    previous = signal.getsignal(signal.SIGINT)
+    if sigint_ignored:  # what a process started in the background inherits, and passes on to its children
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            orch.repro_stage(tmp_path, "slow", orch.stage_env(tmp_path, None), interrupt_when_started)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     # Stopped by SIGINT, not by the SIGKILL that follows the grace period (measured from the interrupt,
     # not from DVC's start-up, which alone can take seconds on a loaded machine).
     assert time.monotonic() - interrupted[0] < orch.STOP_GRACE_S

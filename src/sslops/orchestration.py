@@ -118,6 +118,13 @@ def stage_env(root: Path, flow_run_id: str | None) -> dict[str, str]:
     return env
 
 
+# `python -m dvc`, with Ctrl-C handling switched back on first. A process started in the background (`make serve &`,
+# nohup, a shell script's `&`) inherits SIGINT as *ignored*, and so would DVC and the stage command it starts:
+# a cancelled run would then wait out STOP_GRACE_S and be SIGKILLed instead of stopping cleanly.
+_DVC_WITH_SIGINT = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                    "sys.argv[0] = 'dvc'; runpy.run_module('dvc', run_name='__main__', alter_sys=True)")
+
+
 def run_dvc(root: Path, args: list[str], env: Mapping[str, str], on_line: LineSink) -> tuple[int, list[str]]:
     """Run `dvc <args>` in `root`, streaming its merged output to `on_line`; (exit code, last lines).
 
@@ -125,7 +132,7 @@ def run_dvc(root: Path, args: list[str], env: Mapping[str, str], on_line: LineSi
     stage leaves a readable log rather than thousands of bar states.
     """
     # Its own process group, so that stopping it reaches the stage command DVC started too.
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", *args], cwd=root, env=dict(env),
+    proc = subprocess.Popen([sys.executable, "-c", _DVC_WITH_SIGINT, *args], cwd=root, env=dict(env),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     tail: deque[str] = deque(maxlen=200)
     last_progress = 0.0
