@@ -34,7 +34,7 @@ from sslops.ml.augment import AugmentConfig, BatchAugment
 from sslops.ml.cache import build_cache
 from sslops.ml.methods import SimCLR
 from sslops.ml.models import BackboneConfig, Encoder
-from sslops.ml.train import TrainConfig, amp_dtype, cpu_has_native_bf16, pretrain
+from sslops.ml.train import TrainConfig, amp_dtype, amp_name, cpu_has_native_bf16, pretrain
 from sslops.ml.views import ViewCache, cached_pairs, on_the_fly_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,8 +155,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     defaults = default_params()
-    amp = args.amp or defaults.get("amp", "auto")
-    amp_name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype(amp, device), "off")
+    amp = amp_name(args.amp or defaults.get("amp", "auto"), device)  # resolved: bf16 | fp16 | off
     backbone = BackboneConfig(**{**(defaults.get("backbone") or {}), **({"name": args.backbone} if args.backbone else {}),
                                  **({"width": args.width} if args.width else {}),
                                  **({"stem_width": args.stem_width or None} if args.stem_width is not None else {})})
@@ -178,12 +177,12 @@ def main() -> None:
     b, steps = args.batch, args.steps
     hardware = (torch.cuda.get_device_name(device) if device.type == "cuda" else
                 f"CPU {torch.backends.cpu.get_cpu_capability()}{', native bf16' if cpu_has_native_bf16() else ''}")
-    print(f"data: {source}; backbone {backbone}; batch {b}; {steps} steps; amp {amp_name}; "
+    print(f"data: {source}; backbone {backbone}; batch {b}; {steps} steps; amp {amp}; "
           f"{torch.get_num_threads()} threads; {hardware}")
 
     ready = next(cached_pairs(cache, b, 0, 0))
     if args.profile:
-        profile_step(ready, b, shape, backbone, device, amp_name)
+        profile_step(ready, b, shape, backbone, device, amp)
         return
     augment = BatchAugment(cfg)
     configs = {
@@ -197,17 +196,17 @@ def main() -> None:
     for round_ in range(args.rounds):
         print(f"round {round_ + 1}/{args.rounds}")
         for key, (label, batches, cl) in configs.items():
-            results[key] = max(results.get(key, 0.0), measure(label, batches, steps, b, shape, backbone, cl, device, amp_name))
+            results[key] = max(results.get(key, 0.0), measure(label, batches, steps, b, shape, backbone, cl, device, amp))
     reference = {}
     for workers in (int(w) for w in args.workers.split(",")):
         loader = torch.utils.data.DataLoader(PerSampleViews(pool, cfg), batch_size=b, shuffle=True, num_workers=workers,
                                              drop_last=True, persistent_workers=workers > 0, pin_memory=device.type == "cuda")
         reference[workers] = measure(f"(d) per-sample torchvision v2 in a DataLoader, num_workers={workers}", lambda e, ld=loader: iter(ld),
-                                     steps, b, shape, backbone, True, device, amp_name)
+                                     steps, b, shape, backbone, True, device, amp)
     results["d_reference_best"] = max(reference.values())
     results["d_reference_best_workers"] = max(reference, key=reference.get)
 
-    peak_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp_name, torch.float32)
+    peak_dtype = amp_dtype(amp, device) or torch.float32
     peak = matmul_peak(device, peak_dtype)
     flops = step_flops(make_method(shape, backbone), b, shape)
     for key in ("a_model_only_contiguous", "a_model_only_channels_last", "b_cache"):
@@ -224,7 +223,7 @@ def main() -> None:
         print(f"  {key:<28} {results[key + '_gflops']:6.1f} GFLOP/s = {100 * results[key + '_share_of_peak']:.0f}% of peak")
     print(f"(b)/(a) = {results['b_over_a']:.2f} (target >= 0.95); (b)/(d) = {results['b_over_d']:.2f} (target >= 1.6)")
     results.update(machine=hardware, processor=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
-                   torch=torch.__version__, batch=b, steps=steps, backbone=backbone.to_dict(), amp=amp_name,
+                   torch=torch.__version__, batch=b, steps=steps, backbone=backbone.to_dict(), amp=amp,
                    matmul_peak_dtype=str(peak_dtype))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

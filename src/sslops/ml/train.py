@@ -94,6 +94,11 @@ def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     raise ValueError(f"unknown amp setting '{setting}' ({' | '.join(AMP_SETTINGS)})")
 
 
+def amp_name(setting: str, device: torch.device) -> str:
+    """What `setting` resolves to on `device` as a setting name (bf16, fp16 or off): recorded with each run."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype(setting, device), "off")
+
+
 def world() -> tuple[int, int]:
     """(rank, world size) under torchrun, else (0, 1)."""
     if dist.is_available() and dist.is_initialized():

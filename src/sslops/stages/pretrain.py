@@ -122,7 +122,7 @@ def _run(project: Project) -> dict[str, Any]:
     from sslops.ml.transfer import features, probe_accuracy
     from sslops.ml.methods import build_method
     from sslops.ml.models import BackboneConfig, Encoder
-    from sslops.ml.train import amp_dtype, pick_device, pretrain, world
+    from sslops.ml.train import amp_name, pick_device, pretrain, world
 
     raw = project.section("pretrain")
     params = resolve_params(raw)
@@ -147,7 +147,7 @@ def _run(project: Project) -> dict[str, Any]:
     if steps_per_epoch == 0:
         raise SslopsError(f"pretrain.batch_size {train_cfg.batch_size} is larger than the {len(rows)} pretraining images.")
     device = pick_device(params.get("device", "auto"))
-    amp = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype(train_cfg.amp, device), "off")  # what `auto` became
+    amp = amp_name(train_cfg.amp, device)  # what `auto` became on this machine
     seed = train_cfg.seed
 
     if index["views"]:
