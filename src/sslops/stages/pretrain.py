@@ -172,7 +172,7 @@ def _run(project: Project) -> dict[str, Any]:
         raise SslopsError(f"pretrain.{method_name} in params.yaml: {exc}") from None
     data_digest = manifest_digest(store.manifest)
     fingerprint = params_hash({"params": params, "augment": project.params.get("augment"), "world": world_size,
-                               "data": data_digest, "amp": amp})  # `auto` resolves per machine: never resume across
+                               "data": data_digest, "amp": amp})  # `auto` differs per CPU: no resuming across machines
     checkpoint = project.root / "artifacts" / "checkpoints" / "pretrain.pt"
     knn, probe = params.get("knn") or {}, params.get("probe") or {}
     # Intermediate epochs use a subsampled bank (a cheap trend); the last epoch uses the whole train set.
