@@ -16,7 +16,7 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup data run test test-fast ui prefect-server serve clean
+.PHONY: help setup data run test test-fast lint format ui prefect-server serve clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -32,15 +32,23 @@ setup: $(STAMP) data  ## create .venv (pip, locked versions) and get the default
 data: $(STAMP)  ## make data/ match data.dvc (local cache, DVC remote, or the verified Fashion-MNIST sources)
 	@bash scripts/setup_data.sh
 
-run: setup  ## run the pipeline on the default data (dvc repro), then print the results table
-	dvc repro
+run: setup  ## run the pipeline on the default data (dvc repro under the project lock), then print the results table
+	sslops repro
 	sslops report
 
 test: setup  ## run the whole test suite, end-to-end tests included
 	pytest
 
-test-fast: $(STAMP)  ## unit tests only (no end-to-end DVC runs)
+test-fast: $(STAMP)  ## unit tests only: no real MLflow, GX, DVC or Prefect (under 2 minutes)
 	pytest -m "not integration and not slow"
+
+lint: $(STAMP)  ## ruff: lint and format check (pyproject.toml, line length 120)
+	ruff check .
+	ruff format --check .
+
+format: $(STAMP)  ## ruff: fix what can be fixed and format the tree
+	ruff check --fix .
+	ruff format .
 
 ui: $(STAMP)  ## open the MLflow UI on http://$(HOST):$(MLFLOW_PORT)
 	mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow/mlflow.db" --host $(HOST) --port $(MLFLOW_PORT)

@@ -5,7 +5,9 @@ cache exactly as the `pretrain` stage does (same loop, same optimiser, fp32), th
 weighted kNN (whole train bank), the linear probe at 1/10/100 % labels, and LP-FT fine-tuning at 1 % labels
 with several backbone LR multipliers, beside the same fine-tuning from random initialisation.
 Everything runs through `sslops.ml` (no MLflow/DVC), so it fits on a lent GPU; the numbers it prints
-choose recipes, while the figures we report come from the pipeline itself (`dvc repro`).
+choose recipes, while the figures we report come from the pipeline itself (`dvc repro`). It does not read
+params.yaml (it chose the values there): every condition of the sweep is written out below, so a rerun
+measures what bench/results/transfer_recipes_h200_*.json hold.
 
 Run: python bench/transfer_recipes.py --data data/fashion-mnist --device cuda --json out.json [--variants a,b]
 """
@@ -30,10 +32,48 @@ from sslops.ml.knn import knn_predict
 from sslops.ml.methods import SimCLR
 from sslops.ml.models import BackboneConfig, Encoder
 from sslops.ml.train import TrainConfig, pretrain
-from sslops.ml.transfer import Classifier, FinetuneConfig, balanced_subset, features, finetune, fit_linear_probe, predict
+from sslops.ml.transfer import (
+    Classifier,
+    FinetuneConfig,
+    balanced_subset,
+    features,
+    finetune,
+    fit_linear_probe,
+    predict,
+)
 from sslops.ml.views import ViewCache, cached_pairs
 
 WEIGHT_DECAYS = [1e-5, 1e-4, 1e-3, 1e-2]
+# The SimCLR augmentation recipe of the K=8 cache (the values of params.yaml `augment:`, which rounds 4/3 to
+# 1.3333) and the cache's layout: the shard size decides which random stream each view is drawn from.
+AUGMENT = AugmentConfig(
+    size=None,
+    crop_scale=(0.2, 1.0),
+    crop_ratio=(3 / 4, 4 / 3),
+    flip_p=0.5,
+    jitter_p=0.8,
+    brightness=0.4,
+    contrast=0.4,
+    saturation=0.4,
+    hue=0.1,
+    grayscale_p=0.2,
+    blur_p=0.0,
+    blur_sigma=(0.1, 2.0),
+    rotation=0.0,
+)
+CACHE_VIEWS, CACHE_SEED, CACHE_SHARD_SIZE = 8, 0, 16384
+# The LP-FT recipe (the values of params.yaml `finetune.recipe`); the sweep varies backbone_lr_scale.
+FINETUNE = FinetuneConfig(
+    epochs=30,
+    max_steps=300,
+    batch_size=128,
+    lr=0.05,
+    backbone_lr_scale=0.1,
+    weight_decay=5e-4,
+    crop_scale=(0.6, 1.0),
+    flip_p=0.5,
+    seed=0,
+)
 VARIANTS = {  # name: (width, pool, epochs, temperature)
     "w32_e5_t0.2": (32, 1, 5, 0.2),
     "w32_e5_t0.1": (32, 1, 5, 0.1),
@@ -61,7 +101,10 @@ def load(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 def make_encoder(width: int, pool: int, mean: float, std: float, seed: int) -> Encoder:
     torch.manual_seed(seed)
-    return Encoder(BackboneConfig(name="small_cnn", in_channels=1, width=width, pool=pool), [mean], [std])
+    # stem_width None: the first conv as wide as the rest (the sweep predates params.yaml's 16-channel stem);
+    # small_stem applies to resnets only.
+    backbone = BackboneConfig(name="small_cnn", in_channels=1, width=width, small_stem=True, pool=pool, stem_width=None)
+    return Encoder(backbone, [mean], [std])
 
 
 def evaluate_encoder(encoder: Encoder, data, device, fractions, ft_scales, seed: int, pretrained: bool) -> dict:
@@ -84,7 +127,7 @@ def evaluate_encoder(encoder: Encoder, data, device, fractions, ft_scales, seed:
         for scale in ft_scales.get(frac, []):
             model = Classifier(copy.deepcopy(encoder), 10)
             model.head.load_state_dict(probe.state_dict())
-            cfg = replace(FinetuneConfig(seed=seed), backbone_lr_scale=scale)
+            cfg = replace(FINETUNE, backbone_lr_scale=scale, seed=seed)
             stats = finetune(model.to(device), xtr[idx], ytr[idx], cfg, device, pretrained=pretrained)
             out[f"ft_{frac}_scale{scale}"] = float((predict(model, xte, device) == yte).mean())
             out[f"ft_{frac}_scale{scale}_s"] = stats["seconds"]
@@ -105,7 +148,7 @@ def main() -> None:
     results: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     tmp = Path(tempfile.mkdtemp())
     t = time.perf_counter()
-    build_cache(xtr, np.arange(len(xtr)), AugmentConfig(), 8, 0, tmp, progress=False)
+    build_cache(xtr, np.arange(len(xtr)), AUGMENT, CACHE_VIEWS, CACHE_SEED, tmp, CACHE_SHARD_SIZE, progress=False)
     cache = ViewCache.open(tmp)
     print(f"cache built in {time.perf_counter() - t:.1f}s", flush=True)
     steps = len(cache) // 256
@@ -114,15 +157,49 @@ def main() -> None:
         width, pool, epochs, temperature = VARIANTS[name]
         if (width, pool) not in scratch_done:  # the random-init baseline depends on the architecture only
             scratch_done.add((width, pool))
-            res = evaluate_encoder(make_encoder(width, pool, mean, std, 0), data, device, [0.01, 0.1, 1.0], {0.01: [1.0], 0.1: [1.0]}, 0, False)
+            res = evaluate_encoder(
+                make_encoder(width, pool, mean, std, 0),
+                data,
+                device,
+                [0.01, 0.1, 1.0],
+                {0.01: [1.0], 0.1: [1.0]},
+                0,
+                False,
+            )
             results[f"scratch_w{width}p{pool}"] = res
             print(f"scratch w{width}p{pool}: {json.dumps({k: round(v, 4) for k, v in res.items()})}", flush=True)
         method = SimCLR(make_encoder(width, pool, mean, std, 0), (1, 28, 28), 512, 128, temperature)
-        cfg = TrainConfig(epochs=epochs, batch_size=256, optimizer="lars", base_lr=1.2, warmup_epochs=1, channels_last=True, amp="off")
+        cfg = TrainConfig(  # the pretrain stage's optimiser as the CPU profile sets it, in fp32
+            epochs=epochs,
+            batch_size=256,
+            optimizer="lars",
+            base_lr=1.2,
+            weight_decay=1e-6,
+            momentum=0.9,
+            warmup_epochs=1,
+            final_lr_fraction=0.0,
+            amp="off",
+            channels_last=True,
+            compile=False,
+            seed=0,
+        )
         t = time.perf_counter()
-        history = pretrain(method, lambda e: cached_pairs(cache, 256, e, 0), steps, cfg, device, tmp / f"{name}.pt", name, progress=False)
+        history = pretrain(
+            method,
+            lambda e: cached_pairs(cache, 256, e, 0),
+            steps,
+            cfg,
+            device,
+            tmp / f"{name}.pt",
+            name,
+            progress=False,
+        )
         res = {"pretrain_s": time.perf_counter() - t, "loss": history[-1].loss}
-        res.update(evaluate_encoder(method.encoder, data, device, [0.01, 0.1, 1.0], {0.01: [0.0, 0.1, 0.3, 1.0], 0.1: [0.1]}, 0, True))
+        res.update(
+            evaluate_encoder(
+                method.encoder, data, device, [0.01, 0.1, 1.0], {0.01: [0.0, 0.1, 0.3, 1.0], 0.1: [0.1]}, 0, True
+            )
+        )
         results[name] = res
         print(f"{name}: {json.dumps({k: round(v, 4) for k, v in res.items()})}", flush=True)
         if args.json:

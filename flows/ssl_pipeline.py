@@ -1,16 +1,18 @@
 """The `ssl-pipeline` Prefect flow: the DVC pipeline, one task per stage, scheduled and watched in Prefect.
 
 A thin shell over sslops.orchestration: DVC keeps the DAG and decides what is stale, Prefect adds the
-schedule, retries, logs and a summary per run. Nothing here caches stage work a second time.
+schedule, retries, logs and a summary per run. Nothing here caches stage work a second time. The knobs of the
+deployment are params.yaml's `flow:` section, read as the typed, validated FlowParams like every other section.
 
     python flows/ssl_pipeline.py      # = make serve: deployment ssl-pipeline/scheduled on flow.cron
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from prefect import Task, flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -22,7 +24,8 @@ from prefect.settings import PREFECT_API_URL
 from prefect.states import State
 
 from sslops import orchestration as orch
-from sslops.config import Project, find_root
+from sslops.config import ROOT_ENV, Project, find_root
+from sslops.config.schema import FlowParams
 
 DEPLOYMENT = "scheduled"
 
@@ -35,7 +38,7 @@ def _retry_unless_user_error(task: Task[..., Any], task_run: TaskRun, state: Sta
 
 @task(cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=_retry_unless_user_error)
 def dvc_stage(root: Path, stage: str) -> str:
-    """One DVC stage through `dvc repro --single-item`, its output streamed into this task's log."""
+    """One DVC stage: `dvc status --json`, then `dvc repro --single-item` if stale, its output streamed into the log."""
     env = orch.stage_env(root, flow_run.get_id())
     return orch.repro_stage(root, stage, env, on_line=get_run_logger().info)
 
@@ -48,25 +51,28 @@ def dvc_exp_save(root: Path, name: str, message: str) -> str:
 
 
 @flow(name="ssl-pipeline")
-def ssl_pipeline(overrides: dict[str, Any] | None = None, project_dir: str | None = None) -> dict[str, Any]:
+def ssl_pipeline(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the sslops DVC pipeline stage by stage; with overrides, as one DVC experiment.
+
+    The project is fixed where the flow runs ($SSLOPS_ROOT, which `serve` sets, else the working directory), never
+    a run parameter: whoever can reach the Prefect API must not point a run at another dvc.yaml.
 
     Args:
         overrides: params.yaml values to change for this run only, by dotted key, e.g.
-            {"pretrain.epochs": 50}. Values keep their JSON types. Empty: a plain `dvc repro`.
-        project_dir: the project folder (holding dvc.yaml); default: found from the working directory.
+            {"pretrain.epochs": 50}. Values keep their JSON types. Keys must exist in params.yaml and values must
+            pass the stages' own validation, or the run fails before any stage starts. Empty: a plain `dvc repro`.
     """
     logger = get_run_logger()
-    root = Path(project_dir).resolve() if project_dir else find_root()
+    root = find_root()
     project = Project(root)
-    config = orch.FlowConfig.from_project(project)
+    config = _flow_config(project)
     run_id, run_name = flow_run.get_id(), flow_run.get_name()
     overrides = overrides or {}
     outcomes: list[orch.StageOutcome] = []
     experiment: str | None = None
 
     with orch.project_lock(root, config.lock_timeout_s, f"Prefect flow run '{run_name}' ({run_id})", logger.warning):
-        stages = orch.stage_order(root, orch.stage_env(root, run_id))
+        stages = orch.stage_order(root)
         logger.info("stages in DVC's order: %s", ", ".join(stages))
         with orch.overridden_params(root, overrides, logger.warning):
             try:
@@ -74,15 +80,19 @@ def ssl_pipeline(overrides: dict[str, Any] | None = None, project_dir: str | Non
                     started = time.monotonic()
                     try:
                         status = dvc_stage.with_options(
-                            name=stage, task_run_name=stage,
-                            retries=config.retries, retry_delay_seconds=config.retry_delay_s,
+                            name=stage,
+                            task_run_name=stage,
+                            retries=config.retries,
+                            retry_delay_seconds=config.retry_delay_s,
                         )(root, stage)
                     except Exception:
                         outcomes.append(orch.StageOutcome(stage, "failed", time.monotonic() - started))
                         raise
                     outcomes.append(orch.StageOutcome(stage, status, time.monotonic() - started))
                 if overrides:
-                    experiment = dvc_exp_save(root, f"{run_name}-{run_id[:8]}", f"Prefect flow run {run_name} ({run_id})")
+                    experiment = dvc_exp_save(
+                        root, f"{run_name}-{run_id[:8]}", f"Prefect flow run {run_name} ({run_id})"
+                    )
             except Exception:
                 done = {o.stage for o in outcomes}
                 outcomes += [orch.StageOutcome(s, "not run", 0.0) for s in stages if s not in done]
@@ -94,14 +104,22 @@ def ssl_pipeline(overrides: dict[str, Any] | None = None, project_dir: str | Non
         return _publish(project, config, outcomes, stages, overrides, experiment)  # still under the lock
 
 
-def _publish(project: Project, config: orch.FlowConfig, outcomes: list[orch.StageOutcome], stages: list[str],
-             overrides: dict[str, Any], experiment: str | None) -> dict[str, Any]:
+def _publish(
+    project: Project,
+    config: FlowParams,
+    outcomes: list[orch.StageOutcome],
+    stages: list[str],
+    overrides: dict[str, Any],
+    experiment: str | None,
+) -> dict[str, Any]:
     """Attach the run summary (markdown) and the metrics (table) to the flow run; return the summary."""
     run_id, run_name = flow_run.get_id(), flow_run.get_name()
     metrics = orch.read_metrics(project.root, stages)
     model = orch.registered_model(project.root)
-    runs = orch.mlflow_runs(project, run_id, config.mlflow_ui)
-    markdown = orch.summary_markdown(f"ssl-pipeline run `{run_name}`", outcomes, overrides, experiment, model, metrics, runs)
+    runs = orch.mlflow_runs(project, run_id, config.ui_base)
+    markdown = orch.summary_markdown(
+        f"ssl-pipeline run `{run_name}`", outcomes, overrides, experiment, model, metrics, runs
+    )
     create_markdown_artifact(markdown, key="ssl-pipeline-summary", description="stages, metrics, MLflow runs, model")
     if metrics:
         create_table_artifact(metrics, key="ssl-pipeline-metrics", description="metrics/*.json after the run")
@@ -114,6 +132,11 @@ def _publish(project: Project, config: orch.FlowConfig, outcomes: list[orch.Stag
     }
 
 
+def _flow_config(project: Project) -> FlowParams:
+    """params.yaml's `flow:` section, validated (a bad or missing key fails naming it, before any stage runs)."""
+    return cast(FlowParams, project.config("flow"))
+
+
 def serve() -> None:
     """Serve the flow as deployment `ssl-pipeline/scheduled` on the cron schedule in params.yaml (`flow:`).
 
@@ -121,15 +144,14 @@ def serve() -> None:
     that vanishes with this process, and the deployment would never show in the UI.
     """
     if not PREFECT_API_URL.value():
-        raise SystemExit("PREFECT_API_URL is not set: start a server (make prefect-server) and export "
-                         "PREFECT_API_URL=http://127.0.0.1:4200/api, or point it at a shared server.")
+        raise SystemExit(
+            "PREFECT_API_URL is not set: start a server (make prefect-server) and export "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api, or point it at a shared server."
+        )
     project = Project(find_root())
-    config = orch.FlowConfig.from_project(project)
-    ssl_pipeline.serve(
-        name=DEPLOYMENT,
-        schedules=[Cron(config.cron, timezone=config.timezone)],
-        parameters={"project_dir": str(project.root)},
-    )
+    config = _flow_config(project)
+    os.environ[ROOT_ENV] = str(project.root)  # the project of every run of this deployment, fixed here
+    ssl_pipeline.serve(name=DEPLOYMENT, schedules=[Cron(config.cron, timezone=config.timezone)])
 
 
 if __name__ == "__main__":

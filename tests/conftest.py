@@ -1,4 +1,5 @@
-"""Shared fixtures: small synthetic datasets in every supported format and a throwaway project.
+"""Shared fixtures: small synthetic datasets in every supported format, a throwaway project, and the
+values tests build the ML core's configs with.
 
 Synthetic images are class-dependent patterns plus noise, all distinct, so they pass validation and
 are learnable; tests never download anything.
@@ -15,13 +16,103 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sslops.cli import TELEMETRY_OFF
 from sslops.data.idx import write_idx
+from sslops.env import TELEMETRY_OFF
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = [f"class{i}" for i in range(4)]
 
 os.environ.update(TELEMETRY_OFF)
+
+# Test fixtures, not the pipeline's settings (those live in params.yaml, the only home of defaults): the ML
+# core's config dataclasses have no defaults, so unit tests build them from these values, spelled out once.
+# They are the values the core used to default to, so every test computes exactly what it did before.
+AUGMENT = {
+    "size": None,
+    "crop_scale": (0.2, 1.0),
+    "crop_ratio": (3 / 4, 4 / 3),
+    "flip_p": 0.5,
+    "jitter_p": 0.8,
+    "brightness": 0.4,
+    "contrast": 0.4,
+    "saturation": 0.4,
+    "hue": 0.1,
+    "grayscale_p": 0.2,
+    "blur_p": 0.0,
+    "blur_sigma": (0.1, 2.0),
+    "rotation": 0.0,
+}
+TRAIN = {
+    "epochs": 10,
+    "batch_size": 256,
+    "optimizer": "lars",
+    "base_lr": 0.3,
+    "weight_decay": 1e-6,
+    "momentum": 0.9,
+    "warmup_epochs": 1.0,
+    "final_lr_fraction": 0.0,
+    "amp": "auto",
+    "channels_last": "auto",
+    "compile": False,
+    "seed": 0,
+}
+BACKBONE = {"name": "small_cnn", "in_channels": 1, "width": 16, "small_stem": True, "pool": 1, "stem_width": None}
+FINETUNE = {
+    "epochs": 30,
+    "max_steps": 300,
+    "batch_size": 128,
+    "lr": 0.05,
+    "backbone_lr_scale": 0.1,
+    "weight_decay": 5e-4,
+    "crop_scale": (0.6, 1.0),
+    "flip_p": 0.5,
+    "seed": 0,
+}
+METHOD_KNOBS = {
+    "simclr": {"proj_hidden": 512, "proj_dim": 128, "temperature": 0.2},
+    "moco": {"proj_hidden": 512, "proj_dim": 128, "temperature": 0.2, "queue_size": 4096, "momentum": 0.99},
+    "byol": {"proj_hidden": 512, "proj_dim": 128, "pred_hidden": 512, "base_momentum": 0.99},
+    "mim": {"patch": 4, "mask_ratio": 0.5, "dec_hidden": 512},
+    "rotation": {"hidden": 256},
+}
+# The small_cnn of the tiny test projects, as a complete `pretrain.backbone` mapping of params.yaml.
+TINY_BACKBONE = {"name": "small_cnn", "width": 4, "stem_width": None, "pool": 1, "small_stem": True}
+
+
+def augment_config(**changes):
+    """An `AugmentConfig` of the fixture values above, with `changes` applied (test fixture, not params.yaml)."""
+    from sslops.ml.augment import AugmentConfig
+
+    return AugmentConfig(**{**AUGMENT, **changes})
+
+
+def train_config(**changes):
+    """A `TrainConfig` of the fixture values above, with `changes` applied (test fixture, not params.yaml)."""
+    from sslops.ml.train import TrainConfig
+
+    return TrainConfig(**{**TRAIN, **changes})
+
+
+def backbone_config(**changes):
+    """A `BackboneConfig` of the fixture values above, with `changes` applied (test fixture, not params.yaml)."""
+    from sslops.ml.models import BackboneConfig
+
+    return BackboneConfig(**{**BACKBONE, **changes})
+
+
+def finetune_config(**changes):
+    """A `FinetuneConfig` of the fixture values above, with `changes` applied (test fixture, not params.yaml)."""
+    from sslops.ml.transfer import FinetuneConfig
+
+    return FinetuneConfig(**{**FINETUNE, **changes})
+
+
+def method_config(name: str, **changes):
+    """The knobs dataclass of method `name` (METHOD_CONFIGS) from the fixture values above, with `changes` applied;
+    an unknown knob is a TypeError, as for any dataclass."""
+    from sslops.ml.methods import METHOD_CONFIGS
+
+    return METHOD_CONFIGS[name](**{**METHOD_KNOBS[name], **changes})
 
 
 def synthetic_images(n: int, size: int = 12, channels: int = 1, n_classes: int = 4, seed: int = 0, noise: int = 40):
@@ -34,7 +125,9 @@ def synthetic_images(n: int, size: int = 12, channels: int = 1, n_classes: int =
     return images, labels.astype(np.uint8)
 
 
-def write_idx_dataset(folder: Path, n_train: int = 80, n_test: int = 20, size: int = 12, seed: int = 0, noise: int = 40) -> None:
+def write_idx_dataset(
+    folder: Path, n_train: int = 80, n_test: int = 20, size: int = 12, seed: int = 0, noise: int = 40
+) -> None:
     """An MNIST-style folder (four uncompressed IDX files) of synthetic images."""
     folder.mkdir(parents=True, exist_ok=True)
     images, labels = synthetic_images(n_train + n_test, size, seed=seed, noise=noise)
@@ -85,11 +178,16 @@ def small_params(text: str) -> str:
     params["validate"]["min_class_share"] = 0.1
     params["validate"]["max_duplicate_share"] = 0.0
     params["augment"]["views"] = 2
-    params["pretrain"].update(epochs=1, batch_size=16, backbone={"name": "small_cnn", "width": 4},
-                              simclr={"proj_hidden": 16, "proj_dim": 8, "temperature": 0.2}, probe={"weight_decay": 1e-3, "iterations": 20})
-    params["finetune"].update(fractions=[0.25, 1.0], probe={"weight_decays": [1e-3, 1e-2], "iterations": 20}, knn={"k": 10, "temperature": 0.1})
+    params["pretrain"].update(
+        epochs=1,
+        batch_size=16,
+        backbone=dict(TINY_BACKBONE),
+        simclr={"proj_hidden": 16, "proj_dim": 8, "temperature": 0.2},
+        probe={"weight_decay": 1e-3, "iterations": 20},
+    )
+    params["finetune"].update(fractions=[0.25, 1.0], probe={"weight_decays": [1e-3, 1e-2], "iterations": 20})
     params["finetune"]["recipe"].update(epochs=2, max_steps=4, batch_size=16)
-    params["evaluate"].update(map_points=40, perplexity=5)
+    params["evaluate"].update(knn={"k": 10, "temperature": 0.1}, map_points=40, perplexity=5)
     return yaml.safe_dump(params, sort_keys=False)
 
 
@@ -108,7 +206,18 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     return Project(root)
 
 
+@pytest.fixture
+def pretrained(project):
+    """`project` after prepare, validate, augment and pretrain, run in process through the CLI."""
+    from sslops.cli import main
+
+    for stage in ("prepare", "validate", "augment", "pretrain"):
+        assert main([stage]) == 0, stage
+    return project
+
+
 def set_param(project_root: Path, section: str, key: str, value) -> None:
+    """Set `<section>.<key>` in the project's params.yaml."""
     import yaml
 
     path = project_root / "params.yaml"

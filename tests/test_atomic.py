@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sslops.atomic import atomic_dir, atomic_file, write_json
+from sslops.outputs.atomic import atomic_dir, atomic_file, write_json
 
 
 def test_atomic_dir_replaces_on_success(tmp_path: Path):

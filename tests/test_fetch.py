@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sslops import fetch
+from sslops.commands import fetch
 from sslops.errors import SslopsError
 
 

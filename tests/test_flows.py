@@ -7,9 +7,9 @@ MLflow and Great Expectations.
 
 from __future__ import annotations
 
-import ast
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -19,11 +19,14 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, mlflow_runs
-from test_pipeline_dvc import make_repo, sh
 
+from conftest import REPO, mlflow_runs
 from sslops import orchestration as orch
 from sslops.data.idx import read_idx, write_idx
+from sslops.errors import SslopsError
+from sslops.orchestration.overrides import BACKUP_DIR
+from sslops.orchestration.runner import STOP_GRACE_S
+from test_pipeline_dvc import make_repo, sh
 
 GIT = ("git", "-c", "user.name=sslops-test", "-c", "user.email=test@sslops.invalid")
 
@@ -43,33 +46,53 @@ def make_flow_repo(root: Path) -> Path:
 # --- helpers, no Prefect ---------------------------------------------------------------------------
 
 
-def test_no_sslops_module_imports_prefect():
-    """The `dvc repro` path runs `python -m sslops <stage>`: if no module imports Prefect, none can start its server."""
-    offenders = []
-    for path in (REPO / "src" / "sslops").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "prefect"]
-    assert offenders == []
-
-
 def test_stage_order_is_dvcs_topological_order(tmp_path: Path):
-    # Declared out of order: DVC's DAG, not the file order, decides.
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
-        "report": {"cmd": "cat b > r", "deps": ["b"], "outs": ["r"]},
-        "first": {"cmd": "echo > a", "outs": ["a"]},
-        "second": {"cmd": "cat a > b", "deps": ["a"], "outs": ["b"]},
-        "alone": {"cmd": "echo > z", "outs": ["z"]},
-    }}))
+    # Declared out of order: DVC's DAG, not the file order, decides. DVC resolves what only it knows how to:
+    # a foreach stage (one node per item), a nested dvc.yaml (addressed from the project root, whatever this
+    # process's working directory) and a .dvc-tracked input, which is not a stage to run.
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "stages": {
+                    "report": {"cmd": "cat b > r", "deps": ["b"], "outs": ["r"]},
+                    "first": {"cmd": "cat d > a", "deps": ["d"], "outs": ["a"]},
+                    "second": {"cmd": "cat a > b", "deps": ["a"], "outs": ["b"]},
+                    "alone": {"cmd": "echo > z", "outs": ["z"]},
+                    "copy": {
+                        "foreach": ["x", "y"],
+                        "do": {"cmd": "cat r > ${item}", "deps": ["r"], "outs": ["${item}"]},
+                    },
+                }
+            }
+        )
+    )
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "stages": {
+                    "inner": {"cmd": "cat ../x > s", "deps": ["../x"], "outs": ["s"]},
+                }
+            }
+        )
+    )
+    (tmp_path / "d").write_text("data\n")
     sh("dvc", "init", "-q", "--no-scm", cwd=tmp_path)
-    env = orch.stage_env(tmp_path, None)
-    order = orch.stage_order(tmp_path, env)
-    assert sorted(order) == ["alone", "first", "report", "second"]
-    assert order.index("first") < order.index("second") < order.index("report")
+    sh("dvc", "add", "-q", "d", cwd=tmp_path)
+    assert Path.cwd() != tmp_path
+    order = orch.stage_order(tmp_path)
+    assert sorted(order) == ["alone", "copy@x", "copy@y", "first", "report", "second", "sub/dvc.yaml:inner"]
+    assert order.index("first") < order.index("second") < order.index("report") < order.index("copy@x")
+    assert order.index("copy@x") < order.index("sub/dvc.yaml:inner")
+    assert order.index("alone") < order.index("copy@x")  # ties keep dvc.yaml's order
+    assert orch.uncached_outputs(tmp_path) == []
+
+    (tmp_path / "dvc.yaml").write_text("stages:\n  broken: [\n")
+    with pytest.raises(SslopsError, match="DVC cannot read the pipeline"):
+        orch.stage_order(tmp_path)
 
     # This project's own pipeline, however many stages it has by now: every stage after its producers.
-    order = orch.stage_order(REPO, orch.stage_env(REPO, None))
+    order = orch.stage_order(REPO)
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert sorted(order) == sorted(stages)
     produced = {}
@@ -86,25 +109,59 @@ def test_stage_order_is_dvcs_topological_order(tmp_path: Path):
 
 def test_overrides_are_applied_like_dvc_exp_run_and_restored(tmp_path: Path):
     params = tmp_path / "params.yaml"
-    original = "pretrain:  # knobs\n  epochs: 5\n  simclr: {proj_dim: 128}\nprepare:\n  root: data/x\n"
+    original = (REPO / "params.yaml").read_text()
     params.write_text(original)
     overrides = {"pretrain.epochs": 50, "pretrain.simclr": {"proj_dim": 64}, "prepare.root": "data/my images"}
     assert orch.override_args(overrides) == [
-        "pretrain.epochs=50", "pretrain.simclr.proj_dim=64", 'prepare.root="data/my images"']
+        "pretrain.epochs=50",
+        "pretrain.simclr.proj_dim=64",
+        'prepare.root="data/my images"',
+    ]
+    before = yaml.safe_load(original)
     with orch.overridden_params(tmp_path, overrides, warn=pytest.fail):
         inside = yaml.safe_load(params.read_text())
-        assert inside["pretrain"] == {"epochs": 50, "simclr": {"proj_dim": 64}}
-        assert inside["prepare"]["root"] == "data/my images"
-        assert "# knobs" in params.read_text()  # DVC's writer keeps comments
+        assert inside["pretrain"]["epochs"] == 50 and inside["prepare"]["root"] == "data/my images"
+        assert inside["pretrain"]["simclr"] == {**before["pretrain"]["simclr"], "proj_dim": 64}
+        assert {k: v for k, v in inside["pretrain"].items() if k not in ("epochs", "simclr")} == {
+            k: v for k, v in before["pretrain"].items() if k not in ("epochs", "simclr")
+        }
+        assert "# Every knob of the pipeline" in params.read_text()  # a round-trip YAML writer (DVC's) keeps comments
     assert params.read_text() == original
 
-    with pytest.raises(orch.SslopsError, match="pretrain.epochz"), \
-            orch.overridden_params(tmp_path, {"pretrain.epochz": 1}, warn=pytest.fail):
-        pass
+    # Values arrive as JSON and reach the stages' YAML reader unchanged: DVC's `-S` string route (DVC 3.67.1)
+    # wrote `off` bare (PyYAML reads False) and non-ASCII text as literal \u escapes. List items are keys too.
+    with orch.overridden_params(
+        tmp_path, {"pretrain.amp": "off", "prepare.root": "données/x", "augment.crop_scale.0": 0.5}, warn=pytest.fail
+    ):
+        inside = yaml.safe_load(params.read_text())
+        assert inside["pretrain"]["amp"] == "off" and inside["prepare"]["root"] == "données/x"
+        assert inside["augment"]["crop_scale"] == [0.5, 1.0]
     assert params.read_text() == original
+
+    for typo in ("pretrain.epochz", "pretrain.epochs.x", "augment.crop_scale.2", "nowhere.epochs"):
+        with (
+            pytest.raises(SslopsError, match=f"'{typo}'"),
+            orch.overridden_params(tmp_path, {"pretrain.epochs": 7, typo: 1}, warn=pytest.fail),
+        ):
+            pytest.fail("entered the block with a key params.yaml does not have")
+        assert params.read_text() == original  # nothing written, not even the valid override
+
+    # Values are checked by the stages' own rules before anything is written: a run cannot smuggle in what a
+    # stage would refuse (whoever reaches the Prefect API chooses overrides).
+    for bad, message in (
+        ({"pretrain.epochs": 0}, "pretrain.epochs in params.yaml: must be greater than 0, got 0"),
+        ({"pretrain.amp": "fp8"}, "pretrain.amp in params.yaml: must be 'auto', 'bf16', 'fp16' or 'off'"),
+        ({"flow.retries": "many"}, "flow.retries in params.yaml: must be a valid integer"),
+    ):
+        with (
+            pytest.raises(SslopsError, match=f"override refused, the stages would reject it: {re.escape(message)}"),
+            orch.overridden_params(tmp_path, bad, warn=pytest.fail),
+        ):
+            pytest.fail("entered the block with a value the stages refuse")
+        assert params.read_text() == original
 
     # A run killed inside the block (kill -9) leaves the backup behind; the next run restores it first.
-    backup = tmp_path / orch.BACKUP_DIR / "params.yaml"
+    backup = tmp_path / BACKUP_DIR / "params.yaml"
     backup.parent.mkdir(parents=True)
     backup.write_text(original)
     params.write_text(original.replace("epochs: 5", "epochs: 7"))
@@ -136,8 +193,10 @@ def test_project_lock_waits_for_the_holder_then_fails_after_the_limit(tmp_path: 
     holder.start()
     time.sleep(0.2)
     try:
-        with pytest.raises(orch.PipelineBusy, match=r"holds .*nightly run 'a'.*waited 0.3 s"), \
-                orch.project_lock(tmp_path, 0.3, "run 'c'", on_wait=waits.append):
+        with (
+            pytest.raises(orch.PipelineBusy, match=r"holds .*nightly run 'a'.*waited 0.3 s"),
+            orch.project_lock(tmp_path, 0.3, "run 'c'", on_wait=waits.append),
+        ):
             pytest.fail("entered a held lock")
     finally:
         released.set()
@@ -160,10 +219,75 @@ def test_user_errors_are_final_and_other_failures_retryable():
 
     locked = ["ERROR: Unable to acquire lock. Most likely another DVC process is running or was terminated abruptly."]
     assert orch.stage_failure("pretrain", 255, locked).retryable
-    crash = ["Traceback (most recent call last):", "MemoryError",
-             "ERROR: failed to reproduce 'pretrain': failed to run: python -m sslops pretrain, exited with -9"]
+    crash = [
+        "Traceback (most recent call last):",
+        "MemoryError",
+        "ERROR: failed to reproduce 'pretrain': failed to run: python -m sslops pretrain, exited with -9",
+    ]
     failure = orch.stage_failure("pretrain", 255, crash)
     assert failure.retryable and "MemoryError" in str(failure)
+
+
+def test_stage_status_comes_from_dvc_status_json(tmp_path: Path):
+    """Stale or up to date is DVC's machine-readable verdict (`dvc status --json`), and it is what the log shows."""
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "stages": {
+                    "count": {"cmd": "grep x: params.yaml > n && echo ran-the-command", "params": ["x"], "outs": ["n"]}
+                }
+            }
+        )
+    )
+    (tmp_path / "params.yaml").write_text("x: 1\n")
+    sh("dvc", "init", "-q", "--no-scm", cwd=tmp_path)
+    env = orch.stage_env(tmp_path, None)
+
+    assert orch.stage_changes(tmp_path, "count", env) == [
+        {"changed deps": {"params.yaml": "new"}},
+        {"changed outs": {"n": "deleted"}},
+    ]
+    log: list[str] = []
+    assert orch.repro_stage(tmp_path, "count", env, log.append) == "ran"
+    assert log[0] == "Stage 'count' is out of date: changed deps: params.yaml (new); changed outs: n (deleted)"
+    assert "ran-the-command" in log
+
+    assert orch.stage_changes(tmp_path, "count", env) == []
+    log.clear()
+    assert orch.repro_stage(tmp_path, "count", env, log.append) == "skipped"
+    assert log == ["Stage 'count' is up to date (dvc status): skipped"]  # no `dvc repro` needed
+
+    (tmp_path / "params.yaml").write_text("x: 2\n")
+    changes = orch.stage_changes(tmp_path, "count", env)
+    assert changes == [{"changed deps": {"params.yaml": {"x": "modified"}}}]
+    assert orch.describe_changes(changes) == "changed deps: params.yaml (x: modified)"
+    assert orch.repro_stage(tmp_path, "count", env, log.append) == "ran"
+
+    # Back to x: 1, which DVC's run cache has seen: restored, the command does not run again.
+    (tmp_path / "params.yaml").write_text("x: 1\n")
+    log.clear()
+    assert orch.repro_stage(tmp_path, "count", env, log.append) == "restored"
+    assert "ran-the-command" not in log and (tmp_path / "n").read_text() == "x: 1\n"
+
+    # A failing `dvc status` is a stage failure like a failing `dvc repro`; DVC's errors (a held repository
+    # lock is the usual one) are retryable.
+    with pytest.raises(orch.StageFailed, match="stage 'nope' failed") as failed:
+        orch.stage_changes(tmp_path, "nope", env)
+    assert failed.value.retryable
+
+
+def test_describe_changes_reads_every_kind_of_dvc_status_entry():
+    assert orch.describe_changes(
+        [
+            {"changed deps": {"data": "modified", "params.yaml": {"a.b": "modified", "c": "new"}}},
+            {"changed outs": {"out": "deleted"}},
+            "changed command",
+            "always changed",
+        ]
+    ) == (
+        "changed deps: data (modified), params.yaml (a.b: modified, c: new); changed outs: out (deleted); "
+        "changed command; always changed"
+    )
 
 
 def test_only_retryable_stage_failures_are_retried():
@@ -184,8 +308,15 @@ def test_only_retryable_stage_failures_are_retried():
 def test_interrupting_a_stage_stops_dvc_and_the_stage_command(tmp_path: Path, sigint_ignored: bool):
     """A cancelled flow run (Prefect raises in the flow's thread) must not leave a stage running, also when
     the flow's process runs in the background (`make serve &`, nohup), which starts with SIGINT ignored."""
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(
-        {"stages": {"slow": {"cmd": "echo $$ > pid && echo started && exec sleep 120", "outs": ["x"]}}}))
+    # "started" comes a moment after the command starts: DVC (3.67.1, dvc/stage/run.py) ignores SIGINT while it
+    # waits for a stage command only once Popen has returned, and a SIGINT within that first instant stops DVC
+    # before it reaps its (equally stopped) command: a zombie until init reaps it, which this test would take for a
+    # live stage (and which some container inits never do).
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {"stages": {"slow": {"cmd": "echo $$ > pid && sleep 1 && echo started && exec sleep 120", "outs": ["x"]}}}
+        )
+    )
     sh("dvc", "init", "-q", "--no-scm", cwd=tmp_path)
 
     interrupted: list[float] = []
@@ -205,7 +336,7 @@ def test_interrupting_a_stage_stops_dvc_and_the_stage_command(tmp_path: Path, si
         signal.signal(signal.SIGINT, previous)
     # Stopped by SIGINT, not by the SIGKILL that follows the grace period (measured from the interrupt,
     # not from DVC's start-up, which alone can take seconds on a loaded machine).
-    assert time.monotonic() - interrupted[0] < orch.STOP_GRACE_S
+    assert time.monotonic() - interrupted[0] < STOP_GRACE_S
     with pytest.raises(ProcessLookupError):
         os.kill(int((tmp_path / "pid").read_text()), 0)  # the stage's process is gone
     assert sh("dvc", "status", cwd=tmp_path).returncode == 0  # and DVC's lock was released
@@ -213,12 +344,21 @@ def test_interrupting_a_stage_stops_dvc_and_the_stage_command(tmp_path: Path, si
 
 def test_summary_names_model_version_runs_and_experiment():
     text = orch.summary_markdown(
-        "run `x`", [orch.StageOutcome("prepare", "skipped", 0.4), orch.StageOutcome("pretrain", "ran", 12.0)],
-        {"pretrain.epochs": 2}, "x-1234abcd",
-        {"model_name": "sslops-encoder", "version": "3", "run_id": "r9", "promoted": False, "champion_version": "2",
-         "reason": "knn_acc 0.81 < 0.83"},
+        "run `x`",
+        [orch.StageOutcome("prepare", "skipped", 0.4), orch.StageOutcome("pretrain", "ran", 12.0)],
+        {"pretrain.epochs": 2},
+        "x-1234abcd",
+        {
+            "model_name": "sslops-encoder",
+            "version": "3",
+            "run_id": "r9",
+            "promoted": False,
+            "champion_version": "2",
+            "reason": "knn_acc 0.81 < 0.83",
+        },
         [{"stage": "pretrain", "metric": "knn_acc", "value": 0.8123}],
-        [{"stage": "pretrain", "run_id": "abc", "status": "FINISHED", "url": "http://ui/#/experiments/1/runs/abc"}])
+        [{"stage": "pretrain", "run_id": "abc", "status": "FINISHED", "url": "http://ui/#/experiments/1/runs/abc"}],
+    )
     assert "`pretrain.epochs=2` → DVC experiment `x-1234abcd`" in text
     assert "| prepare | skipped | 0.4 |" in text
     assert "version **3**" in text and "not promoted (champion: version 2): knn_acc 0.81 < 0.83" in text
@@ -235,8 +375,10 @@ def harness(tmp_path_factory: pytest.TempPathFactory):
     from prefect.settings import PREFECT_HOME, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with temporary_settings({PREFECT_HOME: tmp_path_factory.mktemp("prefect-home")}), \
-            prefect_test_harness(server_startup_timeout=120):
+    with (
+        temporary_settings({PREFECT_HOME: tmp_path_factory.mktemp("prefect-home")}),
+        prefect_test_harness(server_startup_timeout=120),
+    ):
         yield
 
 
@@ -251,7 +393,15 @@ def run_flow(root: Path, **params: Any):
         from ssl_pipeline import ssl_pipeline
     finally:
         sys.path.remove(str(REPO / "flows"))
-    return ssl_pipeline(project_dir=str(root), return_state=True, **params)
+    previous = os.environ.get("SSLOPS_ROOT")
+    os.environ["SSLOPS_ROOT"] = str(root)  # the project is the process's, as `serve` fixes it: no run parameter
+    try:
+        return ssl_pipeline(return_state=True, **params)
+    finally:
+        if previous is None:
+            os.environ.pop("SSLOPS_ROOT", None)
+        else:
+            os.environ["SSLOPS_ROOT"] = previous
 
 
 def task_runs(flow_run_id: Any) -> list[Any]:
@@ -269,7 +419,9 @@ def artifacts(flow_run_id: Any) -> dict[str, Any]:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
     return {a.type: a for a in found}
 
 
@@ -279,7 +431,7 @@ def test_flow_runs_each_stage_in_dvc_order_then_skips_what_is_up_to_date(harness
     state = run_flow(root)
     assert state.is_completed(), state.message
     run_id = str(state.state_details.flow_run_id)
-    order = orch.stage_order(root, orch.stage_env(root, None))
+    order = orch.stage_order(root)
     assert [t.name for t in task_runs(run_id)] == order
     summary = state.result()
     assert [(s["stage"], s["status"]) for s in summary["stages"]] == [(s, "ran") for s in order]
@@ -291,8 +443,13 @@ def test_flow_runs_each_stage_in_dvc_order_then_skips_what_is_up_to_date(harness
     assert {"prepare", "validate", "augment", "pretrain"} <= {r.info.run_name for r in runs}
     found = artifacts(run_id)
     markdown = found["markdown"].data
-    for run in (r for r in runs if "sslops.stage" in r.data.tags):  # stage runs; finetune's children are nested in theirs
-        assert f"[{run.info.run_id}](http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id})" in markdown
+    for run in (
+        r for r in runs if "sslops.stage" in r.data.tags
+    ):  # stage runs; finetune's children are nested in theirs
+        assert (
+            f"[{run.info.run_id}](http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id})"
+            in markdown
+        )
     assert "| pretrain | ran |" in markdown and "| pretrain | knn_acc |" in markdown
     register = root / "metrics" / "register.json"
     if register.exists():  # a pipeline with a register stage: the summary names the version it registered
@@ -339,7 +496,7 @@ def test_failed_validation_fails_the_flow_run_naming_the_expectation_without_ret
         runs = {t.name: t for t in task_runs(state.state_details.flow_run_id)}
         assert runs["validate"].state.is_failed()
         assert runs["validate"].run_count == 1  # flow.retries is 1 here, but a data error is final
-        order = orch.stage_order(root, orch.stage_env(root, None))
+        order = orch.stage_order(root)
         assert set(runs) == set(order[: order.index("validate") + 1])  # nothing downstream started
         markdown = artifacts(state.state_details.flow_run_id)["markdown"].data
         assert "| validate | failed |" in markdown and "| augment | not run |" in markdown
@@ -350,6 +507,29 @@ def test_failed_validation_fails_the_flow_run_naming_the_expectation_without_ret
 
 def test_flow_config_is_read_from_params_yaml():
     from sslops.config import Project
+    from sslops.config.schema import FlowParams
 
-    config = orch.FlowConfig.from_project(Project(REPO))
+    config = Project(REPO).config("flow")
+    assert isinstance(config, FlowParams)
     assert len(config.cron.split()) == 5 and config.retries >= 0 and config.lock_timeout_s >= 0
+    assert not config.ui_base.endswith("/") and config.mlflow_ui.startswith(config.ui_base)
+
+
+def test_the_deployment_takes_no_project_folder_from_its_callers():
+    """A run parameter naming the project would let whoever reaches the Prefect API run another dvc.yaml."""
+    sys.path.insert(0, str(REPO / "flows"))
+    try:
+        from ssl_pipeline import ssl_pipeline
+    finally:
+        sys.path.remove(str(REPO / "flows"))
+    assert set(ssl_pipeline.parameters.properties) == {"overrides"}
+
+
+def test_a_refused_override_fails_the_run_naming_the_key_before_any_stage(harness, flow_project: Path):
+    before = (flow_project / "params.yaml").read_text()
+    state = run_flow(flow_project, overrides={"pretrain.batch_size": -8})
+    assert state.is_failed()
+    message = str(state.result(raise_on_failure=False))
+    assert "pretrain.batch_size in params.yaml: must be greater than 0, got -8" in message
+    assert task_runs(state.state_details.flow_run_id) == []  # refused before any stage ran
+    assert (flow_project / "params.yaml").read_text() == before

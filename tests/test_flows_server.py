@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from conftest import mlflow_runs
 from test_flows import make_flow_repo
 from test_pipeline_dvc import sh
@@ -33,8 +34,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(check: Callable[[], object], not_yet: tuple[type[Exception], ...], timeout: float, what: str,
-               procs: list[subprocess.Popen]) -> None:
+def wait_until(
+    check: Callable[[], object],
+    not_yet: tuple[type[Exception], ...],
+    timeout: float,
+    what: str,
+    procs: list[subprocess.Popen],
+) -> None:
     """Poll `check` until it returns a true value without raising one of `not_yet`; fail if a process died."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -54,19 +60,34 @@ def prefect_server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], list[s
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    }
     for key in ("SSLOPS_ROOT", "MLFLOW_TRACKING_URI"):
         env.pop(key, None)
     with open(tmp_path / "server.log", "w") as log:
-        server = subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1",
-                                   "--port", str(port), "--no-ui"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         procs = [server]  # the test appends the serving process
         try:
             health = f"{api}/health"
-            wait_until(lambda: urllib.request.urlopen(health, timeout=2).status == 200, (OSError,), 90,
-                       f"prefect server (log: {log.name})", procs)
+            wait_until(
+                lambda: urllib.request.urlopen(health, timeout=2).status == 200,
+                (OSError,),
+                90,
+                f"prefect server (log: {log.name})",
+                procs,
+            )
             yield api, env, procs
         finally:
             for proc in reversed(procs):
@@ -96,8 +117,11 @@ def test_served_deployment_runs_an_override_as_a_dvc_experiment(tmp_path: Path, 
     committed_params = (root / "params.yaml").read_text()
     settings = {PREFECT_API_URL: api, PREFECT_HOME: env["PREFECT_HOME"]}  # this process talks to the same server
     with open(tmp_path / "serve.log", "w") as log, temporary_settings(settings):
-        procs.append(subprocess.Popen([sys.executable, "flows/ssl_pipeline.py"], cwd=root, env=env,
-                                      stdout=log, stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "flows/ssl_pipeline.py"], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        )
 
         def deployment():
             with get_client(sync_client=True) as client:
@@ -105,18 +129,25 @@ def test_served_deployment_runs_an_override_as_a_dvc_experiment(tmp_path: Path, 
 
         wait_until(deployment, (ObjectNotFound,), 90, f"served deployment (log: {log.name})", procs)
         assert deployment().schedules[0].schedule.cron == "0 2 * * *"  # flow.cron from params.yaml
-        run = run_deployment("ssl-pipeline/scheduled", parameters={"overrides": {"pretrain.seed": 1}},
-                             timeout=400, poll_interval=2)
+        run = run_deployment(
+            "ssl-pipeline/scheduled", parameters={"overrides": {"pretrain.seed": 1}}, timeout=400, poll_interval=2
+        )
         with get_client(sync_client=True) as client:
+
             def logs(phrase: str) -> list[str]:
                 """The run's log lines that contain `phrase` (the server's search ORs bare words)."""
-                found = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]),
-                                                   text=LogFilterTextSearch(query=f'"{phrase}"')))
+                found = client.read_logs(
+                    LogFilter(
+                        flow_run_id=LogFilterFlowRunId(any_=[run.id]), text=LogFilterTextSearch(query=f'"{phrase}"')
+                    )
+                )
                 return [entry.message for entry in found if phrase.lower() in entry.message.lower()]
 
             assert run.state.is_completed(), f"{run.state.message}\n" + "\n".join(logs("error"))
             assert logs("Running stage 'pretrain'")  # the stage's output is streamed into the task's log
-            found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+            found = client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+            )
             markdown = next(a.data for a in found if a.type == "markdown")
 
     # DVC: the override ran as an experiment, `dvc exp show` holds it, and the workspace params are back.

@@ -14,14 +14,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import REPO
 
+from conftest import REPO, augment_config, backbone_config, method_config, train_config
 from sslops.data.idx import read_idx
-from sslops.ml.augment import AugmentConfig, BatchAugment
+from sslops.ml.augment import BatchAugment
 from sslops.ml.knn import knn_accuracy
-from sslops.ml.methods import BYOL, METHODS, MoCo, build_method
-from sslops.ml.models import BackboneConfig, Encoder
-from sslops.ml.train import TrainConfig, pretrain
+from sslops.ml.methods import BYOL, METHOD_CONFIGS, METHODS, MoCo, build_method
+from sslops.ml.models import Encoder
+from sslops.ml.train import pretrain
 from sslops.ml.transfer import features
 from sslops.ml.views import on_the_fly_pairs
 
@@ -30,18 +30,26 @@ SHAPE = (1, 12, 12)
 
 def encoder(width: int = 4, pool: int = 1, seed: int = 0) -> Encoder:
     torch.manual_seed(seed)
-    return Encoder(BackboneConfig(width=width, pool=pool), [0.3], [0.35])
+    return Encoder(backbone_config(width=width, pool=pool), [0.3], [0.35])
 
 
-def small(name: str) -> dict:
-    return {"simclr": {"proj_hidden": 16, "proj_dim": 8}, "moco": {"proj_hidden": 16, "proj_dim": 8, "queue_size": 20},
-            "byol": {"proj_hidden": 16, "proj_dim": 8, "pred_hidden": 16}, "mim": {"patch": 4, "dec_hidden": 16},
-            "rotation": {"hidden": 16}}[name]
+def small(name: str):
+    """Method `name` with narrow heads (the other knobs at the fixture values of conftest.METHOD_KNOBS)."""
+    return method_config(
+        name,
+        **{
+            "simclr": {"proj_hidden": 16, "proj_dim": 8},
+            "moco": {"proj_hidden": 16, "proj_dim": 8, "queue_size": 20},
+            "byol": {"proj_hidden": 16, "proj_dim": 8, "pred_hidden": 16},
+            "mim": {"patch": 4, "dec_hidden": 16},
+            "rotation": {"hidden": 16},
+        }[name],
+    )
 
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_every_method_trains_a_step_and_only_the_encoder_is_registered(name):
-    method = build_method(name, encoder(), small(name), SHAPE)
+    method = build_method(small(name), encoder(), SHAPE)
     views = [torch.randint(0, 256, (8, *SHAPE)).float() for _ in range(2)]
     loss = method(views)
     assert loss.ndim == 0 and torch.isfinite(loss)
@@ -50,17 +58,23 @@ def test_every_method_trains_a_step_and_only_the_encoder_is_registered(name):
     method.after_step(0, 10)
 
 
+def test_method_configs_and_methods_name_the_same_methods():
+    assert list(METHOD_CONFIGS) == list(METHODS)
+
+
 def test_bad_knobs_are_named():
     with pytest.raises(TypeError, match="queue"):
-        build_method("moco", encoder(), {"queue": 5}, SHAPE)
+        method_config("moco", queue=5)  # an unknown knob: refused when the config is built
+    with pytest.raises(TypeError, match="not a method config: dict"):
+        build_method({"queue_size": 5}, encoder(), SHAPE)
     with pytest.raises(ValueError, match="patch 5 must divide"):
-        build_method("mim", encoder(), {"patch": 5}, SHAPE)
+        build_method(method_config("mim", patch=5), encoder(), SHAPE)
     with pytest.raises(ValueError, match="square"):
-        build_method("rotation", encoder(), {}, (1, 12, 16))
+        build_method(method_config("rotation"), encoder(), (1, 12, 16))
 
 
 def test_moco_queue_fills_in_order_and_key_encoder_follows_by_momentum():
-    method = MoCo(encoder(), SHAPE, proj_hidden=16, proj_dim=8, queue_size=20, momentum=0.9)
+    method = MoCo(encoder(), SHAPE, proj_hidden=16, proj_dim=8, temperature=0.2, queue_size=20, momentum=0.9)
     before = [p.clone() for p in method.key_encoder.parameters()]
     views = [torch.randint(0, 256, (6, *SHAPE)).float() for _ in range(2)]
     method(views)
@@ -86,7 +100,7 @@ def test_byol_momentum_schedule_goes_from_base_to_one():
 def _moco_worker(rank: int, port: int, out: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
-    method = MoCo(encoder(), SHAPE, proj_hidden=16, proj_dim=8, queue_size=64)
+    method = MoCo(encoder(), SHAPE, proj_hidden=16, proj_dim=8, temperature=0.2, queue_size=64, momentum=0.99)
     gen = torch.Generator().manual_seed(100 + rank)  # each rank sees different images
     views = [torch.randint(0, 256, (4, *SHAPE), generator=gen).float() for _ in range(2)]
     method(views)
@@ -119,10 +133,10 @@ def knn(enc: Encoder, data) -> float:
     return knn_accuracy(features(enc, xtr, cpu), ytr, features(enc, xte, cpu), yte, k=20, temperature=0.1)
 
 
-LEARN = {  # (epochs over 4,096 images, options): 10-30 s each on 2 CPU cores
+LEARN = {  # (epochs over 4,096 images, options over conftest.METHOD_KNOBS): 10-30 s each on 2 CPU cores
     "simclr": (10, {"proj_hidden": 128, "proj_dim": 64, "temperature": 0.2}),
     "moco": (10, {"proj_hidden": 128, "proj_dim": 64, "queue_size": 1024, "momentum": 0.9}),
-    "byol": (20, {"proj_hidden": 128, "proj_dim": 64, "pred_hidden": 128, "base_momentum": 0.99}),  # the slowest starter
+    "byol": (20, {"proj_hidden": 128, "proj_dim": 64, "pred_hidden": 128, "base_momentum": 0.99}),  # slowest starter
     "mim": (10, {"patch": 4, "mask_ratio": 0.5, "dec_hidden": 256}),
     "rotation": (10, {"hidden": 64}),
 }
@@ -142,13 +156,19 @@ def fashion():
 def test_each_method_learns_beyond_random_init(name, fashion, tmp_path: Path):
     data, baseline = fashion
     epochs, options = LEARN[name]
-    method = build_method(name, encoder(width=8, seed=0), options, (1, 28, 28))
-    augment = BatchAugment(AugmentConfig())
+    method = build_method(method_config(name, **options), encoder(width=8, seed=0), (1, 28, 28))
+    augment = BatchAugment(augment_config())
     images = data[0]
     batches = lambda epoch: on_the_fly_pairs(images, augment, 128, epoch, seed=0)  # noqa: E731
-    cfg = TrainConfig(epochs=epochs, batch_size=128, optimizer="lars" if name in ("simclr", "moco", "byol") else "sgd",
-                      base_lr=1.2 if name in ("simclr", "moco", "byol") else 0.1, warmup_epochs=1, weight_decay=1e-5,
-                      amp="off")  # fp32 everywhere: the margins were calibrated in fp32, and `auto` depends on the CPU
+    cfg = train_config(
+        epochs=epochs,
+        batch_size=128,
+        optimizer="lars" if name in ("simclr", "moco", "byol") else "sgd",
+        base_lr=1.2 if name in ("simclr", "moco", "byol") else 0.1,
+        warmup_epochs=1,
+        weight_decay=1e-5,
+        amp="off",
+    )  # fp32 everywhere: the margins were calibrated in fp32, and `auto` depends on the CPU
     pretrain(method, batches, len(images) // 128, cfg, torch.device("cpu"), tmp_path / "ckpt.pt", name, progress=False)
     learned = knn(method.encoder, data)
     print(f"{name}: kNN {learned:.4f} vs random init (best of 3 seeds) {baseline:.4f}")

@@ -7,12 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CLASSES, synthetic_images, write_cifar, write_idx_dataset, write_imagefolder
 from PIL import Image
 
-from sslops.data.formats import plan_dataset
+from conftest import CLASSES, synthetic_images, write_cifar, write_idx_dataset, write_imagefolder
+from sslops.data import formats
 from sslops.data.idx import read_idx, write_idx
 from sslops.errors import SslopsError
+
+MAX_PIXELS = 25_000_000  # prepare.max_pixels for these tests: far above every test image
+
+
+def plan_dataset(fmt: str, root: Path, classes: list[str], channels: int | None = None):
+    """`sslops.data.formats.plan_dataset` with prepare's other knobs at test values: channels as found (unless
+    given), the `unlabeled/` pool folder, a pixel cap no test image reaches."""
+    return formats.plan_dataset(fmt, root, classes, channels, "unlabeled", MAX_PIXELS)
 
 
 def load_all(plan):
@@ -49,7 +57,22 @@ def test_idx_truncated_file(tmp_path: Path):
     path = tmp_path / "t10k-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:-50])
     plan = plan_dataset("idx", tmp_path, CLASSES)  # the header is intact: found when pixels load
-    with pytest.raises(SslopsError, match=r"t10k-images-idx3-ubyte: truncated or corrupt IDX file"):
+    message = (
+        r"t10k-images-idx3-ubyte: header declares shape \(20, 12, 12\) \(2880 bytes of data\), more than a file "
+        r"of 2846 bytes can hold: the file is corrupt or not an IDX file"
+    )  # a raw file is checked against its size before it is read
+    with pytest.raises(SslopsError, match=message):
+        load_all(plan)
+
+
+def test_idx_truncated_gzip_content(tmp_path: Path):
+    write_idx_dataset(tmp_path)
+    path = tmp_path / "t10k-images-idx3-ubyte"
+    raw = path.read_bytes()
+    path.unlink()
+    path.with_suffix(".gz").write_bytes(gzip.compress(raw[:-50]))  # a valid gzip of too few pixels
+    plan = plan_dataset("idx", tmp_path, CLASSES)
+    with pytest.raises(SslopsError, match=r"t10k-images-idx3-ubyte.gz: truncated or corrupt IDX file"):
         load_all(plan)
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
-from conftest import mlflow_runs
 
-from sslops import dvcmeta, tracking
+from conftest import mlflow_runs
+from sslops.adapters import dvcmeta, tracking
+from sslops.adapters.provenance import git_state
 from sslops.config import flatten, params_hash
-from sslops.provenance import git_state
 
 
 def test_default_store_is_sqlite_by_absolute_path(project, monkeypatch):
@@ -20,6 +21,7 @@ def test_default_store_is_sqlite_by_absolute_path(project, monkeypatch):
     assert tracking.tracking_uri(project) == "http://127.0.0.1:5999"
 
 
+@pytest.mark.integration  # a real MLflow store
 def test_stage_run_logs_flat_params_tags_and_artifact_location(project, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # artifacts must not land in ./mlruns of the working directory
     with tracking.stage_run(project, "demo", {"lr": 0.1, "opt": {"name": "sgd"}}):
@@ -33,6 +35,7 @@ def test_stage_run_logs_flat_params_tags_and_artifact_location(project, monkeypa
     assert not (tmp_path / "mlruns").exists()
 
 
+@pytest.mark.integration  # a real MLflow store
 def test_prefect_flow_run_id_is_tagged(project, monkeypatch):
     monkeypatch.setenv(tracking.PREFECT_RUN_ENV, "flow-run-123")
     with tracking.stage_run(project, "demo", {}):
@@ -47,8 +50,9 @@ def test_flatten_and_params_hash_are_order_independent():
 
 def test_dvc_metadata_from_lock_and_pointer(tmp_path: Path):
     (tmp_path / "data.dvc").write_text(yaml.safe_dump({"outs": [{"md5": "abc.dir", "path": "data"}]}))
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
-        "prepare": {"deps": ["data", "src"]}, "validate": {"deps": ["artifacts/prepared"]}}}))
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump({"stages": {"prepare": {"deps": ["data", "src"]}, "validate": {"deps": ["artifacts/prepared"]}}})
+    )
     lock = {"stages": {"prepare": {"cmd": "x", "outs": [{"path": "artifacts/prepared", "md5": "p.dir"}]}}}
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
     assert dvcmeta.data_md5(tmp_path) == "abc.dir"

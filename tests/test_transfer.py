@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_images
 
+from conftest import backbone_config, finetune_config, synthetic_images
 from sslops.ml.metrics import confusion_matrix, scores
-from sslops.ml.models import BackboneConfig, Encoder
-from sslops.ml.transfer import Classifier, FinetuneConfig, balanced_subset, features, finetune, fit_linear_probe, predict
+from sslops.ml.models import Encoder
+from sslops.ml.transfer import Classifier, balanced_subset, features, finetune, fit_linear_probe, predict
 
 
 def test_balanced_subset_is_balanced_nested_and_seeded():
@@ -20,7 +20,8 @@ def test_balanced_subset_is_balanced_nested_and_seeded():
     assert np.array_equal(small, balanced_subset(labels, 0.05, seed=3))
     assert not np.array_equal(small, balanced_subset(labels, 0.05, seed=4))
     assert np.bincount(labels[balanced_subset(labels, 0.5, 0)]).tolist() == [100, 100, 100, 100, 100]
-    assert np.bincount(labels[balanced_subset(labels, 0.8, 0)]).tolist() == [160, 160, 160, 160, 100]  # a small class gives all
+    counts = np.bincount(labels[balanced_subset(labels, 0.8, 0)]).tolist()
+    assert counts == [160, 160, 160, 160, 100]  # a small class gives all
     assert len(balanced_subset(labels, 1.0, 0)) == 1000
     with pytest.raises(ValueError, match="fraction"):
         balanced_subset(labels, 0.0, 0)
@@ -55,8 +56,15 @@ def test_finetune_learns_and_is_deterministic():
 
     def train() -> tuple[np.ndarray, dict]:
         torch.manual_seed(0)
-        model = Classifier(Encoder(BackboneConfig(width=4), [0.5], [0.3]), 4)
-        stats = finetune(model, images, labels, FinetuneConfig(epochs=15, max_steps=60, batch_size=32, lr=0.05), torch.device("cpu"), pretrained=False)
+        model = Classifier(Encoder(backbone_config(width=4), [0.5], [0.3]), 4)
+        stats = finetune(
+            model,
+            images,
+            labels,
+            finetune_config(epochs=15, max_steps=60, batch_size=32, lr=0.05),
+            torch.device("cpu"),
+            pretrained=False,
+        )
         return predict(model, images, torch.device("cpu")), stats
 
     preds, stats = train()
@@ -66,7 +74,7 @@ def test_finetune_learns_and_is_deterministic():
 
 
 def test_features_are_raw_and_shaped():
-    encoder = Encoder(BackboneConfig(width=4, pool=2), [0.5], [0.3])
+    encoder = Encoder(backbone_config(width=4, pool=2), [0.5], [0.3])
     images = np.zeros((5, 12, 12, 1), dtype=np.uint8)
     feats = features(encoder, images, torch.device("cpu"), batch_size=2)
     assert feats.shape == (5, 4 * 8 * 2 * 2) and encoder.feature_dim == 128
@@ -74,6 +82,13 @@ def test_features_are_raw_and_shaped():
 
 def test_finetune_skips_a_last_batch_of_one():
     images, labels = synthetic_images(33, size=12, seed=2)  # 33 = 2 x 16 + 1: the remainder cannot be batch-normalised
-    model = Classifier(Encoder(BackboneConfig(width=4), [0.5], [0.3]), 4)
-    stats = finetune(model, images, labels.astype(np.int64), FinetuneConfig(epochs=2, max_steps=10, batch_size=16), torch.device("cpu"), pretrained=True)
+    model = Classifier(Encoder(backbone_config(width=4), [0.5], [0.3]), 4)
+    stats = finetune(
+        model,
+        images,
+        labels.astype(np.int64),
+        finetune_config(epochs=2, max_steps=10, batch_size=16),
+        torch.device("cpu"),
+        pretrained=True,
+    )
     assert stats["steps"] == 6  # the step budget (2 epochs x 3 batches) is spent on full batches only

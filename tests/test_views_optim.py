@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sslops.ml.augment import AugmentConfig, BatchAugment
+from conftest import augment_config
+from sslops.ml.augment import BatchAugment
 from sslops.ml.cache import build_cache
 from sslops.ml.optim import LARS, scaled_lr, warmup_cosine
 from sslops.ml.views import ViewCache, cached_pairs, epoch_order, on_the_fly_pairs
@@ -21,7 +22,9 @@ def test_epoch_order_splits_ranks_disjointly_and_changes_per_epoch():
 def test_cache_shards_index_and_two_different_views(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (30, 8, 8, 1), dtype=np.uint8)
     rows = np.arange(2, 27)
-    index = build_cache(images, rows, AugmentConfig(), views=3, seed=5, out_dir=tmp_path, shard_size=10, progress=False)
+    index = build_cache(
+        images, rows, augment_config(), views=3, seed=5, out_dir=tmp_path, shard_size=10, progress=False
+    )
     assert index["shards"] == ["shard-000.npy", "shard-001.npy", "shard-002.npy"] and index["bytes_per_view"] == 64
     cache = ViewCache.open(tmp_path)
     assert len(cache) == 25 and cache.views == 3 and cache.rows.tolist() == rows.tolist()
@@ -29,14 +32,14 @@ def test_cache_shards_index_and_two_different_views(tmp_path):
     assert v1.shape == (25, 1, 8, 8) and v1.dtype == torch.uint8
     assert all(not torch.equal(a, b) for a, b in zip(v1, v2, strict=True))
     (tmp_path / "again").mkdir()
-    again = build_cache(images, rows, AugmentConfig(), 3, 5, tmp_path / "again", 10, progress=False)
+    again = build_cache(images, rows, augment_config(), 3, 5, tmp_path / "again", 10, progress=False)
     assert again["shards"] == index["shards"]
     assert np.array_equal(np.load(tmp_path / "again" / "shard-001.npy"), np.load(tmp_path / "shard-001.npy"))
 
 
 def test_on_the_fly_pairs_are_batched_and_distinct():
     images = np.random.default_rng(0).integers(0, 256, (20, 8, 8, 1), dtype=np.uint8)
-    pairs = list(on_the_fly_pairs(images, BatchAugment(AugmentConfig()), batch_size=8, epoch=0, seed=0))
+    pairs = list(on_the_fly_pairs(images, BatchAugment(augment_config()), batch_size=8, epoch=0, seed=0))
     assert len(pairs) == 2 and pairs[0][0].shape == (8, 1, 8, 8)
     assert not torch.equal(pairs[0][0], pairs[0][1])
 

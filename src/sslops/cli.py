@@ -7,29 +7,19 @@ path pays only for what each stage uses.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from sslops.env import TELEMETRY_OFF
 from sslops.errors import SslopsError
 
 if TYPE_CHECKING:
     from sslops.config import Project
 
 STAGES = ("prepare", "validate", "augment", "pretrain", "register", "finetune", "evaluate")
-
-
-# No telemetry from the tools we drive (the Makefile and .ci/run export the same).
-TELEMETRY_OFF = {
-    "GX_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DVC_NO_ANALYTICS": "1",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-}
 
 
 def _quiet_third_parties() -> None:
@@ -39,17 +29,26 @@ def _quiet_third_parties() -> None:
 
 def _run_stage(args: argparse.Namespace) -> int:
     from sslops.config import Project
+    from sslops.stages import augment, evaluate, finetune, prepare, pretrain, register, validate
 
-    module = importlib.import_module(f"sslops.stages.{args.command}")
-    summary = module.run(Project.discover())
+    stages = {
+        "prepare": prepare,
+        "validate": validate,
+        "augment": augment,
+        "pretrain": pretrain,
+        "register": register,
+        "finetune": finetune,
+        "evaluate": evaluate,
+    }
+    summary = stages[args.command].run(Project.discover())
     if summary:  # torchrun ranks other than 0 return nothing to report
         print(json.dumps(summary, indent=2, default=str))
     return 0
 
 
 def _fetch_data(args: argparse.Namespace) -> int:
+    from sslops.commands.fetch import fetch_fashion_mnist
     from sslops.config import Project
-    from sslops.fetch import fetch_fashion_mnist
 
     target = Project.discover().path(args.target)
     print(f"Fashion-MNIST in {target}: {fetch_fashion_mnist(target)}")
@@ -57,7 +56,7 @@ def _fetch_data(args: argparse.Namespace) -> int:
 
 
 def _connect() -> Project:
-    from sslops import tracking
+    from sslops.adapters import tracking
     from sslops.config import Project
 
     project = Project.discover()
@@ -66,7 +65,7 @@ def _connect() -> Project:
 
 
 def _lineage(args: argparse.Namespace) -> int:
-    from sslops import lineage
+    from sslops.commands import lineage
 
     project = _connect()
     if args.data:
@@ -82,19 +81,35 @@ def _lineage(args: argparse.Namespace) -> int:
 def _embed(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from sslops.embed import embed_folder
+    from sslops.commands.embed import embed_folder
 
-    _connect()
-    print(json.dumps(embed_folder(args.model, Path(args.images), Path(args.out)), indent=2))
+    project = _connect()
+    max_pixels = project.config("prepare").max_pixels
+    print(json.dumps(embed_folder(args.model, Path(args.images), Path(args.out), max_pixels), indent=2))
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
+    from sslops.commands.report import print_report
     from sslops.config import Project
-    from sslops.report import print_report
 
     print(print_report(Project.discover(), update_readme=args.readme))
     return 0
+
+
+def _repro(args: argparse.Namespace) -> int:
+    """`dvc repro` under the project lock that flow runs take, so `make run` and a Prefect run never interleave."""
+    import subprocess
+
+    from sslops.config import Project
+    from sslops.orchestration import overridden_params, project_lock, stage_env
+
+    project = Project.discover()
+    timeout = project.config("flow").lock_timeout_s
+    holder = f"sslops repro (pid {os.getpid()})"
+    with project_lock(project.root, timeout, holder, on_wait=print), overridden_params(project.root, {}, warn=print):
+        # no overrides: this only restores params.yaml if a killed flow run left it overridden
+        return subprocess.call(["dvc", "repro", *args.dvc_args], cwd=project.root, env=stage_env(project.root, None))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,16 +121,27 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--target", default="data/fashion-mnist", help="folder to fill (default: %(default)s)")
     fetch.set_defaults(func=_fetch_data)
     lin = sub.add_parser("lineage", help="trace a model version back to its data, or data forward to its models")
-    lin.add_argument("model", nargs="?", default="champion",
-                     help="model ref: alias or version of register.model_name, name@alias or name/version (default: %(default)s)")
+    lin.add_argument(
+        "model",
+        nargs="?",
+        default="champion",
+        help="model ref: alias or version of register.model_name, name@alias or name/version (default: %(default)s)",
+    )
     lin.add_argument("--data", metavar="MD5", help="list every model version built on this data.dvc md5 instead")
     lin.add_argument("--json", action="store_true", help="machine-readable output")
     lin.set_defaults(func=_lineage)
     emb = sub.add_parser("embed", help="write embeddings of a folder of images from a registered encoder")
     emb.add_argument("images", help="folder of images (searched recursively)")
-    emb.add_argument("--model", default="models:/sslops-encoder@champion", help="MLflow model URI (default: %(default)s)")
-    emb.add_argument("--out", default="embeddings.npz", help="output .npz with `paths` and `embeddings` (default: %(default)s)")
+    emb.add_argument(
+        "--model", default="models:/sslops-encoder@champion", help="MLflow model URI (default: %(default)s)"
+    )
+    emb.add_argument(
+        "--out", default="embeddings.npz", help="output .npz with `paths` and `embeddings` (default: %(default)s)"
+    )
     emb.set_defaults(func=_embed)
+    rep_ = sub.add_parser("repro", help="dvc repro under the project lock that Prefect flow runs take (make run)")
+    rep_.add_argument("dvc_args", nargs=argparse.REMAINDER, help="passed on to `dvc repro`")
+    rep_.set_defaults(func=_repro)
     rep = sub.add_parser("report", help="print the results table of the last evaluate run")
     rep.add_argument("--readme", action="store_true", help="also rewrite the results section of README.md")
     rep.set_defaults(func=_report)

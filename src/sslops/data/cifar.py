@@ -1,24 +1,71 @@
-"""CIFAR-10 "python version" batches: pickled dicts of uint8 rows (3072 = 3 x 32 x 32) and labels."""
+"""CIFAR-10 "python version" batches: pickled dicts of uint8 rows (3072 = 3 x 32 x 32) and labels.
+
+The batches are pickles, and unpickling runs whatever callable a file names: a crafted `data_batch_1` would run
+its code during `sslops prepare`. They are read with a restricted unpickler that resolves only the few globals
+the real files use (numpy's array reconstruction), and refuses any other with a named error.
+"""
 
 from __future__ import annotations
 
+import codecs
 import pickle
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from sslops.data.sources import Part, Plan
 from sslops.errors import SslopsError
 
+try:
+    from numpy._core import multiarray as _multiarray
+    from numpy._core import numeric as _numeric
+except ImportError:  # numpy 1.x
+    from numpy.core import multiarray as _multiarray
+    from numpy.core import numeric as _numeric
+
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCHES = ("test_batch",)
+
+
+# The globals a CIFAR-10 batch may name: numpy array reconstruction (the original files, written by numpy 1.x under
+# Python 2, and the same data re-pickled by numpy 2 under Python 3) and the codec Python 3 uses for bytes in
+# protocol 2. Everything else (os.system, builtins.eval, subprocess, ...) is refused.
+SAFE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _multiarray._reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _multiarray._reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _numeric._frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _numeric._frombuffer,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,
+}
+
+
+class UnsafePickleError(SslopsError):
+    """A pickle named a global outside SAFE_GLOBALS: it would have run code when loaded."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def __init__(self, fh: BinaryIO, path: Path) -> None:
+        super().__init__(fh, encoding="bytes")
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return SAFE_GLOBALS[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(
+                f"{self.path}: refused to load: the file names `{module}.{name}`, which a CIFAR-10 batch never does "
+                "(unpickling it would run code). Use the original cifar-10-python files."
+            ) from None
 
 
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as fh:
-            batch = pickle.load(fh, encoding="bytes")
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError) as exc:
+            batch = _CifarUnpickler(fh, path).load()
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, KeyError, IndexError) as exc:
         raise SslopsError(f"{path}: cannot be read as a CIFAR-10 python batch ({exc}).") from None
     if not isinstance(batch, dict):
         raise SslopsError(f"{path}: not a CIFAR-10 python batch (expected a pickled dict).")
@@ -43,8 +90,14 @@ def plan_cifar10(root: Path, classes: list[str]) -> Plan:
                 raise SslopsError(f"{path}: CIFAR-10 batch lacks 'data' or 'labels'.")
             data, labels = batch["data"], np.asarray(batch["labels"], dtype=np.int64)
             if getattr(data, "shape", (0, 0))[1:] != (3072,) or len(labels) != len(data):
-                raise SslopsError(f"{path}: expected N x 3072 pixel rows and N labels, got {getattr(data, 'shape', '?')}.")
+                raise SslopsError(
+                    f"{path}: expected N x 3072 pixel rows and N labels, got {getattr(data, 'shape', '?')}."
+                )
             parts.append(Part(split, name, len(labels), (32, 32, 3), labels, lambda p=path: _load_pixels(p)))
     meta = root / "batches.meta"
-    names_found = [n.decode() if isinstance(n, bytes) else n for n in _unpickle(meta).get("label_names", [])] if meta.is_file() else []
+    names_found = (
+        [n.decode() if isinstance(n, bytes) else n for n in _unpickle(meta).get("label_names", [])]
+        if meta.is_file()
+        else []
+    )
     return Plan(parts=parts, classes=list(classes) or names_found or [str(i) for i in range(10)])

@@ -13,10 +13,14 @@ from sslops.errors import SslopsError
 FORMATS = ("idx", "imagefolder", "cifar10")
 
 
-def plan_dataset(fmt: str, root: Path, classes: list[str], channels: int | None = None, unlabeled_dir: str | None = "unlabeled") -> Plan:
+def plan_dataset(
+    fmt: str, root: Path, classes: list[str], channels: int | None, unlabeled_dir: str | None, max_pixels: int
+) -> Plan:
     """Plan reading the raw dataset at `root`; raises SslopsError naming the problem on bad input."""
     if fmt not in FORMATS:
-        raise SslopsError(f"Unknown dataset format '{fmt}' in params.yaml (prepare.format); supported: {', '.join(FORMATS)}.")
+        raise SslopsError(
+            f"Unknown dataset format '{fmt}' in params.yaml (prepare.format); supported: {', '.join(FORMATS)}."
+        )
     if not root.is_dir():
         raise SslopsError(f"{root}: data folder does not exist (prepare.root in params.yaml).")
     if not any(p for p in root.iterdir() if not p.name.startswith(".")):
@@ -25,4 +29,4 @@ def plan_dataset(fmt: str, root: Path, classes: list[str], channels: int | None 
         return plan_idx(root, classes)
     if fmt == "cifar10":
         return plan_cifar10(root, classes)
-    return plan_imagefolder(root, classes, channels, unlabeled_dir)
+    return plan_imagefolder(root, classes, channels, unlabeled_dir, max_pixels)

@@ -16,6 +16,7 @@ from sslops.data.sources import Part, Plan
 from sslops.errors import SslopsError
 
 UBYTE = 0x08
+MAX_GZIP_RATIO = 1032  # DEFLATE inflates at most 1032:1 (a 258-byte match costs at least 2 bits): a bound per file
 # Split name -> the file-name prefixes used for it by the MNIST family.
 PREFIXES = {"train": ("train",), "test": ("t10k", "test")}
 
@@ -46,19 +47,30 @@ def read_idx_header(path: Path) -> tuple[tuple[int, ...], int]:
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read a whole IDX file into a uint8 array, failing clearly on a truncated or corrupt file."""
+    """Read a whole IDX file into a uint8 array, failing clearly on a truncated, corrupt or oversized file.
+
+    Only the bytes the header promises (plus one, to detect trailing data) are decompressed, and the promise is
+    checked first against what the file can hold, so a gzip bomb cannot fill memory.
+    """
     shape, offset = read_idx_header(path)
     expected = int(np.prod(shape))
+    capacity = path.stat().st_size * (MAX_GZIP_RATIO if path.suffix == ".gz" else 1)
+    if offset + expected > capacity:
+        raise SslopsError(
+            f"{path}: header declares shape {shape} ({expected} bytes of data), more than a file of "
+            f"{path.stat().st_size} bytes can hold: the file is truncated, corrupt or not an IDX file."
+        )
     try:
         with _open(path) as fh:
-            raw = fh.read()
+            raw = fh.read(offset + expected + 1)
     except (OSError, EOFError, zlib.error) as exc:
         raise SslopsError(f"{path}: cannot be decompressed ({exc}); the file is truncated or corrupt.") from None
     data = raw[offset:]
     if len(data) != expected:
+        found = "more (trailing data)" if len(data) > expected else f"{len(data)} bytes"
         raise SslopsError(
             f"{path}: truncated or corrupt IDX file: header declares shape {shape} ({expected} bytes of data) "
-            f"but {len(data)} bytes follow."
+            f"but {found} follow."
         )
     return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
@@ -109,5 +121,5 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     """Write a uint8 array as an IDX file (gzip when the name ends in .gz); used to make test data."""
     array = np.ascontiguousarray(array, dtype=np.uint8)
     header = bytes([0, 0, UBYTE, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    with (gzip.open(path, "wb") if str(path).endswith(".gz") else open(path, "wb")) as fh:
+    with gzip.open(path, "wb") if str(path).endswith(".gz") else open(path, "wb") as fh:
         fh.write(header + array.tobytes())

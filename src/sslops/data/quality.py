@@ -28,4 +28,3 @@ def class_balance(manifest: pd.DataFrame, classes: list[str], split: str = "trai
     table = pd.DataFrame({"class_name": names, "count": [int(counts.get(n, 0)) for n in names]})
     table["share"] = table["count"] / total
     return table
-

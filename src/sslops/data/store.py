@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from sslops.data.sources import Plan
 from sslops.errors import SslopsError
+from sslops.outputs.atomic import ensure_space, reserve
 
 IMAGES = "images.npy"
 MANIFEST = "manifest.parquet"
@@ -41,7 +42,7 @@ def write_store(plan: Plan, out_dir: Path, progress: bool = True) -> pd.DataFram
     """Fill `out_dir` with images.npy, manifest.parquet and classes.json from `plan`; return the manifest.
 
     Pixels are written part by part into a memory-mapped .npy, so datasets larger than RAM work.
-    `out_dir` should be a temporary directory (see `sslops.atomic.atomic_dir`).
+    `out_dir` should be a temporary directory (see `sslops.outputs.atomic.atomic_dir`).
     """
     if plan.total == 0:
         raise SslopsError("The data folder holds no images.")
@@ -49,7 +50,9 @@ def write_store(plan: Plan, out_dir: Path, progress: bool = True) -> pd.DataFram
     if len(shapes) != 1:
         raise SslopsError(f"Images have different shapes {sorted(shapes)}; one size and channel count is required.")
     (h, w, c), n = shapes.pop(), plan.total
+    ensure_space(out_dir, n * h * w * c, f"the image store ({n} images of {h}x{w}x{c})")
     images = np.lib.format.open_memmap(out_dir / IMAGES, mode="w+", dtype=np.uint8, shape=(n, h, w, c))
+    reserve(out_dir / IMAGES, (out_dir / IMAGES).stat().st_size)
     sha = np.empty(n, dtype=object)
     columns: dict[str, list] = {"split": [], "source": [], "index": [], "label": []}
     row = 0
@@ -57,7 +60,9 @@ def write_store(plan: Plan, out_dir: Path, progress: bool = True) -> pd.DataFram
         for part in plan.parts:
             pixels = part.load()
             if pixels.shape != (part.count, h, w, c):
-                raise SslopsError(f"{part.source}: decoded shape {pixels.shape} differs from its header {(part.count, h, w, c)}.")
+                raise SslopsError(
+                    f"{part.source}: decoded shape {pixels.shape} differs from its header {(part.count, h, w, c)}."
+                )
             images[row : row + part.count] = pixels
             flat = pixels.reshape(part.count, -1)
             sha[row : row + part.count] = [hashlib.sha256(img.tobytes()).hexdigest() for img in flat]
@@ -112,10 +117,12 @@ class ImageStore:
     classes: list[str]
 
     @classmethod
-    def open(cls, folder: Path) -> "ImageStore":
+    def open(cls, folder: Path) -> ImageStore:
         missing = [name for name in (IMAGES, MANIFEST, CLASSES) if not (folder / name).is_file()]
         if missing:
-            raise SslopsError(f"{folder}: prepared store is incomplete (missing {', '.join(missing)}); run the prepare stage.")
+            raise SslopsError(
+                f"{folder}: prepared store is incomplete (missing {', '.join(missing)}); run the prepare stage."
+            )
         images = np.load(folder / IMAGES, mmap_mode="r")
         manifest = pd.read_parquet(folder / MANIFEST)
         if len(manifest) != len(images):
@@ -126,3 +133,11 @@ class ImageStore:
         """Row indices of one split and their labels (-1 where unlabeled)."""
         rows = np.flatnonzero((self.manifest["split"] == name).to_numpy())
         return rows, self.manifest["label"].iloc[rows].fillna(-1).to_numpy(dtype=np.int64)
+
+    def labelled(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and labels of the labelled images of a split; an error when it has none (transfer needs labels)."""
+        rows, labels = self.split(name)
+        keep = labels >= 0
+        if not keep.any():
+            raise SslopsError(f"the {name} split has no labelled images: monitoring and transfer need labels.")
+        return rows[keep], labels[keep]

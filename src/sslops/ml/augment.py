@@ -11,8 +11,7 @@ Gaussian blur.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,30 +19,40 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Knobs from params.yaml `augment:`; probabilities are per image."""
+    """The augmentation recipe (params.yaml `augment:` holds its values); probabilities are per image."""
 
-    size: int | None = None  # output side; None keeps the input size
-    crop_scale: tuple[float, float] = (0.2, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_p: float = 0.5
-    jitter_p: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4  # RGB only
-    hue: float = 0.1  # RGB only, fraction of a full turn
-    grayscale_p: float = 0.2  # RGB only
-    blur_p: float = 0.0
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    rotation: float = 0.0  # max degrees, uniform in [-rotation, rotation]
+    size: int | None  # output side; None keeps the input size
+    crop_scale: tuple[float, float]
+    crop_ratio: tuple[float, float]
+    flip_p: float
+    jitter_p: float
+    brightness: float
+    contrast: float
+    saturation: float  # RGB only
+    hue: float  # RGB only, fraction of a full turn
+    grayscale_p: float  # RGB only
+    blur_p: float
+    blur_sigma: tuple[float, float]
+    rotation: float  # max degrees, uniform in [-rotation, rotation]
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> "AugmentConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(params) - known - {"views", "seed", "shard_size"}
-        if unknown:
-            raise ValueError(f"unknown augment params: {', '.join(sorted(unknown))}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items() if k in known}
-        return cls(**values)
+    def crop_flip(cls, crop_scale: tuple[float, float], flip_p: float) -> AugmentConfig:
+        """Random resized crop (standard 3/4..4/3 aspect range) and flip only: the mild augmentation of fine-tuning."""
+        return cls(
+            size=None,
+            crop_scale=crop_scale,
+            crop_ratio=(3 / 4, 4 / 3),
+            flip_p=flip_p,
+            jitter_p=0.0,
+            brightness=0.0,
+            contrast=0.0,
+            saturation=0.0,
+            hue=0.0,
+            grayscale_p=0.0,
+            blur_p=0.0,
+            blur_sigma=(0.1, 2.0),
+            rotation=0.0,
+        )
 
 
 def _uniform(n: int, low: float, high: float, gen: torch.Generator | None, device) -> torch.Tensor:
@@ -113,7 +122,9 @@ def _hue_rotate(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
     angle = turns * 2 * math.pi
     cos, sin = torch.cos(angle), torch.sin(angle)
     one, zero = torch.ones_like(cos), torch.zeros_like(cos)
-    rot = torch.stack([torch.stack([one, zero, zero], 1), torch.stack([zero, cos, -sin], 1), torch.stack([zero, sin, cos], 1)], 1)
+    rot = torch.stack(
+        [torch.stack([one, zero, zero], 1), torch.stack([zero, cos, -sin], 1), torch.stack([zero, sin, cos], 1)], 1
+    )
     mats = from_yiq @ rot @ to_yiq  # (b, 3, 3)
     return torch.einsum("bij,bjhw->bihw", mats, x)
 

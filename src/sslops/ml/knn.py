@@ -12,7 +12,15 @@ import torch
 import torch.nn.functional as F
 
 
-def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, n_classes: int, k: int = 200, temperature: float = 0.1, chunk: int = 1024) -> torch.Tensor:
+def knn_predict(
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    queries: torch.Tensor,
+    n_classes: int,
+    k: int,
+    temperature: float,
+    chunk: int = 1024,
+) -> torch.Tensor:
     """Predicted class for each query from its k most similar bank features."""
     k = min(k, len(bank))
     preds = []
@@ -25,10 +33,22 @@ def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Te
     return torch.cat(preds)
 
 
-def knn_accuracy(bank: torch.Tensor, bank_labels: np.ndarray, queries: torch.Tensor, query_labels: np.ndarray,
-                 k: int = 200, temperature: float = 0.1) -> float:
+def knn_accuracy(
+    bank: torch.Tensor,
+    bank_labels: np.ndarray,
+    queries: torch.Tensor,
+    query_labels: np.ndarray,
+    k: int,
+    temperature: float,
+) -> float:
     """Top-1 accuracy of weighted kNN: `bank` features with their labels as the memory, `queries` held out."""
     n_classes = int(max(bank_labels.max(), query_labels.max())) + 1
-    pred = knn_predict(F.normalize(bank, dim=1), torch.as_tensor(bank_labels, dtype=torch.long), F.normalize(queries, dim=1),
-                       n_classes, k, temperature)
+    pred = knn_predict(
+        F.normalize(bank, dim=1),
+        torch.as_tensor(bank_labels, dtype=torch.long),
+        F.normalize(queries, dim=1),
+        n_classes,
+        k,
+        temperature,
+    )
     return float((pred.numpy() == query_labels).mean())

@@ -6,10 +6,9 @@ loss. Methods with momentum targets override `after_step`.
 
 from __future__ import annotations
 
-from typing import Any
-
 import copy
 import math
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +41,9 @@ class Method(nn.Module):
 class SimCLR(Method):
     """SimCLR (Chen et al., 2020, arXiv:2002.05709): two views, MLP projection head, NT-Xent loss."""
 
-    def __init__(self, encoder: Encoder, image_shape: tuple[int, int, int], proj_hidden: int = 512, proj_dim: int = 128,
-                 temperature: float = 0.2):
+    def __init__(
+        self, encoder: Encoder, image_shape: tuple[int, int, int], proj_hidden: int, proj_dim: int, temperature: float
+    ):
         super().__init__(encoder, image_shape)
         self.head = ProjectionHead(encoder.feature_dim, proj_hidden, proj_dim)
         self.loss = NTXentLoss(temperature)
@@ -80,8 +80,16 @@ class MoCo(Method):
     keys of all ranks are gathered before they enter the queue, so every rank holds the same queue.
     """
 
-    def __init__(self, encoder: Encoder, image_shape: tuple[int, int, int], proj_hidden: int = 512, proj_dim: int = 128,
-                 temperature: float = 0.2, queue_size: int = 4096, momentum: float = 0.99):
+    def __init__(
+        self,
+        encoder: Encoder,
+        image_shape: tuple[int, int, int],
+        proj_hidden: int,
+        proj_dim: int,
+        temperature: float,
+        queue_size: int,
+        momentum: float,
+    ):
         super().__init__(encoder, image_shape)
         self.head = ProjectionHead(encoder.feature_dim, proj_hidden, proj_dim)
         self.key_encoder, self.key_head = _frozen_copy(encoder), _frozen_copy(self.head)
@@ -94,7 +102,10 @@ class MoCo(Method):
         with torch.no_grad():
             k1, k2 = F.normalize(self.key_head(self.key_encoder(torch.cat(views, 0))).float(), dim=1).chunk(2, 0)
         negatives = self.queue.clone()  # the queue changes below; the graph must keep this step's copy
-        loss = 0.5 * (info_nce_with_queue(q1, k2, negatives, self.temperature) + info_nce_with_queue(q2, k1, negatives, self.temperature))
+        loss = 0.5 * (
+            info_nce_with_queue(q1, k2, negatives, self.temperature)
+            + info_nce_with_queue(q2, k1, negatives, self.temperature)
+        )
         self._enqueue(gather_no_grad(torch.cat([k1, k2], 0)))
         return loss
 
@@ -117,8 +128,15 @@ class BYOL(Method):
     The target's momentum follows the paper's schedule, tau = 1 - (1 - base_momentum)(cos(pi k / K) + 1) / 2.
     """
 
-    def __init__(self, encoder: Encoder, image_shape: tuple[int, int, int], proj_hidden: int = 512, proj_dim: int = 128,
-                 pred_hidden: int = 512, base_momentum: float = 0.99):
+    def __init__(
+        self,
+        encoder: Encoder,
+        image_shape: tuple[int, int, int],
+        proj_hidden: int,
+        proj_dim: int,
+        pred_hidden: int,
+        base_momentum: float,
+    ):
         super().__init__(encoder, image_shape)
         self.head = ProjectionHead(encoder.feature_dim, proj_hidden, proj_dim)
         self.predictor = ProjectionHead(proj_dim, pred_hidden, proj_dim)
@@ -150,8 +168,9 @@ class MaskedReconstruction(Method):
     decoder is an MLP from the encoder's features to the normalised image.
     """
 
-    def __init__(self, encoder: Encoder, image_shape: tuple[int, int, int], patch: int = 4, mask_ratio: float = 0.5,
-                 dec_hidden: int = 512):
+    def __init__(
+        self, encoder: Encoder, image_shape: tuple[int, int, int], patch: int, mask_ratio: float, dec_hidden: int
+    ):
         super().__init__(encoder, image_shape)
         c, h, w = self.image_shape
         if h % patch or w % patch:
@@ -159,8 +178,12 @@ class MaskedReconstruction(Method):
         if not 0 < mask_ratio < 1:
             raise ValueError(f"mim.mask_ratio must be in (0, 1), got {mask_ratio}")
         self.patch, self.mask_ratio = patch, mask_ratio
-        self.decoder = nn.Sequential(nn.Linear(encoder.feature_dim, dec_hidden), nn.BatchNorm1d(dec_hidden), nn.ReLU(inplace=True),
-                                     nn.Linear(dec_hidden, c * h * w))
+        self.decoder = nn.Sequential(
+            nn.Linear(encoder.feature_dim, dec_hidden),
+            nn.BatchNorm1d(dec_hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(dec_hidden, c * h * w),
+        )
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
         x = torch.cat(views, 0)
@@ -168,7 +191,11 @@ class MaskedReconstruction(Method):
         grid = torch.rand(len(x), 1, h // self.patch, w // self.patch, device=x.device) < self.mask_ratio
         mask = grid.repeat_interleave(self.patch, 2).repeat_interleave(self.patch, 3).to(x.dtype)
         mean = self.encoder.normalize.mean.to(x.dtype)
-        damaged = (x * (1 - mask) + mean * mask).contiguous(memory_format=torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+        damaged = (x * (1 - mask) + mean * mask).contiguous(
+            memory_format=torch.channels_last
+            if x.is_contiguous(memory_format=torch.channels_last)
+            else torch.contiguous_format
+        )
         target = self.encoder.normalize(x)
         recon = self.decoder(self.encoder(damaged)).view(len(x), c, h, w).float()
         per_pixel = (recon - target.float()).pow(2) * mask
@@ -180,12 +207,14 @@ class RotationPrediction(Method):
     an image was rotated by. Every view gets one rotation, cycling through the four across the batch so the
     classes stay balanced; an MLP head on the encoder's features predicts it."""
 
-    def __init__(self, encoder: Encoder, image_shape: tuple[int, int, int], hidden: int = 256):
+    def __init__(self, encoder: Encoder, image_shape: tuple[int, int, int], hidden: int):
         super().__init__(encoder, image_shape)
         _, h, w = self.image_shape
         if h != w:
             raise ValueError(f"rotation prediction needs square images, got {h}x{w} (set augment.size)")
-        self.head = nn.Sequential(nn.Linear(encoder.feature_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 4))
+        self.head = nn.Sequential(
+            nn.Linear(encoder.feature_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 4)
+        )
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
         x = torch.cat(views, 0)
@@ -196,13 +225,64 @@ class RotationPrediction(Method):
         return F.cross_entropy(self.head(self.encoder(rotated)).float(), k)
 
 
-METHODS: dict[str, type[Method]] = {
-    "simclr": SimCLR, "moco": MoCo, "byol": BYOL, "mim": MaskedReconstruction, "rotation": RotationPrediction,
+@dataclass(frozen=True)
+class SimCLRConfig:
+    proj_hidden: int
+    proj_dim: int
+    temperature: float
+
+
+@dataclass(frozen=True)
+class MoCoConfig:
+    proj_hidden: int
+    proj_dim: int
+    temperature: float
+    queue_size: int
+    momentum: float
+
+
+@dataclass(frozen=True)
+class BYOLConfig:
+    proj_hidden: int
+    proj_dim: int
+    pred_hidden: int
+    base_momentum: float
+
+
+@dataclass(frozen=True)
+class MIMConfig:
+    patch: int
+    mask_ratio: float
+    dec_hidden: int
+
+
+@dataclass(frozen=True)
+class RotationConfig:
+    hidden: int
+
+
+# Each method's knobs (params.yaml `pretrain.<name>`) and the class they build.
+METHOD_CONFIGS: dict[str, type] = {
+    "simclr": SimCLRConfig,
+    "moco": MoCoConfig,
+    "byol": BYOLConfig,
+    "mim": MIMConfig,
+    "rotation": RotationConfig,
 }
+METHODS: dict[str, type[Method]] = {
+    "simclr": SimCLR,
+    "moco": MoCo,
+    "byol": BYOL,
+    "mim": MaskedReconstruction,
+    "rotation": RotationPrediction,
+}
+_BY_CONFIG = {METHOD_CONFIGS[name]: METHODS[name] for name in METHODS}
 
 
-def build_method(name: str, encoder: Encoder, options: dict[str, Any], image_shape: tuple[int, int, int]) -> Method:
-    """Build the method named in params (`pretrain.method`) with its own knobs (`pretrain.<method>`)."""
-    if name not in METHODS:
-        raise ValueError(f"unknown pretraining method '{name}' (available: {', '.join(METHODS)})")
-    return METHODS[name](encoder, image_shape, **options)
+def build_method(cfg: object, encoder: Encoder, image_shape: tuple[int, int, int]) -> Method:
+    """The method whose knobs `cfg` holds (one of METHOD_CONFIGS' dataclasses), around `encoder`."""
+    if type(cfg) not in _BY_CONFIG:
+        raise TypeError(
+            f"not a method config: {type(cfg).__name__} (one of {', '.join(c.__name__ for c in _BY_CONFIG)})"
+        )
+    return _BY_CONFIG[type(cfg)](encoder, image_shape, **asdict(cfg))

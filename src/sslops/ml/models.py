@@ -7,7 +7,10 @@ An encoder maps (B, C, H, W) float images to (B, feature_dim) features.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -17,12 +20,12 @@ from torch import nn
 class BackboneConfig:
     """Everything needed to rebuild an encoder before loading its state_dict."""
 
-    name: str = "small_cnn"
-    in_channels: int = 1
-    width: int = 16
-    small_stem: bool = True
-    pool: int = 1  # small_cnn: average-pool the last feature map to pool x pool cells (1 = global pooling)
-    stem_width: int | None = None  # small_cnn: channels of the first conv (None = width)
+    name: str  # small_cnn | resnet18 | resnet34 | resnet50
+    in_channels: int
+    width: int  # small_cnn only
+    small_stem: bool  # resnets: 3x3 stem without max-pool, for small images
+    pool: int  # small_cnn: average-pool the last feature map to pool x pool cells (1 = global pooling)
+    stem_width: int | None  # small_cnn: channels of the first conv (None = width)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -42,7 +45,7 @@ class SmallCNN(nn.Module):
     its 3x3xC input patches (9 values for grayscale) need few filters.
     """
 
-    def __init__(self, in_channels: int = 1, width: int = 16, pool: int = 1, stem_width: int | None = None):
+    def __init__(self, in_channels: int, width: int, pool: int, stem_width: int | None):
         super().__init__()
         w, stem = width, stem_width or width
         self.features = nn.Sequential(
@@ -88,7 +91,7 @@ def build_backbone(cfg: BackboneConfig) -> nn.Module:
 class ProjectionHead(nn.Module):
     """MLP projection head g(.) of SimCLR: Linear-BN-ReLU-Linear (the contrastive loss is applied after it)."""
 
-    def __init__(self, in_dim: int, hidden_dim: int = 512, out_dim: int = 128):
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
         super().__init__()
         self.net = nn.Sequential(
             nn.Linear(in_dim, hidden_dim, bias=False),
@@ -126,6 +129,28 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.normalize(x))
 
-    def untrained_copy(self) -> "Encoder":
+    def untrained_copy(self) -> Encoder:
         """The same architecture and input normalisation at a fresh random initialisation (seed the RNG first)."""
         return Encoder(self.config, self.channel_mean, self.channel_std)
+
+
+def load_encoder_dir(folder: Path, sha256: str) -> tuple[Encoder, dict]:
+    """(encoder, spec) from a folder holding encoder.json (how to rebuild it) and encoder.pt (its state_dict).
+
+    The weights file must have the given sha256 and is loaded with weights_only=True: tensors, never code.
+    """
+    from sslops.errors import SslopsError
+
+    weights, spec_file = folder / "encoder.pt", folder / "encoder.json"
+    if not weights.is_file() or not spec_file.is_file():
+        raise SslopsError(f"{folder} lacks encoder.pt or encoder.json: not an sslops encoder.")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    if digest != sha256:
+        raise SslopsError(
+            f"{weights} has sha256 {digest[:12]}..., not the registered {sha256[:12]}...: refusing "
+            "weights that are not the ones registered."
+        )
+    spec = json.loads(spec_file.read_text())
+    encoder = Encoder(BackboneConfig(**spec["backbone"]), spec["mean"], spec["std"])
+    encoder.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return encoder.eval(), spec

@@ -14,8 +14,13 @@ class LARS(torch.optim.Optimizer):
     (1-D tensors) are excluded from both the adaptation and weight decay, as in the SimCLR code.
     """
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 1e-6, trust_coefficient: float = 0.001):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient))
+    def __init__(
+        self, params, lr: float, momentum: float = 0.9, weight_decay: float = 1e-6, trust_coefficient: float = 0.001
+    ):
+        super().__init__(
+            params,
+            {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "trust_coefficient": trust_coefficient},
+        )
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -29,7 +34,9 @@ class LARS(torch.optim.Optimizer):
                     grad = grad.add(p, alpha=group["weight_decay"])
                     w_norm, g_norm = torch.norm(p), torch.norm(grad)
                     trust = torch.where(
-                        (w_norm > 0) & (g_norm > 0), group["trust_coefficient"] * w_norm / g_norm, torch.ones_like(w_norm)
+                        (w_norm > 0) & (g_norm > 0),
+                        group["trust_coefficient"] * w_norm / g_norm,
+                        torch.ones_like(w_norm),
                     )
                     grad = grad.mul(trust)
                 state = self.state[p]
@@ -45,7 +52,9 @@ class LARS(torch.optim.Optimizer):
 OPTIMIZERS = ("lars", "sgd", "adamw")
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9
+) -> torch.optim.Optimizer:
     """SGD (weight decay off for biases and norms) or LARS."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from sslops.ml.device import amp_dtype
 from sslops.ml.methods import Method
 from sslops.ml.optim import build_optimizer, scaled_lr, warmup_cosine
 
@@ -27,18 +29,20 @@ Batches = Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 256  # global, across all ranks
-    optimizer: str = "lars"
-    base_lr: float = 0.3  # for a global batch of 256; scaled linearly
-    weight_decay: float = 1e-6
-    momentum: float = 0.9
-    warmup_epochs: float = 1.0
-    final_lr_fraction: float = 0.0
-    amp: str = "auto"  # auto | bf16 | fp16 | off
-    channels_last: bool | str = "auto"
-    compile: bool = False
-    seed: int = 0
+    """The optimisation knobs of params.yaml `pretrain:` (values there; validated by the config layer)."""
+
+    epochs: int
+    batch_size: int  # global, across all ranks
+    optimizer: str  # lars | sgd | adamw
+    base_lr: float  # for a global batch of 256; scaled linearly
+    weight_decay: float
+    momentum: float
+    warmup_epochs: float
+    final_lr_fraction: float
+    amp: str  # auto | bf16 | fp16 | off
+    channels_last: bool | str  # True | False | "auto"
+    compile: bool
+    seed: int
 
 
 @dataclass
@@ -50,53 +54,6 @@ class EpochStats:
     images_per_s: float
     seconds: float
     extra: dict[str, float] = field(default_factory=dict)
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """cuda, then mps, then cpu, unless named explicitly."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def cpu_has_native_bf16() -> bool:
-    """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX tiles).
-
-    There bf16 autocast makes the small_cnn pretraining loop 1.3-1.5x faster than fp32 (docs/benchmarks.md);
-    elsewhere bf16 is emulated and slower, so 'auto' keeps fp32.
-    """
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
-
-
-AMP_SETTINGS = ("auto", "bf16", "fp16", "off")
-
-
-def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `setting` (auto | bf16 | fp16 | off) on `device`, None for full fp32.
-
-    'auto': bf16 on CUDA where supported (else fp16 with a scaler), bf16 on a CPU with native bf16, fp32 otherwise.
-    """
-    if setting == "off":
-        return None
-    if setting == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
-    if setting == "fp16":
-        return torch.float16
-    if setting == "bf16":
-        return torch.bfloat16
-    raise ValueError(f"unknown amp setting '{setting}' ({' | '.join(AMP_SETTINGS)})")
-
-
-def amp_name(setting: str, device: torch.device) -> str:
-    """What `setting` resolves to on `device` as a setting name (bf16, fp16 or off): recorded with each run."""
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype(setting, device), "off")
 
 
 def world() -> tuple[int, int]:
@@ -115,11 +72,113 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The checkpoint at `path` if it belongs to this exact configuration, else None (start fresh)."""
+    """The checkpoint at `path` if it belongs to this exact configuration, else None (start fresh).
+
+    Loaded with `weights_only=True` (tensors and plain containers only, never code). A file that cannot be read
+    (truncated by a full disk, corrupt) is moved aside with a warning, and training starts fresh.
+    """
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    return state if state.get("fingerprint") == fingerprint else None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file (UnpicklingError, RuntimeError, EOFError)
+        aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+        os.replace(path, aside)
+        warnings.warn(
+            f"{path} cannot be loaded ({type(exc).__name__}: {str(exc)[:200]}); moved it to {aside.name} "
+            "and starting fresh.",
+            stacklevel=2,
+        )
+        return None
+    return state if isinstance(state, dict) and state.get("fingerprint") == fingerprint else None
+
+
+@dataclass
+class _Step:
+    """What one optimisation step needs besides the batch: built once per run by `pretrain`."""
+
+    method: Method
+    forward: nn.Module  # the method, wrapped in DDP and/or torch.compile as configured
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    dtype: torch.dtype | None
+    memory_format: torch.memory_format
+    peak_lr: float
+    total_steps: int
+    warmup_steps: int
+
+
+def train_one_epoch(
+    step: _Step,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    cfg: TrainConfig,
+    device: torch.device,
+    first_step: int,
+    bar: Any,
+) -> tuple[int, int, float, torch.Tensor]:
+    """One pass over `batches`: returns (next global step, images seen, last LR, summed loss on `device`)."""
+    world_size = world()[1]
+    started, seen, lr, loss_sum = time.perf_counter(), 0, 0.0, torch.zeros((), device=device)
+    n = first_step
+    for v1, v2 in batches:
+        lr = warmup_cosine(n, step.total_steps, step.warmup_steps, step.peak_lr, cfg.final_lr_fraction)
+        for group in step.optimizer.param_groups:
+            group["lr"] = lr
+        views = [v.to(device, non_blocking=True).float().contiguous(memory_format=step.memory_format) for v in (v1, v2)]
+        with torch.autocast(device.type, dtype=step.dtype) if step.dtype else contextlib.nullcontext():
+            loss = step.forward(views)
+        step.optimizer.zero_grad(set_to_none=True)
+        step.scaler.scale(loss).backward()
+        step.scaler.step(step.optimizer)
+        step.scaler.update()
+        step.method.after_step(n, step.total_steps)
+        loss_sum += loss.detach()
+        n += 1
+        seen += len(v1) * world_size
+        bar.update()
+        if n % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - started):.0f}")
+    return n, seen, lr, loss_sum
+
+
+def _prepare(method: Method, cfg: TrainConfig, device: torch.device, steps_per_epoch: int) -> _Step:
+    """Move and wrap the method (channels_last, SyncBN + DDP, compile) and build optimiser, scaler and schedule."""
+    world_size = world()[1]
+    method.to(device)
+    channels_last = cfg.channels_last is True or (cfg.channels_last == "auto" and device.type in ("cuda", "cpu"))
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    method.to(memory_format=memory_format)
+    model: nn.Module = method
+    if world_size > 1:
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    peak_lr = scaled_lr(cfg.base_lr, cfg.batch_size)
+    dtype = amp_dtype(cfg.amp, device)
+    return _Step(
+        method=method,
+        forward=torch.compile(model) if cfg.compile else model,
+        optimizer=build_optimizer(method, cfg.optimizer, peak_lr, cfg.weight_decay, cfg.momentum),
+        scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+        dtype=dtype,
+        memory_format=memory_format,
+        peak_lr=peak_lr,
+        total_steps=cfg.epochs * steps_per_epoch,
+        warmup_steps=int(cfg.warmup_epochs * steps_per_epoch),
+    )
+
+
+def _resume(step: _Step, checkpoint: Path, fingerprint: str, rank: int) -> tuple[int, int, list[EpochStats]]:
+    """(first epoch to train, global step, history so far): from `checkpoint` when it matches, else a fresh start."""
+    state = load_checkpoint(checkpoint, fingerprint)
+    if state is None:
+        return 0, 0, []
+    step.method.load_state_dict(state["model"])
+    step.optimizer.load_state_dict(state["optimizer"])
+    step.scaler.load_state_dict(state["scaler"])
+    if rank == 0:
+        print(f"resuming from {checkpoint} after epoch {state['epoch'] + 1} (step {state['step']})")
+    return state["epoch"] + 1, state["step"], [EpochStats(**h) for h in state["history"]]
 
 
 def pretrain(
@@ -141,76 +200,33 @@ def pretrain(
     from tqdm.auto import tqdm
 
     rank, world_size = world()
-    method.to(device)
-    channels_last = cfg.channels_last is True or (cfg.channels_last == "auto" and device.type in ("cuda", "cpu"))
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    method.to(memory_format=memory_format)
-    model: nn.Module = method
-    if world_size > 1:
-        if device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    forward = torch.compile(model) if cfg.compile else model
-
-    peak_lr = scaled_lr(cfg.base_lr, cfg.batch_size)
-    optimizer = build_optimizer(method, cfg.optimizer, peak_lr, cfg.weight_decay, cfg.momentum)
-    dtype = amp_dtype(cfg.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    total_steps = cfg.epochs * steps_per_epoch
-    warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
-
-    history: list[EpochStats] = []
-    start_epoch, step = 0, 0
-    state = load_checkpoint(checkpoint, fingerprint)
-    if state is not None:
-        method.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, step = state["epoch"] + 1, state["step"]
-        history = [EpochStats(**h) for h in state["history"]]
-        if rank == 0:
-            print(f"resuming from {checkpoint} after epoch {state['epoch'] + 1} (step {step})")
-
+    step = _prepare(method, cfg, device, steps_per_epoch)
+    start_epoch, n, history = _resume(step, checkpoint, fingerprint, rank)
     for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        started, seen, loss_sum = time.perf_counter(), 0, torch.zeros((), device=device)
-        bar = tqdm(batches(epoch), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                   disable=not progress or rank != 0, mininterval=2.0)
-        for v1, v2 in bar:
-            lr = warmup_cosine(step, total_steps, warmup_steps, peak_lr, cfg.final_lr_fraction)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            views = [v.to(device, non_blocking=True).float().contiguous(memory_format=memory_format) for v in (v1, v2)]
-            autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-            with autocast:
-                loss = forward(views)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            method.after_step(step, total_steps)
-            loss_sum += loss.detach()
-            step += 1
-            seen += len(v1) * world_size
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - started):.0f}")
-        bar.close()
+        step.forward.train()
+        started = time.perf_counter()
+        with tqdm(
+            total=steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            unit="batch",
+            disable=not progress or rank != 0,
+            mininterval=2.0,
+        ) as bar:
+            n, seen, lr, loss_sum = train_one_epoch(step, batches(epoch), cfg, device, n, bar)
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # kernels are queued asynchronously: time the work, not the launches
         seconds = time.perf_counter() - started
         if world_size > 1:
             dist.all_reduce(loss_sum)
             loss_sum /= world_size
-        stats = EpochStats(epoch, step, float(loss_sum) / max(1, steps_per_epoch), lr, seen / seconds, seconds)
+        stats = EpochStats(epoch, n, float(loss_sum) / max(1, steps_per_epoch), lr, seen / seconds, seconds)
         if rank == 0:
             if on_epoch is not None:
                 stats.extra = on_epoch(stats)
             history.append(stats)
-            save_checkpoint(checkpoint, {
-                "fingerprint": fingerprint, "epoch": epoch, "step": step, "model": method.state_dict(),
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "history": [h.__dict__ for h in history],
-            })
+            state = {"fingerprint": fingerprint, "epoch": epoch, "step": n, "model": method.state_dict()}
+            state |= {"optimizer": step.optimizer.state_dict(), "scaler": step.scaler.state_dict()}
+            save_checkpoint(checkpoint, {**state, "history": [h.__dict__ for h in history]})
         if world_size > 1:
             dist.barrier()
     return history

@@ -90,8 +90,15 @@ def _fit_linear(probe: LinearProbe, x: torch.Tensor, y: torch.Tensor, weight_dec
     probe.eval()
     with torch.no_grad():
         z = probe.norm(x)
-    optimizer = torch.optim.LBFGS(probe.linear.parameters(), lr=1, max_iter=iterations, history_size=20,
-                                  line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9)
+    optimizer = torch.optim.LBFGS(
+        probe.linear.parameters(),
+        lr=1,
+        max_iter=iterations,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-6,
+        tolerance_change=1e-9,
+    )
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
@@ -102,8 +109,15 @@ def _fit_linear(probe: LinearProbe, x: torch.Tensor, y: torch.Tensor, weight_dec
     optimizer.step(closure)
 
 
-def fit_linear_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, weight_decays: list[float], seed: int,
-                     iterations: int = 300, holdout: float = 0.2) -> tuple[LinearProbe, float]:
+def fit_linear_probe(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n_classes: int,
+    weight_decays: list[float],
+    seed: int,
+    iterations: int = 300,
+    holdout: float = 0.2,
+) -> tuple[LinearProbe, float]:
     """Pick the L2 penalty on a held-out share of the labelled subset, refit on all of it.
 
     Returns the probe and the chosen penalty. The test split is never looked at: with a 1 % budget the
@@ -128,11 +142,20 @@ def fit_linear_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, weight_de
     return probe, chosen
 
 
-def probe_accuracy(train: torch.Tensor, train_labels: np.ndarray, test: torch.Tensor, test_labels: np.ndarray,
-                   weight_decay: float, iterations: int, seed: int) -> float:
+def probe_accuracy(
+    train: torch.Tensor,
+    train_labels: np.ndarray,
+    test: torch.Tensor,
+    test_labels: np.ndarray,
+    weight_decay: float,
+    iterations: int,
+    seed: int,
+) -> float:
     """Test accuracy of a linear probe with a fixed L2 penalty (the cheap end-of-pretraining monitor)."""
     n_classes = int(max(train_labels.max(), test_labels.max())) + 1
-    probe, _ = fit_linear_probe(train, torch.as_tensor(train_labels, dtype=torch.long), n_classes, [weight_decay], seed, iterations)
+    probe, _ = fit_linear_probe(
+        train, torch.as_tensor(train_labels, dtype=torch.long), n_classes, [weight_decay], seed, iterations
+    )
     with torch.no_grad():
         return float((probe(test).argmax(1).numpy() == test_labels).mean())
 
@@ -153,30 +176,41 @@ class Classifier(nn.Module):
 class FinetuneConfig:
     """The fine-tuning recipe; the same for the pretrained and the random-init encoder (see `backbone_lr_scale`)."""
 
-    epochs: int = 30
-    max_steps: int = 300  # caps large label budgets: full fine-tuning of 60k images is CPU-bound
-    batch_size: int = 128
-    lr: float = 0.05  # head LR (SGD, Nesterov momentum), cosine to 0
-    backbone_lr_scale: float = 0.1  # pretrained backbone LR = lr * this; a random-init backbone uses lr
-    weight_decay: float = 5e-4
-    crop_scale: tuple[float, float] = (0.6, 1.0)  # mild augmentation while fine-tuning
-    flip_p: float = 0.5
-    seed: int = 0
+    epochs: int
+    max_steps: int  # caps large label budgets: full fine-tuning of 60k images is CPU-bound
+    batch_size: int
+    lr: float  # head LR (SGD, Nesterov momentum), cosine to 0
+    backbone_lr_scale: float  # pretrained backbone LR = lr * this; a random-init backbone uses lr
+    weight_decay: float
+    crop_scale: tuple[float, float]  # mild augmentation while fine-tuning
+    flip_p: float
+    seed: int
 
     def steps(self, n_images: int) -> int:
         return max(1, min(self.epochs * math.ceil(n_images / self.batch_size), self.max_steps))
 
 
-def finetune(model: Classifier, images: np.ndarray, labels: np.ndarray, cfg: FinetuneConfig, device: torch.device,
-             pretrained: bool, progress: bool = False) -> dict[str, float]:
+def finetune(
+    model: Classifier,
+    images: np.ndarray,
+    labels: np.ndarray,
+    cfg: FinetuneConfig,
+    device: torch.device,
+    pretrained: bool,
+    progress: bool = False,
+) -> dict[str, float]:
     """Train all of `model` on uint8 NHWC `images`; returns training loss/accuracy of the last epoch and time."""
     from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(cfg.seed)
-    augment = BatchAugment(AugmentConfig(crop_scale=cfg.crop_scale, flip_p=cfg.flip_p, jitter_p=0.0))
+    augment = BatchAugment(AugmentConfig.crop_flip(cfg.crop_scale, cfg.flip_p))
     backbone_lr = cfg.lr * (cfg.backbone_lr_scale if pretrained else 1.0)
     groups = [
-        {"params": [p for p in model.encoder.parameters() if p.ndim > 1], "lr": backbone_lr, "weight_decay": cfg.weight_decay},
+        {
+            "params": [p for p in model.encoder.parameters() if p.ndim > 1],
+            "lr": backbone_lr,
+            "weight_decay": cfg.weight_decay,
+        },
         {"params": [p for p in model.encoder.parameters() if p.ndim <= 1], "lr": backbone_lr, "weight_decay": 0.0},
         {"params": list(model.head.linear.parameters()), "lr": cfg.lr, "weight_decay": cfg.weight_decay},
     ]
@@ -214,8 +248,12 @@ def finetune(model: Classifier, images: np.ndarray, labels: np.ndarray, cfg: Fin
             loss_sum += loss.item() * len(idx)
     bar.close()
     model.eval()
-    return {"train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen), "steps": step,
-            "seconds": time.perf_counter() - started}
+    return {
+        "train_loss": loss_sum / max(1, seen),
+        "train_acc": correct / max(1, seen),
+        "steps": step,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 1024) -> np.ndarray:

@@ -39,7 +39,7 @@ class ViewCache:
     views: int
 
     @classmethod
-    def open(cls, folder: Path) -> "ViewCache":
+    def open(cls, folder: Path) -> ViewCache:
         index = json.loads((folder / INDEX).read_text())
         shards = [np.load(folder / name, mmap_mode="r") for name in index["shards"]]
         offsets = np.cumsum([0] + [len(s) for s in shards])
@@ -60,7 +60,9 @@ class ViewCache:
         return out
 
 
-def cached_pairs(cache: ViewCache, batch_size: int, epoch: int, seed: int, rank: int = 0, world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def cached_pairs(
+    cache: ViewCache, batch_size: int, epoch: int, seed: int, rank: int = 0, world: int = 1
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Two *different* cached views of each image per step (drop-last batches)."""
     order = epoch_order(len(cache), epoch, seed, rank, world)
     rng = np.random.default_rng([seed, epoch, rank, 1])
@@ -71,10 +73,21 @@ def cached_pairs(cache: ViewCache, batch_size: int, epoch: int, seed: int, rank:
         yield torch.from_numpy(cache.gather(idx, first)), torch.from_numpy(cache.gather(idx, second))
 
 
-def on_the_fly_pairs(images: np.ndarray, augment: BatchAugment, batch_size: int, epoch: int, seed: int, rank: int = 0, world: int = 1, device: torch.device | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def on_the_fly_pairs(
+    images: np.ndarray,
+    augment: BatchAugment,
+    batch_size: int,
+    epoch: int,
+    seed: int,
+    rank: int = 0,
+    world: int = 1,
+    device: torch.device | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Two fresh batched augmentations of each image per step, on `device` (GPU augmentation when there)."""
     order = epoch_order(len(images), epoch, seed, rank, world)
-    gen = torch.Generator(device=device or "cpu").manual_seed(int(np.random.default_rng([seed, epoch, rank, 2]).integers(2**62)))
+    gen = torch.Generator(device=device or "cpu").manual_seed(
+        int(np.random.default_rng([seed, epoch, rank, 2]).integers(2**62))
+    )
     for start in range(0, len(order) - batch_size + 1, batch_size):
         idx = np.sort(order[start : start + batch_size])
         batch = torch.from_numpy(np.ascontiguousarray(images[idx])).to(device or "cpu").permute(0, 3, 1, 2)

@@ -13,131 +13,161 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import fields
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sslops import tracking
-from sslops.atomic import atomic_dir
+from sslops.adapters import tracking
 from sslops.config import Project
+from sslops.config.schema import FinetuneParams
 from sslops.data.store import ImageStore
 from sslops.errors import SslopsError
+from sslops.outputs.atomic import atomic_dir
 
-INITS = ("pretrained", "scratch")
-PROTOCOLS = ("linear", "knn", "finetune")
+CANDIDATE = "candidate"  # the alias register points at the version it registered
 
-
-def labelled(store: ImageStore, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and labels of the labelled images of a split (the unlabeled pool has label -1)."""
-    rows, labels = store.split(split)
-    keep = labels >= 0
-    if not keep.any():
-        raise SslopsError(f"the {split} split has no labelled images: finetune and evaluate need labels.")
-    return rows[keep], labels[keep].astype(np.int64)
-
-
-def recipe(params: dict[str, Any], seed: int):
-    """FinetuneConfig from `finetune.recipe`: unknown keys named, numbers coerced (YAML 1.1 reads `5e-2` as text)."""
-    from sslops.ml.transfer import FinetuneConfig
-
-    values = dict(params.get("recipe") or {})
-    types = {f.name: f.type for f in fields(FinetuneConfig)}
-    if set(values) - set(types):
-        raise SslopsError(f"unknown finetune.recipe keys: {', '.join(sorted(set(values) - set(types)))} (known: {', '.join(sorted(types))}).")
-    for key, value in values.items():
-        try:
-            if types[key] in ("int", "float"):
-                values[key] = int(value) if types[key] == "int" else float(value)
-            elif isinstance(value, list):
-                values[key] = tuple(float(v) for v in value)
-        except (TypeError, ValueError):
-            raise SslopsError(f"finetune.recipe.{key} in params.yaml must be numeric, not {value!r}.") from None
-    return FinetuneConfig(**{**values, "seed": seed})
-
-
-def fractions(params: dict[str, Any]) -> list[float]:
-    try:
-        values = [float(f) for f in params.get("fractions", [0.01, 0.1, 1.0])]
-    except (TypeError, ValueError):
-        values = []
-    if not values or any(not 0 < f <= 1 for f in values):
-        raise SslopsError(f"finetune.fractions must be numbers in (0, 1], got {params.get('fractions')}.")
-    return sorted(set(values))
-
-
-def scratch_encoder(encoder, seed: int):
-    """The same architecture and input normalisation at random initialisation (seeded)."""
+if TYPE_CHECKING:
     import torch
 
-    torch.manual_seed(seed)
-    return encoder.untrained_copy()
+    from sslops.ml.models import Encoder
 
 
 def run(project: Project) -> dict[str, Any]:
     import torch
 
-    from sslops.ml.train import pick_device
-    from sslops.ml.transfer import Classifier, balanced_subset, features, finetune, fit_linear_probe
+    from sslops.ml.device import pick_device
+    from sslops.ml.models import load_encoder_dir
 
-    params, name = project.section("finetune"), str(project.section("register").get("model_name", "sslops-encoder"))
-    seed = int(params.get("seed", 0))
-    cfg, fracs = recipe(params, seed), fractions(params)
-    probe_params = params.get("probe") or {}
-    weight_decays = [float(w) for w in probe_params.get("weight_decays", [1e-3])]
-    iterations = int(probe_params.get("iterations", 100))
-    device = pick_device(str(params.get("device", "auto")))
+    cfg: FinetuneParams = project.config("finetune")
+    name = project.config("register").model_name
+    device = pick_device(cfg.device)
     store = ImageStore.open(project.prepared_dir)
-    train_rows, train_labels = labelled(store, "train")
-    n_classes = int(train_labels.max()) + 1
-
-    with tracking.stage_run(project, "finetune", params) as parent:
-        version = tracking.resolve_version(name, str(params.get("model", "candidate")))
-        pretrained = tracking.load_encoder(name, version.version)
-        model_tags = {"model.name": name, "model.version": version.version, "model.ref": params.get("model", "candidate"),
-                      "pretrain.run_id": version.tags.get("pretrain.run_id", "unknown")}
+    train = store.labelled("train")
+    ref, expected_sha = _model_ref(project, cfg, name)
+    with tracking.stage_run(project, "finetune", cfg.record()) as parent:
+        with tracking.registered_encoder(name, ref, expected_sha) as (folder, version, sha):
+            pretrained, _ = load_encoder_dir(folder, sha)
+        pretrain_run = version.tags.get("pretrain.run_id", "unknown")
+        model_tags = {"model.name": name, "model.version": version.version, "model.ref": cfg.model}
+        model_tags["pretrain.run_id"] = pretrain_run
         tracking.set_tags(model_tags)
-        print(f"fine-tuning {name} version {version.version} (ref '{params.get('model', 'candidate')}') on {device}")
-        encoders = {"pretrained": pretrained, "scratch": scratch_encoder(pretrained, seed)}
-        entries: list[dict[str, Any]] = []
+        print(f"fine-tuning {name} version {version.version} (ref '{cfg.model}') on {device}")
+        torch.manual_seed(cfg.seed)  # the scratch encoder: same architecture and normalisation, seeded init
+        encoders = {"pretrained": pretrained, "scratch": pretrained.untrained_copy()}
         out = project.root / "artifacts" / "finetune"
         with atomic_dir(out) as tmp:
             torch.save(encoders["scratch"].state_dict(), tmp / "scratch-encoder.pt")
-            for init, encoder in encoders.items():
-                encoder.to(device)
-                started = time.perf_counter()
-                train_feats = features(encoder, store.images[train_rows], device)
-                print(f"{init}: features of {len(train_rows)} train images in {time.perf_counter() - started:.1f}s")
-                for frac in fracs:
-                    subset = balanced_subset(train_labels, frac, seed)
-                    x, y = train_feats[subset], torch.as_tensor(train_labels[subset])
-                    tag = f"frac_{frac:g}"
-                    base = {"fraction": frac, "labels": len(subset), "init": init, **model_tags}
-
-                    with tracking.child_run(f"{tag}/{init}/linear", {**base, "protocol": "linear"}):
-                        t = time.perf_counter()
-                        probe, wd = fit_linear_probe(x, y, n_classes, weight_decays, seed, iterations)
-                        torch.save(probe.state_dict(), tmp / f"linear-{init}-{tag}.pt")
-                        tracking.log_metrics({"weight_decay": wd, "seconds": time.perf_counter() - t})
-                        entries.append({**base, "protocol": "linear", "file": f"linear-{init}-{tag}.pt", "run_id": tracking.active_run_id()})
-
-                    with tracking.child_run(f"{tag}/{init}/knn", {**base, "protocol": "knn"}):
-                        np.save(tmp / f"knn-{init}-{tag}.npy", train_rows[subset])  # a kNN classifier is its memory bank
-                        entries.append({**base, "protocol": "knn", "file": f"knn-{init}-{tag}.npy", "run_id": tracking.active_run_id()})
-
-                    with tracking.child_run(f"{tag}/{init}/finetune", {**base, "protocol": "finetune"}):
-                        model = Classifier(copy.deepcopy(encoder), n_classes)
-                        model.head.load_state_dict(probe.state_dict())  # LP-FT: start from the probe
-                        stats = finetune(model.to(device), store.images[train_rows[subset]], train_labels[subset], cfg, device,
-                                         pretrained=init == "pretrained", progress=True)
-                        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp / f"finetune-{init}-{tag}.pt")
-                        tracking.log_metrics(stats)
-                        entries.append({**base, "protocol": "finetune", "file": f"finetune-{init}-{tag}.pt", "run_id": tracking.active_run_id()})
-                    print(f"  {init} {tag}: {len(subset)} labels, probe wd {wd:g}, fine-tune {stats['steps']} steps "
-                          f"in {stats['seconds']:.1f}s (train acc {stats['train_acc']:.3f})")
-            index = {"model": {"name": name, "version": int(version.version), "run_id": version.run_id,
-                               "pretrain_run_id": model_tags["pretrain.run_id"]},
-                     "parent_run_id": parent.info.run_id, "seed": seed, "n_classes": n_classes, "entries": entries}
+            entries = [
+                entry
+                for init, encoder in encoders.items()
+                for entry in _fit_init(tmp, cfg, store, train, init, encoder.to(device), model_tags, device)
+            ]
+            model = {"name": name, "version": int(version.version), "run_id": version.run_id}
+            model |= {"pretrain_run_id": pretrain_run, "encoder_sha256": sha}
+            index = {"model": model, "parent_run_id": parent.info.run_id, "seed": cfg.seed}
+            index |= {"n_classes": int(train[1].max()) + 1, "entries": entries}
             (tmp / "index.json").write_text(json.dumps(index, indent=2))
         tracking.log_artifacts(out / "index.json")
-    return {"model": f"{name}/{version.version}", "models_trained": len(entries), "fractions": fracs}
+    return {"model": f"{name}/{version.version}", "models_trained": len(entries), "fractions": cfg.budgets}
+
+
+def _fit_init(
+    folder: Path,
+    cfg: FinetuneParams,
+    store: ImageStore,
+    train: tuple[np.ndarray, np.ndarray],
+    init: str,
+    encoder: Encoder,
+    model_tags: dict[str, Any],
+    device: torch.device,
+) -> list[dict[str, Any]]:
+    """Every label budget from one initialisation: the train features once, then `_fit_budget` per fraction."""
+    from sslops.ml.transfer import features
+
+    started = time.perf_counter()
+    train_feats = features(encoder, store.images[train[0]], device)
+    print(f"{init}: features of {len(train[0])} train images in {time.perf_counter() - started:.1f}s")
+    return [
+        entry
+        for frac in cfg.budgets
+        for entry in _fit_budget(folder, cfg, store, (*train, train_feats), encoder, (frac, init, model_tags), device)
+    ]
+
+
+def _model_ref(project: Project, cfg: FinetuneParams, name: str) -> tuple[str, str | None]:
+    """(version or alias to load, the sha256 the project expects of it).
+
+    `candidate` means the version this project's register stage wrote to metrics/register.json, by number, never
+    the alias looked up again: on a shared server another register may have moved the alias since.
+    """
+    if str(cfg.model) != CANDIDATE:
+        return str(cfg.model), None
+    path = project.metrics_dir / "register.json"
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    if record.get("model_name") != name or "version" not in record:
+        raise SslopsError(
+            f"finetune.model 'candidate' means the version in {path}, which names no version of "
+            f"{name}: run the register stage first (dvc repro register)."
+        )
+    return str(record["version"]), record.get("encoder_sha256")
+
+
+def _fit_budget(
+    folder: Path,
+    cfg: FinetuneParams,
+    store: ImageStore,
+    train: tuple[np.ndarray, np.ndarray, torch.Tensor],
+    encoder: Encoder,
+    run: tuple[float, str, dict[str, Any]],
+    device: torch.device,
+) -> list[dict[str, Any]]:
+    """The three protocols at one label budget for one init, each in its own child run; returns their index entries.
+
+    `train` is (rows, labels, features) of the labelled train images; `run` is (fraction, init, model tags).
+    """
+    import torch
+
+    from sslops.ml.results import budget_key
+    from sslops.ml.transfer import Classifier, FinetuneConfig, balanced_subset, finetune, fit_linear_probe
+
+    (train_rows, train_labels, train_feats), (fraction, init, model_tags) = train, run
+    n_classes = int(train_labels.max()) + 1
+    subset = balanced_subset(train_labels, fraction, cfg.seed)
+    x, y = train_feats[subset], torch.as_tensor(train_labels[subset])
+    tag = budget_key(fraction)
+    base = {"fraction": fraction, "labels": len(subset), "init": init, **model_tags}
+    entries = []
+
+    def record(protocol: str, file: str) -> None:
+        entries.append({**base, "protocol": protocol, "file": file, "run_id": tracking.active_run_id()})
+
+    with tracking.child_run(f"{tag}/{init}/linear", {**base, "protocol": "linear"}):
+        started = time.perf_counter()
+        probe, wd = fit_linear_probe(x, y, n_classes, cfg.probe.weight_decays, cfg.seed, cfg.probe.iterations)
+        torch.save(probe.state_dict(), folder / f"linear-{init}-{tag}.pt")
+        tracking.log_metrics({"weight_decay": wd, "seconds": time.perf_counter() - started})
+        record("linear", f"linear-{init}-{tag}.pt")
+    with tracking.child_run(f"{tag}/{init}/knn", {**base, "protocol": "knn"}):
+        np.save(folder / f"knn-{init}-{tag}.npy", train_rows[subset])  # a kNN classifier is its memory bank
+        record("knn", f"knn-{init}-{tag}.npy")
+    with tracking.child_run(f"{tag}/{init}/finetune", {**base, "protocol": "finetune"}):
+        model = Classifier(copy.deepcopy(encoder), n_classes)
+        model.head.load_state_dict(probe.state_dict())  # LP-FT: start from the probe
+        stats = finetune(
+            model.to(device),
+            store.images[train_rows[subset]],
+            train_labels[subset],
+            cfg.recipe.to_core(FinetuneConfig, seed=cfg.seed),
+            device,
+            pretrained=init == "pretrained",
+            progress=True,
+        )
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, folder / f"finetune-{init}-{tag}.pt")
+        tracking.log_metrics(stats)
+        record("finetune", f"finetune-{init}-{tag}.pt")
+    print(
+        f"  {init} {tag}: probe wd {wd:g}, fine-tune {stats['steps']} steps in {stats['seconds']:.1f}s "
+        f"(train acc {stats['train_acc']:.3f})"
+    )
+    return entries

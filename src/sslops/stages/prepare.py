@@ -5,46 +5,35 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sslops import tracking
-from sslops.atomic import atomic_dir, write_json
+from sslops.adapters import tracking
 from sslops.config import Project
+from sslops.config.schema import PrepareParams
 from sslops.data.formats import plan_dataset
 from sslops.data.store import MANIFEST, manifest_digest, write_store
-from sslops.errors import SslopsError
-
-
-def _channels(value: Any) -> int | None:
-    if value in (None, "auto"):
-        return None
-    if value in (1, 3):
-        return int(value)
-    raise SslopsError(f"prepare.channels in params.yaml must be auto, 1 or 3, not {value!r}.")
+from sslops.outputs.atomic import atomic_dir, write_json
 
 
 def run(project: Project) -> dict[str, Any]:
-    params = project.section("prepare")
-    with tracking.stage_run(project, "prepare", params):
+    cfg: PrepareParams = project.config("prepare")
+    with tracking.stage_run(project, "prepare", cfg.record()):
         start = time.perf_counter()
-        root = project.path(params.get("root", "data"))
+        channels = None if cfg.channels == "auto" else cfg.channels
         plan = plan_dataset(
-            params.get("format", "idx"),
-            root,
-            list(params.get("classes") or []),
-            _channels(params.get("channels", "auto")),
-            params.get("unlabeled_dir", "unlabeled"),
+            cfg.format, project.path(cfg.root), list(cfg.classes), channels, cfg.unlabeled_dir, cfg.max_pixels
         )
+        for note in plan.notes:
+            print(f"prepare: {note}")
         with atomic_dir(project.prepared_dir) as tmp:
             manifest = write_store(plan, tmp)
-        seconds = time.perf_counter() - start
         counts = manifest["split"].value_counts().to_dict()
+        digest = manifest_digest(manifest)
         summary = {
             "images": len(manifest),
             **{f"images_{split}": int(counts.get(split, 0)) for split in ("train", "test", "unlabeled")},
             "classes": len(plan.classes),
-            "seconds": round(seconds, 2),
+            "seconds": round(time.perf_counter() - start, 2),
+            "manifest_digest": digest,
         }
-        digest = manifest_digest(manifest)
-        summary["manifest_digest"] = digest
         tracking.log_manifest(manifest, project.prepared_dir / MANIFEST, digest, context="prepare")
         tracking.log_metrics({k: v for k, v in summary.items() if k != "manifest_digest"})
         tracking.set_tags({"data.manifest_digest": digest})

@@ -14,18 +14,26 @@ The pretrain run is found by the sha256 of the encoder weights it logged, so the
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 from typing import Any
 
-from sslops import tracking
-from sslops.atomic import write_json
+from sslops.adapters import tracking
+from sslops.adapters.provenance import file_digest
 from sslops.config import Project
+from sslops.config.schema import RegisterParams
 from sslops.errors import SslopsError
-from sslops.provenance import file_digest
+from sslops.outputs.atomic import write_json
 
 CANDIDATE, CHAMPION = "candidate", "champion"
 # Lineage copied from the pretrain run onto the model version, so a version answers for itself.
-LINEAGE_TAGS = ("data.dvc_md5", "data.manifest_digest", "git.commit", "git.dirty", "params.hash", "dvc.dep.artifacts/augment")
+LINEAGE_TAGS = (
+    "data.dvc_md5",
+    "data.manifest_digest",
+    "git.commit",
+    "git.dirty",
+    "params.hash",
+    "dvc.dep.artifacts/augment",
+)
 
 
 def registry_record(project: Project):
@@ -43,70 +51,110 @@ def decide(new_value: float, champion_value: float | None, min_improvement: floa
 
 
 def run(project: Project) -> dict[str, Any]:
-    import numpy as np
-    import torch
-
-    from sslops.ml.models import BackboneConfig, Encoder
-
-    params = project.section("register")
-    name, metric = str(params.get("model_name", "sslops-encoder")), str(params.get("metric", "linear_acc"))
-    min_improvement = float(params.get("min_improvement", 0.0))
+    cfg: RegisterParams = project.config("register")
     encoder_dir = project.root / "artifacts" / "pretrain"
-    weights, spec_path = encoder_dir / "encoder.pt", encoder_dir / "encoder.json"
-    if not weights.is_file() or not spec_path.is_file():
-        raise SslopsError(f"{encoder_dir} has no encoder.pt/encoder.json: run the pretrain stage first (dvc repro pretrain).")
-    sha = file_digest(weights)
-    pretrain_run = tracking.find_run(project, f"tags.`sslops.stage` = 'pretrain' and tags.`encoder.sha256` = '{sha}'")
-    if pretrain_run is None:
-        raise SslopsError(f"no finished pretrain run in {tracking.tracking_uri(project)} logged encoder sha256 {sha[:12]}...: "
-                          "the store does not hold the run that produced artifacts/pretrain (was mlflow/ reset?). "
-                          "Rerun it with `dvc repro -f pretrain`.")
-    value = pretrain_run.data.metrics.get(f"final.{metric}")
-    if value is None:
-        available = sorted(k.removeprefix("final.") for k in pretrain_run.data.metrics if k.startswith("final."))
-        raise SslopsError(f"register.metric '{metric}' was not logged by the pretrain run; available: {', '.join(available)}.")
-
-    spec = json.loads(spec_path.read_text())
-    encoder = Encoder(BackboneConfig(**spec["backbone"]), spec["mean"], spec["std"])
-    encoder.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    encoder.eval()
-    height, width, channels = spec["image_shape"]
-    example = np.zeros((2, channels, height, width), dtype=np.float32)  # raw pixels 0..255, NCHW
-
-    with tracking.stage_run(project, "register", params) as run:
+    sha, pretrain_run, value = _pretrain_run(project, encoder_dir, cfg.metric)
+    with tracking.stage_run(project, "register", cfg.record()) as run:
         lineage = {k: v for k, v in pretrain_run.data.tags.items() if k in LINEAGE_TAGS}
-        tracking.set_tags({"pretrain.run_id": pretrain_run.info.run_id, "encoder.sha256": sha, **{f"pretrain.{k}": v for k, v in lineage.items()}})
-        info = tracking.log_encoder(encoder, example, encoder_dir)
-        champion = tracking.version_by_alias(name, CHAMPION)
-        champion_value = None
-        if champion is not None and champion.tags.get("promotion.metric") == metric and "promotion.value" in champion.tags:
-            champion_value = float(champion.tags["promotion.value"])
-        elif champion is not None:
-            raise SslopsError(f"champion version {champion.version} of {name} was promoted on "
-                              f"'{champion.tags.get('promotion.metric')}', not on register.metric '{metric}': the two "
-                              "cannot be compared. Keep the metric, or choose the champion by hand "
-                              f"(MlflowClient().set_registered_model_alias('{name}', 'champion', <version>)).")
-        promote, reason = decide(float(value), champion_value, min_improvement)
-        version = tracking.register_version(info.model_uri, name, {
-            **lineage, "pretrain.run_id": pretrain_run.info.run_id, "register.run_id": run.info.run_id,
-            "encoder.sha256": sha, "promotion.metric": metric, "promotion.value": value,
-        })
-        tracking.set_alias(name, CANDIDATE, version.version)
+        tags = {"pretrain.run_id": pretrain_run.info.run_id, "encoder.sha256": sha}
+        tracking.set_tags({**tags, **{f"pretrain.{k}": v for k, v in lineage.items()}})
+        champion, champion_value = _champion(cfg)
+        version = tracking.version_with_sha(cfg.model_name, sha)
+        if version is None:
+            info = tracking.log_encoder(*_load_encoder(encoder_dir, sha), encoder_dir)
+            version_tags = {
+                **lineage,
+                **tags,
+                "register.run_id": run.info.run_id,
+                tracking.FORMAT_TAG: tracking.MODEL_FORMAT,
+            }
+            promotion = {"promotion.metric": cfg.metric, "promotion.value": value}
+            version = tracking.register_version(info.model_uri, cfg.model_name, {**version_tags, **promotion})
+        else:  # a rerun (e.g. after a kill between registering and setting the aliases): same weights, same version
+            print(f"{cfg.model_name} version {version.version} already holds these weights (sha256 {sha[:12]}...)")
+        is_champion = champion is not None and champion.version == version.version
+        promote, reason = (
+            (False, "already champion") if is_champion else decide(value, champion_value, cfg.min_improvement)
+        )
+        tracking.set_alias(cfg.model_name, CANDIDATE, version.version)
         if promote:
-            tracking.set_alias(name, CHAMPION, version.version)
-        champion_version = version.version if promote else champion.version
-        tracking.set_version_tags(name, version.version, {"promotion.decision": "promoted" if promote else "kept", "promotion.reason": reason})
+            tracking.set_alias(cfg.model_name, CHAMPION, version.version)
+        champion_version = version.version if promote or is_champion else champion.version
+        decision = {"promotion.decision": "promoted" if promote else "kept", "promotion.reason": reason}
+        tracking.set_version_tags(cfg.model_name, version.version, decision)
         summary = {
-            "model_name": name, "version": int(version.version), "model_uri": f"models:/{name}/{version.version}",
-            "run_id": run.info.run_id, "pretrain_run_id": pretrain_run.info.run_id, "metric": metric, "value": value,
-            "champion_version": int(champion_version), "champion_value": value if promote else champion_value,
-            "promoted": promote, "reason": reason,
+            "model_name": cfg.model_name,
+            "version": int(version.version),
+            "model_uri": f"models:/{cfg.model_name}/{version.version}",
+            "encoder_sha256": sha,
+            "run_id": run.info.run_id,
+            "pretrain_run_id": pretrain_run.info.run_id,
+            "metric": cfg.metric,
+            "value": value,
+            "champion_version": int(champion_version),
+            "champion_value": value if promote or is_champion else champion_value,
+            "promoted": promote,
+            "reason": reason,
         }
-        tracking.set_tags({"model.name": name, "model.version": version.version, "promotion.decision": summary["promoted"]})
+        tracking.set_tags(
+            {"model.name": cfg.model_name, "model.version": version.version, "promotion.decision": promote}
+        )
         write_json(project.metrics_dir / "register.json", summary)
         # A record kept beside the store it describes: a fresh clone or a deleted mlflow/ has no record,
         # so DVC reruns this stage instead of trusting metrics/register.json about a registry that is gone.
         write_json(registry_record(project), {**summary, "tracking_uri": tracking.tracking_uri(project)})
-    print(f"registered {name} version {version.version} ({metric} {value:.4f}); alias {CANDIDATE} -> {version.version}; "
-          f"{CHAMPION} -> {champion_version}: {reason}")
+    print(
+        f"registered {cfg.model_name} version {version.version} ({cfg.metric} {value:.4f}); alias {CANDIDATE} -> "
+        f"{version.version}; {CHAMPION} -> {champion_version}: {reason}"
+    )
     return summary
+
+
+def _pretrain_run(project: Project, encoder_dir: Path, metric: str) -> tuple[str, Any, float]:
+    """(sha256 of encoder.pt, the finished pretrain run that logged it, its final `metric`), or a named error."""
+    weights = encoder_dir / "encoder.pt"
+    if not weights.is_file() or not (encoder_dir / "encoder.json").is_file():
+        raise SslopsError(
+            f"{encoder_dir} has no encoder.pt/encoder.json: run the pretrain stage first (dvc repro pretrain)."
+        )
+    sha = file_digest(weights)
+    run = tracking.find_run(project, f"tags.`sslops.stage` = 'pretrain' and tags.`encoder.sha256` = '{sha}'")
+    if run is None:
+        raise SslopsError(
+            f"no finished pretrain run in {tracking.tracking_uri(project)} logged encoder sha256 "
+            f"{sha[:12]}...: the store does not hold the run that produced artifacts/pretrain "
+            "(was mlflow/ reset?). Rerun it with `dvc repro -f pretrain`."
+        )
+    value = run.data.metrics.get(f"final.{metric}")
+    if value is None:
+        available = sorted(k.removeprefix("final.") for k in run.data.metrics if k.startswith("final."))
+        raise SslopsError(
+            f"register.metric '{metric}' was not logged by the pretrain run; available: {', '.join(available)}."
+        )
+    return sha, run, value
+
+
+def _load_encoder(encoder_dir: Path, sha256: str) -> tuple[Any, Any]:
+    """The encoder rebuilt from encoder.json with its weights (weights_only), and an input example for its signature."""
+    import numpy as np
+
+    from sslops.ml.models import load_encoder_dir
+
+    encoder, spec = load_encoder_dir(encoder_dir, sha256)
+    height, width, channels = spec["image_shape"]
+    return encoder, np.zeros((2, channels, height, width), dtype=np.float32)  # raw pixels 0..255, NCHW
+
+
+def _champion(cfg: RegisterParams) -> tuple[Any, float | None]:
+    """The current champion version and its promotion value; an error when it was promoted on another metric."""
+    champion = tracking.version_by_alias(cfg.model_name, CHAMPION)
+    if champion is None:
+        return None, None
+    if champion.tags.get("promotion.metric") == cfg.metric and "promotion.value" in champion.tags:
+        return champion, float(champion.tags["promotion.value"])
+    raise SslopsError(
+        f"champion version {champion.version} of {cfg.model_name} was promoted on "
+        f"'{champion.tags.get('promotion.metric')}', not on register.metric '{cfg.metric}': the two "
+        "cannot be compared. Keep the metric, or choose the champion by hand "
+        f"(MlflowClient().set_registered_model_alias('{cfg.model_name}', 'champion', <version>))."
+    )

@@ -10,12 +10,13 @@ import json
 import time
 from typing import Any
 
-from sslops import expectations, tracking
-from sslops.atomic import atomic_dir, write_json
+from sslops.adapters import expectations, tracking
 from sslops.config import Project
+from sslops.config.schema import ValidateParams
 from sslops.data import quality
 from sslops.data.store import CLASSES, MANIFEST, manifest_digest
 from sslops.errors import DataValidationError, SslopsError
+from sslops.outputs.atomic import atomic_dir, write_json
 
 
 def failure_report(failed: list[expectations.Check]) -> str:
@@ -32,23 +33,26 @@ def failure_report(failed: list[expectations.Check]) -> str:
 
 
 def run(project: Project) -> dict[str, Any]:
-    params = project.section("validate")
-    classes = list(project.section("prepare").get("classes") or [])
+    cfg: ValidateParams = project.config("validate")
+    classes = list(project.config("prepare").classes)
     manifest_path = project.prepared_dir / MANIFEST
     if not manifest_path.is_file():
         raise SslopsError(f"{manifest_path} is missing: run the prepare stage first (dvc repro prepare).")
-    with tracking.stage_run(project, "validate", params):
+    with tracking.stage_run(project, "validate", cfg.record()):
         start = time.perf_counter()
         import pandas as pd
 
         manifest = pd.read_parquet(manifest_path)
         declared = classes or json.loads((project.prepared_dir / CLASSES).read_text())
         frames = {
-            "manifest": (quality.annotate(manifest), expectations.manifest_expectations(params, declared)),
-            "class_balance": (quality.class_balance(manifest, declared), expectations.balance_expectations(params, declared)),
+            "manifest": (quality.annotate(manifest), expectations.manifest_expectations(cfg, declared, len(manifest))),
+            "class_balance": (
+                quality.class_balance(manifest, declared),
+                expectations.balance_expectations(cfg, declared),
+            ),
         }
         with atomic_dir(project.validation_dir) as tmp:
-            checks = expectations.run_suites(frames, tmp / "data_docs", int(params.get("examples", 5)))
+            checks = expectations.run_suites(frames, tmp / "data_docs", cfg.examples)
             failed = [c for c in checks if not c.success]
             summary = {
                 "success": not failed,
@@ -64,7 +68,9 @@ def run(project: Project) -> dict[str, Any]:
             write_json(tmp / "results.json", [c.__dict__ for c in checks])
         write_json(project.metrics_dir / "validate.json", summary)
         tracking.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-        tracking.set_tags({"validation.success": summary["success"], "data.manifest_digest": summary["manifest_digest"]})
+        tracking.set_tags(
+            {"validation.success": summary["success"], "data.manifest_digest": summary["manifest_digest"]}
+        )
         tracking.log_artifacts(project.validation_dir, "validation")
         if not failed:
             # The gate for downstream stages: stable for the same data, so a change to validation

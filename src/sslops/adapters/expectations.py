@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from sslops.config.schema import ValidateParams
 from sslops.data.store import MANIFEST_COLUMNS
 
 # pandas dtype names GX may report for each declared manifest dtype.
@@ -39,8 +40,8 @@ class Check:
         return f"{self.expectation}({self.column})" if self.column else self.expectation
 
 
-def manifest_expectations(params: dict[str, Any], classes: list[str]) -> list:
-    """Expectations over the annotated manifest, thresholds from params.yaml's `validate` section."""
+def manifest_expectations(cfg: ValidateParams, classes: list[str], rows: int) -> list:
+    """Expectations over the annotated manifest of `rows` images, thresholds from params.yaml's `validate` section."""
     import great_expectations as gx
 
     E = gx.expectations
@@ -50,36 +51,36 @@ def manifest_expectations(params: dict[str, Any], classes: list[str]) -> list:
     for column in ("split", "source", "sha256", "height", "width", "channels", "mean", "std"):
         exps.append(E.ExpectColumnValuesToNotBeNull(column=column))
     exps += [
-        E.ExpectTableRowCountToBeBetween(min_value=params.get("min_rows", 1), max_value=params.get("max_rows")),
+        E.ExpectTableRowCountToBeBetween(min_value=cfg.min_rows, max_value=cfg.max_rows),
         E.ExpectColumnValuesToBeInSet(column="split", value_set=["train", "test", "unlabeled"]),
-        E.ExpectColumnDistinctValuesToContainSet(column="split", value_set=list(params.get("splits", ["train"]))),
+        E.ExpectColumnDistinctValuesToContainSet(column="split", value_set=list(cfg.splits)),
         E.ExpectColumnValuesToBeBetween(column="label", min_value=0, max_value=max(len(classes) - 1, 0)),
         E.ExpectColumnUniqueValueCountToBeBetween(column="height", min_value=1, max_value=1),
         E.ExpectColumnUniqueValueCountToBeBetween(column="width", min_value=1, max_value=1),
         E.ExpectColumnUniqueValueCountToBeBetween(column="channels", min_value=1, max_value=1),
         E.ExpectColumnValuesToBeInSet(column="channels", value_set=[1, 3]),
-        E.ExpectColumnValuesToBeBetween(
-            column="std", min_value=float(params.get("blank_std", 1.0)), mostly=1.0 - float(params.get("max_blank_share", 0.0))
-        ),
+        E.ExpectColumnValuesToBeBetween(column="std", min_value=cfg.blank_std, mostly=1.0 - cfg.max_blank_share),
         E.ExpectColumnValuesToBeInSet(
-            column="duplicate_in_split", value_set=[False], mostly=1.0 - float(params.get("max_duplicate_share", 0.0))
+            column="duplicate_in_split", value_set=[False], mostly=1.0 - cfg.max_duplicate_share
         ),
     ]
     if classes:
         exps.append(E.ExpectColumnValuesToBeInSet(column="class_name", value_set=list(classes)))
-    # No tolerance: a test image that is also in train inflates every test metric downstream.
-    exps.append(E.ExpectColumnValuesToBeInSet(column="test_in_train", value_set=[False]))
+    # A test image that is also in train inflates every test metric downstream: at most `max_leaked_test` of them.
+    # GX tolerates a share (`mostly`), so the count becomes a share of the rows, half an image of slack for rounding.
+    tolerance = {"mostly": max(0.0, 1.0 - (cfg.max_leaked_test + 0.5) / max(rows, 1))} if cfg.max_leaked_test else {}
+    exps.append(E.ExpectColumnValuesToBeInSet(column="test_in_train", value_set=[False], **tolerance))
     return exps
 
 
-def balance_expectations(params: dict[str, Any], classes: list[str]) -> list:
+def balance_expectations(cfg: ValidateParams, classes: list[str]) -> list:
     """Expectations over the class-balance table: every declared class present with a minimum share."""
     import great_expectations as gx
 
     E = gx.expectations
     return [
         E.ExpectColumnValuesToBeBetween(column="count", min_value=1),
-        E.ExpectColumnValuesToBeBetween(column="share", min_value=float(params.get("min_class_share", 0.0))),
+        E.ExpectColumnValuesToBeBetween(column="share", min_value=cfg.min_class_share),
         E.ExpectTableRowCountToBeBetween(min_value=max(len(classes), 1)),
     ]
 
@@ -91,7 +92,6 @@ def run_suites(frames: dict[str, tuple[pd.DataFrame, list]], docs_dir: Path, exa
     `examples` offending rows (from the frame's `row` column when it has one).
     """
     import great_expectations as gx
-
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")

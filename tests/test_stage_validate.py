@@ -1,16 +1,17 @@
-"""The validate stage: a real Great Expectations run over the manifest, Data Docs, and clear failures."""
+"""The validate stage: a real Great Expectations run over the manifest, Data Docs, and clear failures
+(the frames it validates: tests/test_quality.py)."""
 
 from __future__ import annotations
 
 import json
 
-import pandas as pd
 import pytest
-from conftest import CLASSES, mlflow_runs, set_param
 
+from conftest import CLASSES, mlflow_runs, set_param
 from sslops.cli import main
-from sslops.data import quality
 from sslops.data.idx import read_idx, write_idx
+
+pytestmark = pytest.mark.integration  # every test runs the stage through the CLI: real GX suites, real MLflow store
 
 
 def _data(project):
@@ -22,22 +23,6 @@ def _rewrite_test_images(project, edit) -> None:
     train, test = read_idx(d / "train-images-idx3-ubyte"), read_idx(d / "t10k-images-idx3-ubyte").copy()
     edit(train, test)
     write_idx(d / "t10k-images-idx3-ubyte", test)
-
-
-def test_annotate_flags_duplicates_and_leaks():
-    manifest = pd.DataFrame(
-        {"split": ["train", "train", "train", "test", "test"], "sha256": ["a", "b", "a", "b", "c"]}
-    )
-    frame = quality.annotate(manifest)
-    assert frame["duplicate_in_split"].tolist() == [False, False, True, False, False]
-    assert frame["test_in_train"].tolist() == [False, False, False, True, False]
-    assert frame["row"].tolist() == [0, 1, 2, 3, 4]
-
-
-def test_class_balance_lists_absent_declared_classes():
-    manifest = pd.DataFrame({"split": ["train"] * 3 + ["test"], "class_name": ["a", "a", "b", "c"]})
-    table = quality.class_balance(manifest, ["a", "b", "c"])
-    assert table.to_dict("list") == {"class_name": ["a", "b", "c"], "count": [2, 1, 0], "share": [2 / 3, 1 / 3, 0.0]}
 
 
 def test_clean_data_passes_and_writes_docs_metrics_and_run(project, capsys):
@@ -101,10 +86,13 @@ def test_duplicates_within_split_respect_the_cap(project, capsys):
     assert main(["validate"]) == 0
 
 
-@pytest.mark.parametrize(("key", "value", "expected"), [
-    ("min_rows", 1000, "expect_table_row_count_to_be_between"),
-    ("splits", ["train", "test", "unlabeled"], "expect_column_distinct_values_to_contain_set(split)"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("min_rows", 1000, "expect_table_row_count_to_be_between"),
+        ("splits", ["train", "test", "unlabeled"], "expect_column_distinct_values_to_contain_set(split)"),
+    ],
+)
 def test_threshold_params_are_enforced(project, capsys, key, value, expected):
     set_param(project.root, "validate", key, value)
     assert main(["prepare"]) == 0 and main(["validate"]) == 1

@@ -1,6 +1,6 @@
 """Lineage facts about the code and data a run used: git commit, dirty flag, DVC hashes, params hash.
 
-Plain Python (git through subprocess, DVC files through `sslops.dvcmeta`), so the same facts can be
+Plain Python (git through subprocess, DVC files through `sslops.adapters.dvcmeta`), so the same facts can be
 attached to MLflow runs, Prefect artifacts or printed by `sslops lineage`.
 """
 
@@ -11,10 +11,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from sslops import dvcmeta
+from sslops.adapters import dvcmeta
 from sslops.config import params_hash
 
 PIPELINE_WRITES = ("dvc.lock", "metrics", "plots")
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/sslops (or site-packages/sslops)
 
 
 def file_digest(path: Path, algo: str = "sha256") -> str:
@@ -26,8 +27,21 @@ def file_digest(path: Path, algo: str = "sha256") -> str:
     return h.hexdigest()
 
 
+def code_digest(package: Path = PACKAGE_DIR) -> str:
+    """sha256 over the path and bytes of every Python file of the sslops package as it runs now.
+
+    Unlike the md5s in dvc.lock (written after a stage finishes), this is the code of the current run, so a
+    checkpoint of older code is never resumed into a new result.
+    """
+    h = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        h.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def git_state(root: Path) -> tuple[str | None, bool | None]:
     """(commit sha, dirty?) of the repository at `root`; (None, None) outside git."""
+
     def git(*args: str) -> str | None:
         try:
             out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
@@ -45,7 +59,7 @@ def git_state(root: Path) -> tuple[str | None, bool | None]:
 
 
 def lineage_tags(root: Path, stage: str, stage_params: dict[str, Any]) -> dict[str, str]:
-    """The tags every stage run carries (DESIGN.md, Lineage)."""
+    """The tags every stage run carries (README, Tracking and lineage)."""
     commit, dirty = git_state(root)
     tags = {
         "sslops.stage": stage,

@@ -1,4 +1,4 @@
-"""Project paths and params.yaml.
+"""Project paths and params.yaml: the raw sections and their typed, validated configs.
 
 Every stage resolves paths against the project root (the folder holding dvc.yaml), so stages behave the
 same whether DVC, Prefect, a test or a person in a sub-folder starts them.
@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from sslops.config.schema import SECTIONS, Section
+from sslops.config.validation import parse_section
 from sslops.errors import SslopsError
 
 ROOT_ENV = "SSLOPS_ROOT"
@@ -60,7 +62,7 @@ class Project:
     root: Path
 
     @classmethod
-    def discover(cls) -> "Project":
+    def discover(cls) -> Project:
         return cls(find_root())
 
     @property
@@ -81,11 +83,26 @@ class Project:
         return loaded
 
     def section(self, name: str) -> dict[str, Any]:
-        """One stage's params group; missing groups are a user error naming the file."""
+        """One stage's params group, raw; missing groups are a user error naming the file."""
         value = self.params.get(name)
         if not isinstance(value, dict):
             raise SslopsError(f"{self.params_file} has no '{name}:' section (a mapping of that stage's params).")
         return value
+
+    def config(self, name: str) -> Section:
+        """The typed, validated config of section `name` (profiles resolved), or an error naming the bad key."""
+        if name not in self._configs:
+            unknown = sorted(set(self.params) - set(SECTIONS))
+            if unknown:
+                raise SslopsError(
+                    f"{self.params_file}: unknown section(s) {', '.join(unknown)} (known: {', '.join(SECTIONS)})."
+                )
+            self._configs[name] = parse_section(name, self.section(name), self.params_file.name)
+        return self._configs[name]
+
+    @cached_property
+    def _configs(self) -> dict[str, Section]:
+        return {}
 
     def path(self, relative: str | os.PathLike[str]) -> Path:
         """Resolve a path from params.yaml or dvc.yaml against the project root."""

@@ -42,8 +42,14 @@ def label_efficiency(rows: list[dict], path: Path) -> None:
     colours = {"linear": "tab:blue", "knn": "tab:green", "finetune": "tab:red"}
     for protocol, init in series:
         pts = sorted((r["labels"], r["acc"]) for r in rows if (r["protocol"], r["init"]) == (protocol, init))
-        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", color=colours.get(protocol),
-                linestyle="-" if init == "pretrained" else "--", label=f"{protocol}, {init}")
+        ax.plot(
+            [p[0] for p in pts],
+            [100 * p[1] for p in pts],
+            marker="o",
+            color=colours.get(protocol),
+            linestyle="-" if init == "pretrained" else "--",
+            label=f"{protocol}, {init}",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("labelled training images")
     ax.set_ylabel("test accuracy (%)")
@@ -62,7 +68,15 @@ def confusion(cm: np.ndarray, classes: list[str], title: str, path: Path) -> Non
     ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(cm)):
         for j in range(len(cm)):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7, color="white" if shares[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                str(cm[i, j]),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if shares[i, j] > 0.5 else "black",
+            )
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(classes)), classes, fontsize=8)
     ax.set_xlabel("predicted")
@@ -89,3 +103,13 @@ def embedding_maps(maps: dict[str, np.ndarray], labels: np.ndarray, classes: lis
     fig.tight_layout()
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
+
+
+def tsne_2d(feats: np.ndarray, seed: int, perplexity: float) -> np.ndarray:
+    """2-D t-SNE coordinates of `feats` (PCA to 50 dimensions first), for `embedding_maps`."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    reduced = PCA(n_components=min(50, feats.shape[1], len(feats)), random_state=seed).fit_transform(feats)
+    tsne = TSNE(n_components=2, perplexity=min(perplexity, (len(feats) - 1) / 3), init="pca", random_state=seed)
+    return tsne.fit_transform(reduced)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sslops import tracking
+from sslops.adapters import tracking
 from sslops.config import Project
 from sslops.errors import SslopsError
 
@@ -35,39 +35,59 @@ def _run_summary(run: Any, metric_prefixes: tuple[str, ...] = ()) -> dict[str, A
         "start_time": run.info.start_time,
         "git_commit": run.data.tags.get("git.commit"),
         "git_dirty": run.data.tags.get("git.dirty"),
-        "metrics": {k: v for k, v in sorted(run.data.metrics.items()) if k.startswith(metric_prefixes)} if metric_prefixes else {},
+        "metrics": {k: v for k, v in sorted(run.data.metrics.items()) if k.startswith(metric_prefixes)}
+        if metric_prefixes
+        else {},
     }
 
 
 def model_chain(project: Project, ref: str) -> dict[str, Any]:
     """The full backward chain of one model version, plus the downstream runs that used it."""
-    name, which = parse_ref(ref, str(project.section("register").get("model_name", "sslops-encoder")))
+    name, which = parse_ref(ref, project.config("register").model_name)
     version = tracking.resolve_version(name, which)
     tags = version.tags
     run_id = tags.get("pretrain.run_id")
     if not run_id:
-        raise SslopsError(f"{name} version {version.version} carries no pretrain.run_id tag: it was not registered by sslops.")
+        raise SslopsError(
+            f"{name} version {version.version} carries no pretrain.run_id tag: it was not registered by sslops."
+        )
     try:
         pretrain = tracking.client().get_run(run_id)
     except Exception as exc:  # MlflowException: a deleted run, or a store that no longer holds it
-        raise SslopsError(f"{name} version {version.version} names pretrain run {run_id}, which this store cannot return: {exc}") from None
+        raise SslopsError(
+            f"{name} version {version.version} names pretrain run {run_id}, which this store cannot return: {exc}"
+        ) from None
     ptags = pretrain.data.tags
     digest = ptags.get("data.manifest_digest")
-    validation = tracking.find_run(project, f"tags.`sslops.stage` = 'validate' and tags.`data.manifest_digest` = '{digest}'")
-    used_by = tracking.search_runs(project, f"tags.`model.name` = '{name}' and tags.`model.version` = '{version.version}'")
+    validation = tracking.find_run(
+        project, f"tags.`sslops.stage` = 'validate' and tags.`data.manifest_digest` = '{digest}'"
+    )
+    used_by = tracking.search_runs(
+        project, f"tags.`model.name` = '{name}' and tags.`model.version` = '{version.version}'"
+    )
     downstream = []
     for run in used_by:
         stage = run.data.tags.get("sslops.stage")
         if stage in ("finetune", "evaluate"):  # child runs of finetune carry the tags too; list the stage runs
             downstream.append({"stage": stage, **_run_summary(run, ("headline.",) if stage == "evaluate" else ())})
     return {
-        "model": {"name": name, "version": int(version.version), "aliases": sorted(version.aliases or []),
-                  "register_run_id": tags.get("register.run_id"), "encoder_sha256": tags.get("encoder.sha256"),
-                  "promotion": {k.removeprefix("promotion."): v for k, v in tags.items() if k.startswith("promotion.")}},
+        "model": {
+            "name": name,
+            "version": int(version.version),
+            "aliases": sorted(version.aliases or []),
+            "register_run_id": tags.get("register.run_id"),
+            "encoder_sha256": tags.get("encoder.sha256"),
+            "promotion": {k.removeprefix("promotion."): v for k, v in tags.items() if k.startswith("promotion.")},
+        },
         "data": {"dvc_md5": ptags.get("data.dvc_md5"), "manifest_digest": digest},
-        "validation": None if validation is None else {
-            "run_id": validation.info.run_id, "success": validation.data.tags.get("validation.success"),
-            "evaluated": validation.data.metrics.get("evaluated"), "failed": validation.data.metrics.get("failed")},
+        "validation": None
+        if validation is None
+        else {
+            "run_id": validation.info.run_id,
+            "success": validation.data.tags.get("validation.success"),
+            "evaluated": validation.data.metrics.get("evaluated"),
+            "failed": validation.data.metrics.get("failed"),
+        },
         "augment_cache": {"md5": ptags.get("dvc.dep.artifacts/augment"), "views": ptags.get("augment.cache_views")},
         "pretrain": {**_run_summary(pretrain, ("final.",)), "params": dict(sorted(pretrain.data.params.items()))},
         "downstream": downstream,
@@ -81,9 +101,17 @@ def data_chain(project: Project, md5: str) -> dict[str, Any]:
     for model in tracking.client().search_registered_models():
         for v in tracking.search_versions(f"name = '{model.name}'"):
             if v.tags.get("data.dvc_md5") == md5:
-                versions.append({"name": v.name, "version": int(v.version), "aliases": sorted(v.aliases or []),
-                                 "pretrain_run_id": v.tags.get("pretrain.run_id"),
-                                 "promotion": {k.removeprefix("promotion."): t for k, t in v.tags.items() if k.startswith("promotion.")}})
+                versions.append(
+                    {
+                        "name": v.name,
+                        "version": int(v.version),
+                        "aliases": sorted(v.aliases or []),
+                        "pretrain_run_id": v.tags.get("pretrain.run_id"),
+                        "promotion": {
+                            k.removeprefix("promotion."): t for k, t in v.tags.items() if k.startswith("promotion.")
+                        },
+                    }
+                )
     return {"data": {"dvc_md5": md5}, "model_versions": sorted(versions, key=lambda v: (v["name"], v["version"]))}
 
 
@@ -91,20 +119,33 @@ def format_model_chain(chain: dict[str, Any]) -> str:
     m, d, v, a, p = chain["model"], chain["data"], chain["validation"], chain["augment_cache"], chain["pretrain"]
     promo = m["promotion"]
     lines = [
-        f"model {m['name']} version {m['version']}" + (f"  (aliases: {', '.join(m['aliases'])})" if m["aliases"] else ""),
-        f"  promotion: {promo.get('decision', '?')} on {promo.get('metric', '?')} = {promo.get('value', '?')}: {promo.get('reason', '')}",
+        f"model {m['name']} version {m['version']}"
+        + (f"  (aliases: {', '.join(m['aliases'])})" if m["aliases"] else ""),
+        (
+            f"  promotion: {promo.get('decision', '?')} on {promo.get('metric', '?')} = {promo.get('value', '?')}: "
+            f"{promo.get('reason', '')}"
+        ),
         f"  registered by run {m['register_run_id']}; encoder sha256 {str(m['encoder_sha256'])[:16]}",
         f"  data: data.dvc md5 {d['dvc_md5']}, manifest digest {d['manifest_digest']}",
-        "  validation: " + ("no validate run found for this manifest" if v is None else
-                            f"success={v['success']} ({v['evaluated']:.0f} expectations, {v['failed']:.0f} failed), run {v['run_id']}"),
+        "  validation: "
+        + (
+            "no validate run found for this manifest"
+            if v is None
+            else f"success={v['success']} ({v['evaluated']:.0f} expectations, {v['failed']:.0f} failed), "
+            f"run {v['run_id']}"
+        ),
         f"  augmentation cache: md5 {a['md5']} ({a['views']} views per image)",
         f"  pretrain run {p['run_id']}: git {p['git_commit']} (dirty: {p['git_dirty']})",
-        "    params: " + ", ".join(f"{k}={val}" for k, val in p["params"].items() if not k.startswith("pretrain.profiles")),
+        "    params: " + ", ".join(f"{k}={val}" for k, val in p["params"].items()),
         "    metrics: " + ", ".join(f"{k.removeprefix('final.')}={val:.4g}" for k, val in p["metrics"].items()),
         f"  used by {len(chain['downstream'])} run(s):",
     ]
     for run in chain["downstream"]:
-        head = ", ".join(f"{k.removeprefix('headline.')}={val:.4f}" for k, val in run["metrics"].items() if k.endswith(("best_pretrained", "gain_vs_scratch_finetune")))
+        head = ", ".join(
+            f"{k.removeprefix('headline.')}={val:.4f}"
+            for k, val in run["metrics"].items()
+            if k.endswith(("best_pretrained", "gain_vs_scratch_finetune"))
+        )
         lines.append(f"    {run['stage']:<9} run {run['run_id']} ({run['status']})" + (f": {head}" if head else ""))
     return "\n".join(lines)
 
@@ -114,6 +155,9 @@ def format_data_chain(chain: dict[str, Any]) -> str:
     lines = [f"data.dvc md5 {chain['data']['dvc_md5']}: {len(versions)} model version(s)"]
     for v in versions:
         aliases = f" (aliases: {', '.join(v['aliases'])})" if v["aliases"] else ""
-        lines.append(f"  {v['name']} version {v['version']}{aliases}: pretrain run {v['pretrain_run_id']}, "
-                     f"{v['promotion'].get('metric', '?')} = {v['promotion'].get('value', '?')} ({v['promotion'].get('decision', '?')})")
+        lines.append(
+            f"  {v['name']} version {v['version']}{aliases}: pretrain run {v['pretrain_run_id']}, "
+            f"{v['promotion'].get('metric', '?')} = {v['promotion'].get('value', '?')} "
+            f"({v['promotion'].get('decision', '?')})"
+        )
     return "\n".join(lines)

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CLASSES, mlflow_runs, set_param, write_imagefolder
 
+from conftest import CLASSES, mlflow_runs, set_param, write_imagefolder
 from sslops.cli import main
 from sslops.data.store import ImageStore
+
+pytestmark = pytest.mark.integration  # every test runs the stage through the CLI, against a real MLflow store
 
 
 def test_prepare_writes_store_manifest_metrics_and_mlflow_run(project, capsys):
@@ -50,12 +52,21 @@ def test_prepare_imagefolder_keeps_unlabeled_rows(project):
 
 
 BAD_INPUTS = {
-    "truncated IDX": (lambda d: (d / "train-images-idx3-ubyte").write_bytes((d / "train-images-idx3-ubyte").read_bytes()[:500]),
-                      "train-images-idx3-ubyte: truncated or corrupt IDX file"),
-    "wrong magic": (lambda d: (d / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x09\x01" + b"\x00" * 30),
-                    "t10k-labels-idx1-ubyte: wrong IDX magic number"),
-    "short labels": (lambda d: (d / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x02\x00\x01"),
-                     "holds 2 labels but"),
+    "truncated IDX": (
+        lambda d: (d / "train-images-idx3-ubyte").write_bytes((d / "train-images-idx3-ubyte").read_bytes()[:500]),
+        (
+            "train-images-idx3-ubyte: header declares shape (80, 12, 12) (11520 bytes of data), more than a file of "
+            "500 bytes can hold: the file is corrupt or not an IDX file"
+        ),
+    ),
+    "wrong magic": (
+        lambda d: (d / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x09\x01" + b"\x00" * 30),
+        "t10k-labels-idx1-ubyte: wrong IDX magic number",
+    ),
+    "short labels": (
+        lambda d: (d / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x02\x00\x01"),
+        "holds 2 labels but",
+    ),
     "empty data dir": (lambda d: [p.unlink() for p in d.iterdir()], "data folder is empty"),
 }
 
@@ -79,7 +90,9 @@ def test_bad_input_fails_cleanly_and_keeps_previous_output(project, capsys, case
 def test_unknown_format_in_params(project, capsys):
     set_param(project.root, "prepare", "format", "hdf5")
     assert main(["prepare"]) == 2
-    assert "Unknown dataset format 'hdf5'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "prepare.format in params.yaml: must be 'idx', 'imagefolder' or 'cifar10', got 'hdf5'" in err
+    assert "Traceback" not in err
 
 
 def test_cli_error_is_one_paragraph_without_traceback(project):

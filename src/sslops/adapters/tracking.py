@@ -1,0 +1,365 @@
+"""The thin module through which sslops talks to MLflow.
+
+Default store: SQLite at <project>/mlflow/mlflow.db with artifacts in <project>/mlflow/artifacts, both by
+absolute path so runs land in one place whatever the working directory. MLFLOW_TRACKING_URI overrides
+it (a tracking server needs no code change). One experiment per pipeline; one run per stage execution,
+named after the stage, params logged flat as `<stage>.<key>`, lineage tags on every run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sslops.adapters.provenance import lineage_tags
+from sslops.config import Project, flatten
+
+if TYPE_CHECKING:
+    import mlflow
+    import pandas as pd
+
+PREFECT_RUN_ENV = "PREFECT__FLOW_RUN_ID"
+FORMAT_TAG, MODEL_FORMAT = "model.format", "pt2"  # how the version's MLflow model is serialized: pickle-free
+STATE_DICT = "state_dict"  # artifact folder of the register run: encoder.pt (weights) + encoder.json (how to rebuild)
+
+
+def default_uri(project: Project) -> str:
+    """The project's own SQLite store, by absolute path."""
+    return f"sqlite:///{project.root / 'mlflow' / 'mlflow.db'}"
+
+
+def tracking_uri(project: Project) -> str:
+    """MLFLOW_TRACKING_URI if set, else the project's SQLite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_uri(project)
+
+
+def _experiment_id(project: Project) -> str:
+    import mlflow
+
+    name = project.config("tracking").experiment
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if mlflow.get_tracking_uri() == default_uri(project):
+        # A SQLite store's artifact root would otherwise default to ./mlruns of the current directory.
+        location = (project.root / "mlflow" / "artifacts").as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def connect(project: Project) -> str:
+    """Point MLflow at the project's store; returns the experiment id.
+
+    A tracking server is checked first, with the bounded timeout and retries of params.yaml `tracking:` (MLflow's
+    own defaults retry for minutes), so a stage fails in seconds with one line naming the URI instead of
+    starting work it cannot record. Variables already set in the environment win over params.yaml.
+    """
+    import mlflow
+
+    uri = tracking_uri(project)
+    if uri.startswith(("http://", "https://")):
+        cfg = project.config("tracking")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(cfg.http_timeout_s)))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(cfg.http_retries))
+        _check_reachable(uri, cfg.http_timeout_s)
+    else:
+        (project.root / "mlflow").mkdir(exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    return _experiment_id(project)
+
+
+def _check_reachable(uri: str, timeout_s: float) -> None:
+    """Any HTTP answer from the server's /health (even 401 or 500) means it is there; no answer is a named error."""
+    import urllib.error
+    import urllib.request
+
+    from sslops.errors import SslopsError
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+            return
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise SslopsError(
+            f"the MLflow tracking server {uri} does not answer ({reason}). Check that it runs (make stack, or "
+            "`mlflow server`), the host and port in MLFLOW_TRACKING_URI, and the network; unset MLFLOW_TRACKING_URI "
+            "to use the project's own store."
+        ) from None
+
+
+@contextlib.contextmanager
+def stage_run(
+    project: Project, stage: str, params: dict[str, Any], system_metrics: bool = False
+) -> Iterator[mlflow.ActiveRun]:
+    """Open the MLflow run of one stage execution, with flat params and lineage tags.
+
+    An exception inside the block ends the run as FAILED, so failed stages stay visible in the UI.
+    `system_metrics` records CPU/GPU/memory use alongside the run (for long stages such as pretrain).
+    """
+    import mlflow
+
+    experiment_id = connect(project)
+    tags = {**lineage_tags(project.root, stage, params), **_orchestrator_tags()}
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=stage, tags=tags, log_system_metrics=system_metrics
+    ) as run:
+        mlflow.log_params({k: _param_value(v) for k, v in flatten({stage: params}).items()})
+        yield run
+
+
+@contextlib.contextmanager
+def child_run(name: str, tags: dict[str, Any]) -> Iterator[mlflow.ActiveRun]:
+    """A run nested under the active stage run (the MLflow UI groups them).
+
+    Plain `tags` (no dot in the key) are also logged as params."""
+    import mlflow
+
+    all_tags = {**{k: str(v) for k, v in tags.items()}, **_orchestrator_tags()}
+    with mlflow.start_run(run_name=name, nested=True, tags=all_tags) as run:
+        mlflow.log_params({k: _param_value(v) for k, v in tags.items() if "." not in k})
+        yield run
+
+
+def active_run_id() -> str:
+    import mlflow
+
+    return mlflow.active_run().info.run_id
+
+
+def log_metrics_to(run_id: str, metrics: dict[str, float]) -> None:
+    """Add metrics to an earlier run (evaluate scores the models that finetune's child runs trained)."""
+    import mlflow
+
+    mlflow.MlflowClient().log_batch(
+        run_id, metrics=[mlflow.entities.Metric(k, float(v), _now_ms(), 0) for k, v in metrics.items()]
+    )
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+def _orchestrator_tags() -> dict[str, str]:
+    """The Prefect flow run that drove this process, if any (set by flows/ for the DVC subprocesses)."""
+    run_id = os.environ.get(PREFECT_RUN_ENV)
+    return {"prefect.flow_run_id": run_id} if run_id else {}
+
+
+def _param_value(value: Any) -> Any:
+    """MLflow params are strings of bounded length; long lists are truncated readably."""
+    text = str(value)
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def log_manifest(manifest: pd.DataFrame, source: Path, digest: str, context: str) -> None:
+    """Log the manifest as the run's dataset input (`mlflow.log_input`) under a full-content digest.
+
+    MLflow's own pandas digest samples rows; ours hashes every row, so two manifests that differ in one
+    image never share a digest.
+    """
+    import warnings
+
+    import mlflow
+
+    with warnings.catch_warnings():
+        # MLflow hints about source ambiguity and nullable ints in a *model* schema; neither applies here.
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(manifest, source=str(source), name="manifest", digest=digest)
+        mlflow.log_input(dataset, context=context)
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    import mlflow
+
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def set_tags(tags: dict[str, Any]) -> None:
+    import mlflow
+
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+def log_artifacts(path: Path, artifact_path: str | None = None) -> None:
+    """Attach a file or a folder (e.g. Data Docs) to the active run."""
+    import mlflow
+
+    if path.is_dir():
+        mlflow.log_artifacts(str(path), artifact_path)
+    else:
+        mlflow.log_artifact(str(path), artifact_path)
+
+
+# --- Model registry: versions and aliases (no registry stages) ---------------------------------------
+
+
+def client() -> mlflow.MlflowClient:
+    import mlflow
+
+    return mlflow.MlflowClient()
+
+
+def find_run(project: Project, filter_string: str) -> mlflow.entities.Run | None:
+    """The newest FINISHED run of the project's experiment matching an MLflow search filter."""
+    experiment_id = connect(project)
+    runs = client().search_runs(
+        [experiment_id],
+        f"attributes.status = 'FINISHED' and {filter_string}",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def search_runs(project: Project, filter_string: str) -> list[mlflow.entities.Run]:
+    """All runs of the project's experiment matching a filter, newest first."""
+    experiment_id = connect(project)
+    return list(client().search_runs([experiment_id], filter_string, order_by=["attributes.start_time DESC"]))
+
+
+def stage_runs_tagged(project: Project, key: str, value: str) -> list[mlflow.entities.Run]:
+    """Stage runs (not their nested child runs) carrying tag `key` = `value`, oldest first.
+
+    Read-only: a project whose stages never ran has no store yet, and then no runs (no empty store is created).
+    """
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(project)
+    if uri == default_uri(project) and not (project.root / "mlflow" / "mlflow.db").is_file():
+        return []
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(project.config("tracking").experiment)
+    if experiment is None:
+        return []
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.\"{key}\" = '{value}'", order_by=["attributes.start_time ASC"]
+    )
+    return [r for r in runs if "sslops.stage" in r.data.tags]
+
+
+def log_encoder(model: Any, input_example: Any, state_dir: Path) -> mlflow.models.model.ModelInfo:
+    """Log an encoder as a pickle-free MLflow model plus its plain state_dict files (`state_dict/`).
+
+    The model is exported with torch.export (MLflow's `pt2` format; dynamic batch dimension, from an example of
+    two images), so users and `mlflow models serve` load it with MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false and
+    without sslops installed. sslops' own consumers train the encoder, which needs the real `Encoder`, so they
+    rebuild it from `state_dict/encoder.json` and load `state_dict/encoder.pt` with weights_only (`load_encoder`).
+    Requirements are pinned explicitly (MLflow would otherwise load the model in a subprocess to infer them).
+    """
+    import mlflow
+    import torch
+    from mlflow.models import infer_signature
+
+    with torch.no_grad():
+        output = model(torch.as_tensor(input_example)).numpy()
+    signature = infer_signature(input_example, output)
+    mlflow.log_artifacts(str(state_dir), STATE_DICT)
+    return mlflow.pytorch.log_model(
+        model,
+        name="encoder",
+        signature=signature,
+        input_example=input_example,
+        serialization_format=MODEL_FORMAT,
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+    )
+
+
+def register_version(model_uri: str, name: str, tags: dict[str, Any]) -> mlflow.entities.model_registry.ModelVersion:
+    import mlflow
+
+    return mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+
+
+def version_by_alias(name: str, alias: str) -> mlflow.entities.model_registry.ModelVersion | None:
+    """The version an alias points to, or None when the model or the alias does not exist yet."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def resolve_version(name: str, ref: str) -> mlflow.entities.model_registry.ModelVersion:
+    """A model version from an alias (`champion`) or a version number (`3`); a clear error otherwise."""
+    from mlflow.exceptions import MlflowException
+
+    from sslops.errors import SslopsError
+
+    try:
+        if str(ref).isdigit():
+            return client().get_model_version(name, str(ref))
+        return client().get_model_version_by_alias(name, str(ref))
+    except MlflowException as exc:
+        store = os.environ.get("MLFLOW_TRACKING_URI") or "the project store"
+        raise SslopsError(
+            f"model '{name}' has no version or alias '{ref}' in {store}: "
+            "run the register stage first (dvc repro register; `dvc repro -f register` if DVC thinks it is up to date, "
+            f"e.g. after pointing MLFLOW_TRACKING_URI at another store). ({exc.message})"
+        ) from None
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    client().set_registered_model_alias(name, alias, str(version))
+
+
+def set_version_tags(name: str, version: str, tags: dict[str, Any]) -> None:
+    for key, value in tags.items():
+        client().set_model_version_tag(name, str(version), key, str(value))
+
+
+def version_with_sha(name: str, sha256: str) -> mlflow.entities.model_registry.ModelVersion | None:
+    """The version of `name` already registered with these exact weights (tag encoder.sha256), if any."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client().search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    # Versions logged as pickles (before the pt2 format) are not reused: the same weights are registered anew.
+    matches = [v for v in versions if v.tags.get("encoder.sha256") == sha256 and v.tags.get(FORMAT_TAG) == MODEL_FORMAT]
+    return min(matches, key=lambda v: int(v.version)) if matches else None
+
+
+def search_versions(filter_string: str) -> list[mlflow.entities.model_registry.ModelVersion]:
+    return list(client().search_model_versions(filter_string))
+
+
+@contextlib.contextmanager
+def registered_encoder(name: str, ref: str, expected_sha256: str | None = None) -> Iterator[tuple[Path, Any, str]]:
+    """(folder, model version, sha256) of a registered version's plain state_dict files, for the block's duration.
+
+    `ref` is a version number or an alias. The folder holds encoder.pt and encoder.json; rebuild the encoder with
+    `sslops.ml.models.load_encoder_dir(folder, sha256)`, which checks the weights against the sha256 register
+    recorded on the version (and `expected_sha256` when the caller has one from the project, e.g.
+    metrics/register.json), so weights swapped on a shared server are refused. No pickle is loaded. Works for every
+    version sslops registered, also those logged as pickles before: all carry `state_dict/` in their register run.
+    """
+    import tempfile
+
+    import mlflow
+
+    from sslops.errors import SslopsError
+
+    version = resolve_version(name, ref)
+    run_id, tagged = version.tags.get("register.run_id"), version.tags.get("encoder.sha256")
+    if not run_id or not tagged:
+        raise SslopsError(
+            f"{name} version {version.version} was not registered by sslops (no register.run_id or encoder.sha256 "
+            "tag): its weights cannot be checked, so it is not loaded."
+        )
+    if expected_sha256 and expected_sha256 != tagged:
+        raise SslopsError(
+            f"{name} version {version.version} carries encoder sha256 {tagged[:12]}... but the project recorded "
+            f"{expected_sha256[:12]}... for it: the registry and the project disagree."
+        )
+    with tempfile.TemporaryDirectory(prefix="sslops-encoder-") as tmp:
+        folder = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=STATE_DICT, dst_path=tmp)
+        yield Path(folder), version, tagged

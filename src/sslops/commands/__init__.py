@@ -1,0 +1,1 @@
+"""User commands besides the stages: `sslops lineage`, `embed`, `report` and `fetch-data`."""

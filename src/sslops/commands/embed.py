@@ -1,0 +1,80 @@
+"""`sslops embed`: features of a folder of images from a registered encoder (inference for downstream use).
+
+The encoder is found through the registry (`models:/<name>@<alias>` or `models:/<name>/<version>`) and rebuilt
+from the version's plain state_dict, its sha256 checked against the version's tag: no pickle is loaded. Images
+are converted to the encoder's channel count and size (those it was pretrained on), and the result is written
+atomically as .npz with `paths` (relative to the folder) and `embeddings` (N x feature_dim, float32).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sslops.adapters import tracking
+from sslops.commands.lineage import parse_ref
+from sslops.data import images
+from sslops.errors import SslopsError
+from sslops.outputs.atomic import atomic_file
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def load_images(
+    folder: Path, channels: int, height: int, width: int, max_pixels: int
+) -> tuple[list[str], np.ndarray, dict[str, list[str]]]:
+    """Every image under `folder` (recursively, sorted) as uint8 NHWC at the encoder's input, and what was skipped.
+
+    Files are read by the same rules as prepare's ImageFolder reader (`sslops.data.images`); a file those rules
+    refuse is skipped, not fatal, and reported by reason (the third value: reason kind -> paths).
+    """
+    if not folder.is_dir():
+        raise SslopsError(f"{folder} is not a folder of images.")
+    candidates = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+    kept: list[str] = []
+    pixels: list[np.ndarray] = []
+    skipped: dict[str, list[str]] = {}
+    for path in candidates:
+        try:
+            images.check_path(path, folder)
+            pixels.append(images.read(path, channels, max_pixels, size=(height, width)))
+            kept.append(str(path.relative_to(folder)))
+        except images.ImageRejected as exc:
+            skipped.setdefault(exc.kind, []).append(f"{path.relative_to(folder)}: {exc.reason}")
+    if not kept:
+        reasons = "; ".join(f"{len(v)} {k}" for k, v in skipped.items())
+        raise SslopsError(
+            f"{folder} holds no readable images ({', '.join(sorted(IMAGE_SUFFIXES))})"
+            + (f": skipped {reasons}." if skipped else ".")
+        )
+    return kept, np.stack(pixels), skipped
+
+
+def embed_folder(model_uri: str, folder: Path, out: Path, max_pixels: int, batch_size: int = 512) -> dict:
+    import torch
+
+    from sslops.ml.models import load_encoder_dir
+    from sslops.ml.transfer import features
+
+    if not model_uri.startswith("models:/"):
+        raise SslopsError(
+            f"{model_uri!r} is not a registry URI: use models:/<name>@<alias> or models:/<name>/<version>."
+        )
+    name, ref = parse_ref(model_uri, "")
+    with tracking.registered_encoder(name, ref) as (state_dict, _, sha):
+        encoder, spec = load_encoder_dir(state_dict, sha)
+    height, width, channels = spec["image_shape"]
+    paths, batch, skipped = load_images(folder, channels, height, width, max_pixels)
+    for kind, files in skipped.items():
+        print(f"skipped {len(files)} file(s), {kind}: " + "; ".join(files[:3]) + (" ..." if len(files) > 3 else ""))
+    feats = features(encoder, batch, torch.device("cpu"), batch_size).numpy().astype(np.float32)
+    with atomic_file(out) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, paths=np.asarray(paths), embeddings=feats)
+    return {
+        "model": model_uri,
+        "images": len(paths),
+        "skipped": {kind: len(files) for kind, files in skipped.items()},
+        "dim": int(feats.shape[1]),
+        "out": str(out),
+    }

@@ -1,0 +1,284 @@
+"""One typed, validated config per params.yaml section.
+
+Why pydantic: it is already installed with MLflow, Prefect and Great Expectations (all three build on it), so
+it costs no new dependency, and it gives what hand-written checks did not: every value type- and
+range-checked in one declaration, unknown keys refused, and errors that carry the key's full path. The models
+declare types and ranges only, never defaults: every value comes from params.yaml, the single home of
+defaults, and a missing key is an error that names it.
+
+The ML core never sees these models or the params dict: a stage hands the core its own plain dataclass
+(`TrainConfig`, `BackboneConfig`, `AugmentParams`, ...) built from the validated values with `to_core`. This
+module imports nothing of the core, so loading a config stays cheap and DVC reruns a stage only for the code
+it runs (tests/test_architecture.py derives each stage's deps from its imports).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+
+PositiveInt = Annotated[StrictInt, Field(gt=0)]
+NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+Name = Annotated[str, Field(min_length=1)]
+Range = tuple[PositiveFloat, PositiveFloat]
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
+METHOD_NAMES = ("simclr", "moco", "byol", "mim", "rotation")
+Method = Literal["simclr", "moco", "byol", "mim", "rotation"]
+
+
+class Section(BaseModel):
+    """A params.yaml mapping: frozen, unknown keys refused, no defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def to_core(self, cls: type, **extra: Any) -> Any:
+        """The ML core's dataclass `cls`, filled from this section's values of the same names (plus `extra`)."""
+        return cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(cls) if f.name not in extra}, **extra)
+
+    def record(self) -> dict[str, Any]:
+        """What MLflow logs and lineage shows: the validated values that ran."""
+        return self.model_dump(mode="json")
+
+
+def _ordered(pair: tuple[float, float], name: str) -> None:
+    if pair[0] > pair[1]:
+        raise ValueError(f"{name} must be [low, high] with low <= high, got {list(pair)}")
+
+
+class TrackingParams(Section):
+    experiment: Name
+    http_timeout_s: PositiveFloat  # a tracking server: per-request timeout, and the reachability check at stage start
+    http_retries: NonNegativeInt  # a tracking server: retries of a failed request (MLflow backs off between them)
+
+
+class PrepareParams(Section):
+    format: Literal["idx", "imagefolder", "cifar10"]
+    root: Name
+    classes: list[Name]  # empty: taken from the data (imagefolder folders, CIFAR's batches.meta)
+    channels: Literal["auto", 1, 3]
+    unlabeled_dir: Name
+    max_pixels: PositiveInt  # imagefolder and `sslops embed`: larger images are refused before decoding
+
+
+class ValidateParams(Section):
+    splits: Annotated[list[Literal["train", "test", "unlabeled"]], Field(min_length=1)]
+    min_rows: NonNegativeInt
+    max_rows: PositiveInt
+    min_class_share: Probability
+    max_duplicate_share: Probability
+    max_blank_share: Probability
+    blank_std: NonNegativeFloat
+    max_leaked_test: NonNegativeInt
+    examples: NonNegativeInt
+
+    @model_validator(mode="after")
+    def _rows(self) -> ValidateParams:
+        if self.min_rows > self.max_rows:
+            raise ValueError(f"min_rows ({self.min_rows}) must not exceed max_rows ({self.max_rows})")
+        return self
+
+
+class AugmentParams(Section):
+    """`augment:` the cache's shape (views, seed, shard_size) and the augmentation recipe (the core's AugmentParams)."""
+
+    views: NonNegativeInt
+    seed: NonNegativeInt
+    shard_size: PositiveInt
+    size: PositiveInt | None
+    crop_scale: tuple[Probability, Probability]
+    crop_ratio: Range
+    flip_p: Probability
+    jitter_p: Probability
+    brightness: NonNegativeFloat
+    contrast: NonNegativeFloat
+    saturation: NonNegativeFloat
+    hue: Annotated[float, Field(ge=0, le=0.5)]
+    grayscale_p: Probability
+    blur_p: Probability
+    blur_sigma: Range
+    rotation: Annotated[float, Field(ge=0, le=180)]
+
+    @model_validator(mode="after")
+    def _check(self) -> AugmentParams:
+        if self.views == 1:
+            raise ValueError("views must be 0 (augment on the fly) or at least 2 (two different views per step), got 1")
+        if self.crop_scale[0] == 0:
+            raise ValueError("crop_scale must be within (0, 1], got a lower bound of 0")
+        for name in ("crop_scale", "crop_ratio", "blur_sigma"):
+            _ordered(getattr(self, name), name)
+        return self
+
+
+class SimCLRKnobs(Section):
+    proj_hidden: PositiveInt
+    proj_dim: PositiveInt
+    temperature: PositiveFloat
+
+
+class MoCoKnobs(Section):
+    proj_hidden: PositiveInt
+    proj_dim: PositiveInt
+    temperature: PositiveFloat
+    queue_size: PositiveInt
+    momentum: Annotated[float, Field(ge=0, lt=1)]
+
+
+class BYOLKnobs(Section):
+    proj_hidden: PositiveInt
+    proj_dim: PositiveInt
+    pred_hidden: PositiveInt
+    base_momentum: Annotated[float, Field(ge=0, lt=1)]
+
+
+class MIMKnobs(Section):
+    patch: PositiveInt
+    mask_ratio: Annotated[float, Field(gt=0, lt=1)]
+    dec_hidden: PositiveInt
+
+
+class RotationKnobs(Section):
+    hidden: PositiveInt
+
+
+class BackboneKnobs(Section):
+    name: Literal["small_cnn", "resnet18", "resnet34", "resnet50"]
+    width: PositiveInt
+    stem_width: PositiveInt | None
+    pool: PositiveInt
+    small_stem: StrictBool
+
+
+class MonitorKnn(Section):
+    k: PositiveInt
+    temperature: PositiveFloat
+    monitor_bank_size: PositiveInt | None
+
+
+class MonitorProbe(Section):
+    weight_decay: NonNegativeFloat
+    iterations: PositiveInt
+
+
+class PretrainParams(Section):
+    """`pretrain:` with the selected profile merged in (see `resolve_profile`): the values that ran."""
+
+    profile: Name
+    method: Method
+    simclr: SimCLRKnobs
+    moco: MoCoKnobs
+    byol: BYOLKnobs
+    mim: MIMKnobs
+    rotation: RotationKnobs
+    backbone: BackboneKnobs
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    optimizer: Literal["lars", "sgd", "adamw"]
+    base_lr: PositiveFloat
+    weight_decay: NonNegativeFloat
+    momentum: Annotated[float, Field(ge=0, lt=1)]
+    warmup_epochs: NonNegativeFloat
+    final_lr_fraction: Probability
+    amp: Literal["auto", "bf16", "fp16", "off"]
+    channels_last: StrictBool | Literal["auto"]
+    compile: StrictBool
+    device: Device
+    threads: PositiveInt | None
+    seed: NonNegativeInt
+    knn: MonitorKnn
+    probe: MonitorProbe
+
+    @property
+    def method_knobs(self) -> Section:
+        """The knobs of the method that runs (`pretrain.<method>`)."""
+        return getattr(self, self.method)
+
+    def record(self) -> dict[str, Any]:
+        """The resolved values that ran, with only the active method's knobs (the others did not run)."""
+        return self.model_dump(mode="json", exclude=set(METHOD_NAMES) - {self.method})
+
+
+class RegisterParams(Section):
+    model_name: Name
+    metric: Literal["linear_acc", "knn_acc"]
+    min_improvement: NonNegativeFloat
+
+
+class ProbeSearch(Section):
+    weight_decays: Annotated[list[NonNegativeFloat], Field(min_length=1)]
+    iterations: PositiveInt
+
+
+class Recipe(Section):
+    epochs: PositiveInt
+    max_steps: PositiveInt
+    batch_size: PositiveInt
+    lr: PositiveFloat
+    backbone_lr_scale: NonNegativeFloat
+    weight_decay: NonNegativeFloat
+    crop_scale: tuple[Probability, Probability]
+    flip_p: Probability
+
+    @model_validator(mode="after")
+    def _check(self) -> Recipe:
+        _ordered(self.crop_scale, "crop_scale")
+        return self
+
+
+class FinetuneParams(Section):
+    model: Name | NonNegativeInt  # registry alias or version number of register.model_name
+    fractions: Annotated[list[Annotated[float, Field(gt=0, le=1)]], Field(min_length=1)]
+    seed: NonNegativeInt
+    device: Device
+    probe: ProbeSearch
+    recipe: Recipe
+
+    @property
+    def budgets(self) -> list[float]:
+        """The label fractions, ascending and without repeats."""
+        return sorted(set(self.fractions))
+
+
+class KnnClassifier(Section):
+    k: PositiveInt
+    temperature: PositiveFloat
+
+
+class EvaluateParams(Section):
+    seed: NonNegativeInt
+    device: Device
+    knn: KnnClassifier
+    map_points: Annotated[StrictInt, Field(ge=2)]
+    perplexity: PositiveFloat
+
+
+class FlowParams(Section):
+    """`flow:` the Prefect deployment over the stages: schedule, retries and lock wait."""
+
+    cron: Name
+    timezone: Name
+    retries: NonNegativeInt
+    retry_delay_s: NonNegativeFloat
+    lock_timeout_s: NonNegativeFloat
+    mlflow_ui: Name
+
+    @property
+    def ui_base(self) -> str:
+        return self.mlflow_ui.rstrip("/")
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "tracking": TrackingParams,
+    "prepare": PrepareParams,
+    "validate": ValidateParams,
+    "augment": AugmentParams,
+    "pretrain": PretrainParams,
+    "register": RegisterParams,
+    "finetune": FinetuneParams,
+    "evaluate": EvaluateParams,
+    "flow": FlowParams,
+}

@@ -1,0 +1,87 @@
+"""Turn a raw params.yaml section into its typed config, or into one error message a person can act on.
+
+Each problem is named by its full key, the value found and what is allowed, e.g.
+`pretrain.epochs in params.yaml: must be greater than 0, got 0`, all problems of a section at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from sslops.config.schema import SECTIONS, Section
+from sslops.errors import SslopsError
+
+PROFILE, PROFILES = "profile", "profiles"
+REWORDED = {"Input should be": "must be", "String should": "must"}  # pydantic's phrasing, as a rule about the key
+
+
+def resolve_profile(raw: dict[str, Any]) -> dict[str, Any]:
+    """`pretrain:` with the selected profile (`pretrain.profile`) merged over it, `profiles` removed.
+
+    Mappings merge one level deep (`backbone: {name: resnet18}` keeps the other backbone keys); other values replace.
+    """
+    name, profiles = raw.get(PROFILE), raw.get(PROFILES)
+    if not isinstance(profiles, dict):
+        raise SslopsError(f"pretrain.{PROFILES} in params.yaml must be a mapping of profile names to overrides.")
+    if name not in profiles:
+        raise SslopsError(
+            f"pretrain.{PROFILE} in params.yaml: '{name}' is not one of pretrain.{PROFILES}: "
+            f"{', '.join(map(str, profiles)) or 'none'}."
+        )
+    merged = {k: v for k, v in raw.items() if k != PROFILES}
+    for key, value in (profiles[name] or {}).items():
+        base = merged.get(key)
+        merged[key] = {**base, **value} if isinstance(value, dict) and isinstance(base, dict) else value
+    return merged
+
+
+def parse_section(name: str, raw: dict[str, Any], source: str = "params.yaml") -> Section:
+    """Validate section `name`; the pretrain section is validated once per profile, so no profile hides an error."""
+    model = SECTIONS[name]
+    if name != "pretrain":
+        return _validate(model, raw, name, source)
+    profiles = raw.get(PROFILES) if isinstance(raw.get(PROFILES), dict) else {}
+    named = {p: p if profiles.get(p) else None for p in profiles}  # an empty profile changes nothing worth naming
+    selected = _validate(model, resolve_profile(raw), name, source, named.get(raw.get(PROFILE)))
+    for profile in profiles:
+        if profile != raw.get(PROFILE):
+            _validate(model, resolve_profile({**raw, PROFILE: profile}), name, source, named[profile])
+    return selected
+
+
+def _validate(
+    model: type[Section], values: dict[str, Any], name: str, source: str, profile: str | None = None
+) -> Section:
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        where = f" (with pretrain.profiles.{profile} merged in)" if profile else ""
+        problems = [_describe(model, err, name, source) + where for err in exc.errors()]
+        raise SslopsError("\n".join(problems)) from None
+
+
+def _describe(model: type[BaseModel], err: Any, section: str, source: str) -> str:
+    loc = [str(part) for part in err["loc"]]
+    key = ".".join([section, *loc])
+    kind, value = err["type"], err.get("input")
+    if kind == "extra_forbidden":
+        known = _fields_at(model, err["loc"][:-1])
+        return f"{key} in {source}: unknown key (known: {', '.join(known)})"
+    if kind == "missing":
+        return f"{key} in {source}: missing; every knob needs a value in {source} (the only place defaults live)"
+    message = err["msg"].removeprefix("Value error, ")
+    for said, meant in REWORDED.items():
+        message = message.replace(said, meant, 1)
+    return f"{key} in {source}: {message}, got {value!r}"
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the (nested) model at `loc`, for 'unknown key' messages."""
+    for part in loc:
+        annotation = model.model_fields[str(part)].annotation if str(part) in model.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)

@@ -1,0 +1,108 @@
+"""Reading image files a user hands over: bounded, confined to the data folder, converted by one documented rule.
+
+Used by the ImageFolder reader (prepare) and by `sslops embed`, so both refuse the same files with the same named
+errors (`ImageRejected`):
+
+- a file whose header declares more than `max_pixels` pixels is refused before it is decoded (a decompression
+  bomb decodes a few kilobytes into gigabytes);
+- a path that leaves the data folder through a symbolic link, or that is not a regular file (a FIFO would block
+  the reader), is refused; a file name that is not valid UTF-8 is refused (it cannot be recorded in the manifest);
+- colour modes are converted, never reinterpreted: EXIF orientation is applied first; 16-bit images are rescaled
+  (value × 255 / 65535, rounded), not clipped; a palette is expanded; alpha is composited onto `BACKGROUND`
+  (white); CMYK and YCbCr are converted to RGB; the result is then made grayscale (ITU-R 601-2 luma) or RGB.
+"""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from sslops.errors import SslopsError
+
+BACKGROUND = (255, 255, 255)  # what transparent pixels become
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+SIXTEEN_BIT = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+
+
+class ImageRejected(SslopsError):
+    """An image file that is not read, with the reason; `embed` skips these, `prepare` stops on them."""
+
+    def __init__(self, path: Path, reason: str, kind: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason, self.kind = path, reason, kind
+
+
+def check_path(path: Path, root: Path) -> None:
+    """Refuse a path that escapes `root` through a link, is not a regular file, or has a non-UTF-8 name."""
+    try:
+        str(path.relative_to(root)).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ImageRejected(path, "the file name is not valid UTF-8; rename the file", "name") from None
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise ImageRejected(path, f"a symbolic link to {resolved}, outside the data folder {root}", "link") from None
+    mode = resolved.stat().st_mode
+    if not stat.S_ISREG(mode):
+        raise ImageRejected(path, "not a regular file (a FIFO, device or socket)", "not-a-file")
+
+
+def header(path: Path, max_pixels: int) -> tuple[int, int, str]:
+    """(height, width, mode) from the file header, without decoding the pixels; refuses oversized images."""
+    try:
+        with Image.open(path) as img:
+            height, width, mode = img.height, img.width, img.mode
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, far above max_pixels
+        raise ImageRejected(path, f"refused before decoding: {exc}", "too-large") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ImageRejected(path, f"cannot be read as an image ({exc})", "unreadable") from None
+    if height * width > max_pixels:
+        raise ImageRejected(
+            path,
+            f"{width}x{height} = {height * width:,} pixels, more than prepare.max_pixels ({max_pixels:,}): refused "
+            "before decoding (a decompression bomb, or an image far larger than training needs)",
+            "too-large",
+        )
+    return height, width, mode
+
+
+def is_gray(mode: str) -> bool:
+    return mode in GRAY_MODES
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit (or 32-bit integer) grayscale image rescaled to 8 bits; a float image clipped to 0..255."""
+    if img.mode in SIXTEEN_BIT:
+        values = np.asarray(img, dtype=np.float64)
+        return Image.fromarray(np.rint(np.clip(values, 0, 65535) * (255 / 65535)).astype(np.uint8), "L")
+    if img.mode == "F":
+        return Image.fromarray(np.rint(np.clip(np.asarray(img), 0, 255)).astype(np.uint8), "L")
+    return img
+
+
+def _flatten_alpha(img: Image.Image) -> Image.Image:
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        img = Image.alpha_composite(canvas, rgba).convert("RGB")
+    return img
+
+
+def read(path: Path, channels: int, max_pixels: int, size: tuple[int, int] | None = None) -> np.ndarray:
+    """uint8 pixels (H, W, channels) of one image, converted by the module's rule; resized to `size` (H, W) if set."""
+    header(path, max_pixels)
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            img = _flatten_alpha(_to_8bit(img))
+            img = img.convert("L" if channels == 1 else "RGB")
+            if size is not None and img.size != (size[1], size[0]):
+                img = img.resize((size[1], size[0]), Image.BILINEAR)
+            pixels = np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageRejected(path, f"corrupt or truncated image ({exc})", "unreadable") from None
+    return pixels.reshape(pixels.shape[0], pixels.shape[1], channels)

@@ -1,0 +1,61 @@
+"""One pipeline run at a time per project: an exclusive lock that a second run waits for, up to a limit.
+
+Runs share the DVC workspace, params.yaml (overrides) and the MLflow store, so they must not overlap. DVC's own
+repository lock is held per DVC command only, not across the stages of a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from sslops.errors import SslopsError
+
+LOCK_PATH = Path(".dvc") / "tmp" / "sslops-pipeline.lock"  # .dvc/tmp is DVC's own git-ignored scratch
+
+
+class PipelineBusy(SslopsError):
+    """Another pipeline run held the project lock for longer than the configured wait."""
+
+
+@contextlib.contextmanager
+def project_lock(root: Path, timeout_s: float, holder: str, on_wait: Callable[[str], None]) -> Iterator[None]:
+    """Hold the project's pipeline lock; wait up to `timeout_s` for a run that holds it, then fail.
+
+    An OS file lock (flock), so it is released when its holder exits, even after kill -9; the file
+    names the holder for the error message. `timeout_s=0` fails at once.
+    """
+    path = root / LOCK_PATH
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        deadline = time.monotonic() + timeout_s
+        waiting = False
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                fh.seek(0)
+                other = fh.read().strip() or "an unknown process"
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise PipelineBusy(
+                        f"another pipeline run holds {path} ({other}); waited {timeout_s:g} s "
+                        f"(flow.lock_timeout_s in params.yaml) and gave up without touching the workspace."
+                    ) from None
+                if not waiting:
+                    on_wait(f"waiting up to {timeout_s:g} s for the pipeline lock held by {other}")
+                    waiting = True
+                time.sleep(min(1.0, left))
+        fh.truncate(0)
+        fh.write(f"{holder}, pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.truncate(0)
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -1,0 +1,145 @@
+"""Ad-hoc params.yaml overrides for one flow run, applied by the rules of `dvc exp run -S` and undone afterwards.
+
+DVC 3.67.1 has no public way to only edit params: `dvc exp run -S` also runs the whole pipeline in one command
+(the flow runs stages one by one), and the `-S` parser behind it lives in private modules (`dvc.utils.cli_parse`,
+`dvc.utils.hydra`). The edit itself is small, since overrides arrive as JSON values rather than as strings to
+parse: set keys that already exist (the `-S` rule, so a typo fails before any stage runs). It is done with
+ruamel.yaml's round-trip mode, the library and mode DVC itself writes params files with, so comments and key
+order stay. Going through JSON values also avoids two faults of the `-S` route (checked with DVC 3.67.1): a
+non-ASCII string arrived as literal `\\u00e9` escapes, and a string like `off` was written bare, which the
+stages' YAML 1.1 reader (PyYAML) loads as a bool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from sslops.config import flatten
+from sslops.config.validation import parse_section
+from sslops.errors import SslopsError
+
+PARAMS_FILE = "params.yaml"
+BACKUP_DIR = Path(".dvc") / "tmp" / "sslops-params-backup"  # .dvc/tmp is DVC's own git-ignored scratch
+
+
+def override_args(overrides: Mapping[str, Any]) -> list[str]:
+    """`{"pretrain.epochs": 50}` as `dvc exp run -S` would take it (`pretrain.epochs=50`), for people to read.
+
+    Nested mappings become dotted keys, because DVC's override grammar has no JSON objects.
+    """
+    return [f"{key}={json.dumps(value)}" for key, value in flatten(dict(overrides)).items()]
+
+
+def check_overrides(path: Path, overrides: Mapping[str, Any]) -> None:
+    """Refuse overrides that the stages would refuse, before params.yaml is touched: each key must exist, and each
+    section they change must still validate (types, ranges) by the same rules the stages apply at their start.
+
+    Whoever can reach the flow's API chooses the overrides, so nothing unchecked gets into params.yaml.
+    """
+    import yaml
+
+    params = yaml.safe_load(path.read_text(encoding="utf-8"))
+    changed = set()
+    for key, value in flatten(dict(overrides)).items():
+        *parents, leaf = key.split(".")
+        node = params
+        try:
+            for part in parents:
+                node = node[int(part)] if isinstance(node, list) else node[part]
+            if isinstance(node, list):
+                node[int(leaf)] = value
+            elif isinstance(node, dict) and leaf in node:
+                node[leaf] = value
+            else:
+                raise KeyError(leaf)
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise _missing(key, path) from None
+        changed.add(key.split(".")[0])
+    for section in sorted(changed):
+        try:
+            parse_section(section, params[section], path.name)
+        except SslopsError as exc:
+            raise SslopsError(f"override refused, the stages would reject it: {exc}") from None
+
+
+def _missing(key: str, path: Path) -> SslopsError:
+    return SslopsError(
+        f"cannot override '{key}': {path.name} has no such key (as with `dvc exp run -S`, "
+        f"only keys that exist in {path.name} can be set)"
+    )
+
+
+def _apply(path: Path, overrides: Mapping[str, Any]) -> None:
+    """Set each dotted key of `overrides` (which must exist, down to list indices) in the YAML file `path`."""
+    from ruamel.yaml import YAML
+
+    yaml = YAML()  # round-trip, as DVC's modify_yaml: keeps comments, key order and quoting
+    yaml.default_flow_style = False
+    data = yaml.load(path.read_text(encoding="utf-8"))
+    for key, value in flatten(dict(overrides)).items():
+        *parents, leaf = key.split(".")
+        node = data
+        try:
+            for part in parents:
+                node = node[int(part)] if isinstance(node, list) else node[part]
+            if isinstance(node, list):
+                node[int(leaf)] = _quoted(value)
+            elif isinstance(node, dict) and leaf in node:
+                node[leaf] = _quoted(value)
+            else:
+                raise KeyError(leaf)
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise _missing(key, path) from None
+    with path.open("w", encoding="utf-8") as fh:
+        yaml.dump(data, fh)
+
+
+def _quoted(value: Any) -> Any:
+    """`value` with its strings double-quoted, so that YAML 1.1 (PyYAML, the stages) and 1.2 (ruamel, DVC) both
+    read them back as strings: bare, `off` or `12:30` would be a bool or a number to PyYAML."""
+    from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+
+    if isinstance(value, str):
+        return DoubleQuotedScalarString(value)
+    if isinstance(value, list):
+        return [_quoted(item) for item in value]
+    return value
+
+
+@contextlib.contextmanager
+def overridden_params(root: Path, overrides: Mapping[str, Any], warn: Callable[[str], None]) -> Iterator[None]:
+    """params.yaml with `overrides` applied for the duration of the block, then restored byte for byte.
+
+    The original is also copied to .dvc/tmp, so a run killed mid-way is undone by the next run
+    (which holds the project lock, so no other run can be using it).
+    """
+    backup = root / BACKUP_DIR
+    _restore(root, backup, warn)
+    if not overrides:
+        yield
+        return
+    check_overrides(root / PARAMS_FILE, overrides)
+    backup.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(root / PARAMS_FILE, backup / PARAMS_FILE)
+    try:
+        _apply(root / PARAMS_FILE, overrides)
+        yield
+    finally:
+        _restore(root, backup)
+
+
+def _restore(root: Path, backup: Path, warn: Callable[[str], None] | None = None) -> None:
+    """Copy every backed-up params file back into the project and drop the backup."""
+    if not backup.is_dir():
+        return
+    for saved in (p for p in backup.rglob("*") if p.is_file()):
+        name = saved.relative_to(backup)
+        if warn:
+            warn(f"restoring {name}, left overridden by an interrupted run")
+        shutil.copyfile(saved, root / name)
+    shutil.rmtree(backup)

@@ -1,0 +1,192 @@
+"""The architecture as tests: layers import downwards only, each MLOps tool has one adapter, and every dvc.yaml
+stage lists as deps the sslops modules its command runs (derived from the import graph, docs/architecture.md).
+
+Imports are read from the source (every `import` statement, also those inside functions, which run when the
+stage does; `if TYPE_CHECKING:` blocks are skipped), so the tests need none of the heavy packages.
+"""
+
+from __future__ import annotations
+
+import ast
+from functools import cache
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "src"
+PACKAGE = SRC / "sslops"
+
+# Bottom to top. A module may import sslops modules of its own layer and of the layers below it only.
+LAYERS = [
+    ("base", ("sslops.errors", "sslops.env", "sslops.outputs")),
+    ("core", ("sslops.data", "sslops.ml")),
+    ("config", ("sslops.config",)),
+    ("adapters", ("sslops.adapters",)),
+    ("stages", ("sslops.stages",)),
+    ("commands", ("sslops.commands",)),
+    ("orchestration", ("sslops.orchestration",)),
+    ("cli", ("sslops.cli", "sslops.__main__")),
+]
+# A module may import its own layer, except these (stages are independent of each other).
+NO_SIBLING_IMPORTS = {"stages"}
+# Third-party packages that only one place may import.
+OWNERS = {
+    "mlflow": ("sslops.adapters.tracking",),
+    "great_expectations": ("sslops.adapters.expectations",),
+    "prefect": (),  # only flows/, outside the package
+    "pydantic": ("sslops.config",),
+    "dvc": ("sslops.orchestration",),
+}
+MLOPS = ("mlflow", "great_expectations", "prefect", "dvc", "pydantic", "yaml")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def module_file(name: str) -> Path | None:
+    base = SRC.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+@cache
+def imports(path: Path) -> frozenset[str]:
+    """Every module `path` imports at run time: `from a import b` yields a.b when that is a module, else a."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if _is_type_checking(node):
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            subs = [f"{node.module}.{alias.name}" for alias in node.names]
+            modules = [s for s in subs if s.startswith("sslops.") and module_file(s)]
+            found.update(modules or [node.module])
+            if len(modules) < len(subs):
+                found.add(node.module)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return frozenset(found)
+
+
+def sslops_modules() -> dict[str, Path]:
+    return {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def layer_of(module: str) -> int:
+    for index, (_, prefixes) in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return index
+    raise AssertionError(f"{module} belongs to no layer: add it to LAYERS and docs/architecture.md")
+
+
+def closure(start: str) -> set[Path]:
+    """The files of every sslops module `start` reaches through imports, itself included."""
+    seen: set[Path] = set()
+    todo = [start]
+    while todo:
+        path = module_file(todo.pop())
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        todo += [m for m in imports(path) if m.startswith("sslops")]
+    return seen
+
+
+def test_every_module_is_in_a_layer_and_imports_downwards_only() -> None:
+    problems = []
+    for name, path in sslops_modules().items():
+        if name == "sslops":
+            continue
+        own = layer_of(name)
+        for target in (m for m in imports(path) if m.startswith("sslops.")):
+            there = layer_of(target)
+            same_package = target.split(".")[:3] == name.split(".")[:3]
+            if there > own or (there == own and LAYERS[own][0] in NO_SIBLING_IMPORTS and not same_package):
+                problems.append(f"{name} ({LAYERS[own][0]}) imports {target} ({LAYERS[there][0]})")
+    assert not problems, "imports against the layering:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("package", OWNERS)
+def test_each_mlops_package_is_imported_by_its_adapter_only(package: str) -> None:
+    owners = OWNERS[package]
+    offenders = sorted(
+        name
+        for name, path in sslops_modules().items()
+        if any(m == package or m.startswith(package + ".") for m in imports(path))
+        and not any(name == o or name.startswith(o + ".") for o in owners)
+    )
+    assert not offenders, f"{package} imported outside {owners or 'flows/'}: {offenders}"
+
+
+def test_ml_core_imports_no_mlops_package() -> None:
+    core = {n: p for n, p in sslops_modules().items() if n.startswith(("sslops.ml", "sslops.data"))}
+    offenders = {n: sorted(m for m in imports(p) if m.split(".")[0] in MLOPS) for n, p in core.items()}
+    assert not {n: m for n, m in offenders.items() if m}
+
+
+def test_only_flows_import_prefect() -> None:
+    flows = {p for p in (REPO / "flows").glob("*.py") if any(m.startswith("prefect") for m in imports(p))}
+    assert flows, "flows/ no longer imports prefect: update OWNERS"
+    others = [
+        p
+        for p in (*PACKAGE.rglob("*.py"), *(REPO / "bench").glob("*.py"))
+        if any(m.split(".")[0] == "prefect" for m in imports(p))
+    ]
+    assert not others
+
+
+def test_orchestration_imports_neither_the_cli_nor_stages_nor_commands() -> None:
+    """It drives the stages through DVC, in child processes: importing them (or the CLI) would load their imports
+    into the flow's process and couple the scheduler to stage code."""
+    forbidden = ("sslops.cli", "sslops.stages", "sslops.commands")
+    offenders = {
+        name: sorted(m for m in imports(path) if m.startswith(forbidden))
+        for name, path in sslops_modules().items()
+        if name.startswith("sslops.orchestration")
+    }
+    assert not {n: m for n, m in offenders.items() if m}
+
+
+def stage_deps() -> dict[str, tuple[str, list[str]]]:
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    return {
+        name: (s["cmd"], [d if isinstance(d, str) else next(iter(d)) for d in s.get("deps", [])])
+        for name, s in stages.items()
+    }
+
+
+def missing_deps(cmd: str, deps: list[str]) -> list[str]:
+    """Files of sslops modules that `python -m sslops <stage>` runs and no dep of the stage covers."""
+    assert cmd.startswith("python -m sslops "), f"unexpected stage command {cmd!r}"
+    stage = cmd.split()[3]
+    needed = closure(f"sslops.stages.{stage}")
+    rel = sorted(str(p.relative_to(REPO)) for p in needed)
+    return [f for f in rel if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)]
+
+
+@pytest.mark.parametrize("stage", list(stage_deps()))
+def test_each_stage_depends_on_the_code_it_runs(stage: str) -> None:
+    cmd, deps = stage_deps()[stage]
+    missing = missing_deps(cmd, deps)
+    assert not missing, f"dvc.yaml stage {stage} runs code it does not list as deps: {missing}"
+
+
+def test_the_dep_check_sees_a_new_import(tmp_path: Path) -> None:
+    """The check above is only as good as the import graph: a dep list without a module the stage imports fails."""
+    cmd, deps = stage_deps()["register"]
+    assert not missing_deps(cmd, deps)
+    assert "src/sslops/ml/models.py" in missing_deps(cmd, [d for d in deps if not d.startswith("src/sslops/ml")])

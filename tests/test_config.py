@@ -1,0 +1,225 @@
+"""params.yaml → one typed, validated config per section: types, ranges and unknown keys named before any work,
+profiles resolved once, defaults in params.yaml only, and what a run records is what ran."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from sslops.config import Project
+from sslops.config.schema import SECTIONS
+from sslops.config.validation import parse_section, resolve_profile
+from sslops.errors import SslopsError
+
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def section(name: str, **changes) -> dict:
+    """The repository's params.yaml section `name` with dotted-key `changes` applied."""
+    values = copy.deepcopy(PARAMS[name])
+    for dotted, value in changes.items():
+        *path, last = dotted.split("__")
+        node = values
+        for key in path:
+            node = node[key]
+        node[last] = value
+    return values
+
+
+def test_the_repository_params_validate() -> None:
+    project = Project(REPO)
+    assert set(PARAMS) == set(SECTIONS)
+    for name in SECTIONS:
+        assert project.config(name) is project.config(name)  # validated once per process
+
+
+# The bad values an audit found (issue 11), one per kind, and the message each now gives.
+BAD = [
+    ("pretrain", {"epochs": 0}, "pretrain.epochs in params.yaml: must be greater than 0, got 0"),
+    ("pretrain", {"batch_size": 0}, "pretrain.batch_size in params.yaml: must be greater than 0, got 0"),
+    ("pretrain", {"batch_size": -256}, "pretrain.batch_size in params.yaml: must be greater than 0, got -256"),
+    ("pretrain", {"epochs": 2.5}, "pretrain.epochs in params.yaml: must be a valid integer, got 2.5"),
+    ("pretrain", {"amp": "fp8"}, "pretrain.amp in params.yaml: must be 'auto', 'bf16', 'fp16' or 'off', got 'fp8'"),
+    ("pretrain", {"backbone__poool": 2}, "pretrain.backbone.poool in params.yaml: unknown key (known: name, width"),
+    ("augment", {"shard_size": 0}, "augment.shard_size in params.yaml: must be greater than 0, got 0"),
+    ("augment", {"flip_p": 1.5}, "augment.flip_p in params.yaml: must be less than or equal to 1, got 1.5"),
+    ("augment", {"views": 1}, "augment in params.yaml: views must be 0 (augment on the fly) or at least 2"),
+    ("augment", {"crop_scale": [0.9, 0.2]}, "crop_scale must be [low, high] with low <= high, got [0.9, 0.2]"),
+    ("finetune", {"recipe__batch_size": 0}, "finetune.recipe.batch_size in params.yaml: must be greater than 0, got 0"),
+    ("finetune", {"fractions": [0.0, 1.5]}, "finetune.fractions.0 in params.yaml: must be greater than 0, got 0.0"),
+    ("finetune", {"knn": {"k": 200}}, "finetune.knn in params.yaml: unknown key (known: model, fractions, seed"),
+    ("register", {"min_improvement": "a lot"}, "register.min_improvement in params.yaml: must be a valid number"),
+    ("register", {"min_improvement": -0.1}, "register.min_improvement in params.yaml: must be greater than or equal"),
+    ("prepare", {"classes": "T-shirt, Trouser"}, "prepare.classes in params.yaml: must be a valid list"),
+    ("validate", {"min_class_share": 2}, "validate.min_class_share in params.yaml: must be less than or equal to 1"),
+    ("validate", {"min_rows": 10, "max_rows": 5}, "min_rows (10) must not exceed max_rows (5)"),
+    ("evaluate", {"device": "gpu"}, "evaluate.device in params.yaml: must match pattern"),
+]
+
+
+@pytest.mark.parametrize(("name", "changes", "message"), BAD, ids=[f"{n}-{next(iter(c))}" for n, c, _ in BAD])
+def test_bad_values_are_named_with_key_value_and_what_is_allowed(name: str, changes: dict, message: str) -> None:
+    with pytest.raises(SslopsError) as info:
+        parse_section(name, section(name, **changes))
+    assert message in str(info.value)
+
+
+def test_a_missing_key_is_named_and_there_is_no_default_to_fall_back_on() -> None:
+    values = section("pretrain")
+    del values["epochs"]
+    with pytest.raises(SslopsError, match=r"pretrain.epochs in params.yaml: missing; every knob needs a value"):
+        parse_section("pretrain", values)
+
+
+def test_every_problem_of_a_section_is_reported_at_once() -> None:
+    with pytest.raises(SslopsError) as info:
+        parse_section("pretrain", section("pretrain", epochs=0, batch_size=0, optimizer="adam"))
+    assert [line.split(" in ")[0] for line in str(info.value).splitlines()] == [
+        "pretrain.epochs",
+        "pretrain.batch_size",
+        "pretrain.optimizer",
+    ]
+
+
+def test_an_error_in_a_profile_that_is_not_selected_is_still_found() -> None:
+    values = section("pretrain")
+    values["profiles"]["gpu"]["epochs"] = 0
+    with pytest.raises(SslopsError, match=r"pretrain.epochs .*got 0 \(with pretrain.profiles.gpu merged in\)"):
+        parse_section("pretrain", values)
+
+
+def test_an_unknown_profile_is_named() -> None:
+    with pytest.raises(SslopsError, match="'tpu' is not one of pretrain.profiles: cpu, gpu"):
+        parse_section("pretrain", section("pretrain", profile="tpu"))
+
+
+def test_the_profile_is_resolved_once_and_the_record_is_what_runs() -> None:
+    cfg = parse_section("pretrain", section("pretrain", profile="gpu"))
+    gpu = PARAMS["pretrain"]["profiles"]["gpu"]
+    assert (cfg.epochs, cfg.batch_size, cfg.backbone.name, cfg.amp) == (200, 512, "resnet18", "bf16")
+    assert cfg.backbone.pool == gpu["backbone"]["pool"]
+    assert cfg.backbone.width == PARAMS["pretrain"]["backbone"]["width"]  # one-level merge keeps the other keys
+    record = cfg.record()
+    assert record["epochs"] == 200 and record["backbone"]["name"] == "resnet18" and record["profile"] == "gpu"
+    assert "profiles" not in record
+    assert "simclr" in record and not {"moco", "byol", "mim", "rotation"} & set(record)  # only the knobs that ran
+
+
+def test_resolve_profile_merges_mappings_one_level_deep() -> None:
+    raw = {"profile": "p", "a": 1, "m": {"x": 1, "y": 2}, "profiles": {"p": {"a": 5, "m": {"y": 3}}}}
+    assert resolve_profile(raw) == {"profile": "p", "a": 5, "m": {"x": 1, "y": 3}}
+
+
+def test_yaml_numbers_written_without_a_dot_are_read_as_numbers() -> None:
+    """YAML 1.1 reads `5e-4` as a string; the typed config coerces it rather than failing deep in the optimiser."""
+    cfg = parse_section("pretrain", section("pretrain", weight_decay="5e-4"))
+    assert cfg.weight_decay == 5e-4
+
+
+def test_core_dataclasses_are_filled_from_params_only() -> None:
+    """Every field of the ML core's configs comes from a params.yaml key of the same name (no hidden default)."""
+    from sslops.ml.augment import AugmentConfig
+    from sslops.ml.methods import METHOD_CONFIGS
+    from sslops.ml.models import BackboneConfig
+    from sslops.ml.train import TrainConfig
+    from sslops.ml.transfer import FinetuneConfig
+
+    project = Project(REPO)
+    pretrain, finetune = project.config("pretrain"), project.config("finetune")
+    assert project.config("augment").to_core(AugmentConfig).crop_scale == tuple(PARAMS["augment"]["crop_scale"])
+    assert pretrain.to_core(TrainConfig).base_lr == PARAMS["pretrain"]["base_lr"]
+    assert pretrain.backbone.to_core(BackboneConfig, in_channels=1).stem_width == 16
+    assert finetune.recipe.to_core(FinetuneConfig, seed=finetune.seed).max_steps == 300
+    for name, cls in METHOD_CONFIGS.items():
+        assert getattr(pretrain, name).to_core(cls) == cls(**PARAMS["pretrain"][name])
+
+
+def test_the_cli_defaults_agree_with_params() -> None:
+    """The two defaults code must have (command-line options) name what params.yaml names."""
+    from sslops.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["fetch-data"]).target == PARAMS["prepare"]["root"]
+    assert parser.parse_args(["embed", "x"]).model == f"models:/{PARAMS['register']['model_name']}@champion"
+
+
+def test_an_unknown_section_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**PARAMS, "pretrian": {"epochs": 1}}))
+    with pytest.raises(SslopsError, match="unknown section.*pretrian"):
+        Project(tmp_path).config("pretrain")
+
+
+@pytest.mark.parametrize(
+    ("stage", "key", "value", "message"),
+    [
+        ("pretrain", "epochs", 0, "pretrain.epochs in params.yaml: must be greater than 0, got 0"),  # range
+        ("prepare", "classes", "T-shirt", "prepare.classes in params.yaml: must be a valid list"),  # type
+        ("augment", "colour", 0.4, "augment.colour in params.yaml: unknown key"),  # unknown key
+    ],
+)
+def test_a_stage_with_a_bad_value_exits_2_without_traceback_and_writes_nothing(
+    tmp_path: Path, stage: str, key: str, value: object, message: str
+) -> None:
+    params = copy.deepcopy(PARAMS)
+    params[stage][key] = value
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    before = sorted(p.name for p in tmp_path.iterdir())
+    done = subprocess.run(
+        [sys.executable, "-m", "sslops", stage],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "SSLOPS_ROOT": str(tmp_path), "HOME": str(tmp_path)},
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no mlflow/, artifacts/ or metrics/
+
+
+@pytest.mark.integration
+def test_a_gpu_profile_run_records_and_shows_what_ran(project) -> None:
+    """The audit's case: a `pretrain.profile=gpu` run logged the CPU backbone, batch size and epochs of the raw
+    section. The equivalent of `dvc exp run -S pretrain.profile=gpu -S pretrain.device=cpu` on tiny data (the
+    profile made small enough for 80 images): the MLflow run and `sslops lineage` show the resolved values."""
+    from conftest import mlflow_runs
+    from sslops.cli import main
+    from sslops.commands.lineage import format_model_chain, model_chain
+
+    params = yaml.safe_load(project.params_file.read_text())
+    params["pretrain"]["profile"] = "gpu"
+    params["pretrain"]["profiles"]["gpu"] = {
+        "backbone": {"name": "resnet18", "small_stem": True, "pool": 1},
+        "epochs": 2,
+        "batch_size": 32,
+        "amp": "off",
+    }
+    params["pretrain"]["device"] = "cpu"
+    project.params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    for stage in ("prepare", "validate", "augment", "pretrain", "register"):
+        assert main([stage]) == 0, stage
+    run = next(r for r in mlflow_runs(project.root) if r.info.run_name == "pretrain")
+    logged = run.data.params
+    assert (logged["pretrain.backbone.name"], logged["pretrain.batch_size"], logged["pretrain.epochs"]) == (
+        "resnet18",
+        "32",
+        "2",
+    )
+    assert logged["pretrain.profile"] == "gpu" and logged["pretrain.amp"] == "off"
+    assert not [k for k in logged if k.startswith(("pretrain.profiles", "pretrain.moco", "pretrain.byol"))]
+    from sslops.adapters import tracking
+
+    tracking.connect(project)
+    chain = model_chain(project, "champion")
+    assert chain["pretrain"]["params"]["pretrain.backbone.name"] == "resnet18"
+    text = format_model_chain(chain)
+    assert (
+        "pretrain.backbone.name=resnet18" in text and "pretrain.epochs=2" in text and "pretrain.batch_size=32" in text
+    )

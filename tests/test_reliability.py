@@ -1,0 +1,347 @@
+"""Faults and hostile input (docs/reliability.md): nothing runs code it did not ship, nothing stale is published,
+a bad file gets a named error instead of a traceback or a full memory."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import set_param, write_cifar
+from sslops.data.cifar import UnsafePickleError, plan_cifar10
+from sslops.data.idx import read_idx, write_idx
+from sslops.errors import SslopsError
+from sslops.ml.train import load_checkpoint, save_checkpoint
+
+
+class _RunsCode:
+    """A pickle payload that runs a shell command when loaded, as a crafted CIFAR batch would."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_cifar_batch_that_would_run_code_is_refused_and_runs_nothing(tmp_path: Path) -> None:
+    write_cifar(tmp_path / "cifar")
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "cifar" / "data_batch_1", "wb") as fh:
+        pickle.dump({b"data": _RunsCode(marker), b"labels": [0]}, fh)
+    with pytest.raises(UnsafePickleError, match=r"data_batch_1: refused to load: the file names `(posix|os)\.system`"):
+        plan_cifar10(tmp_path / "cifar", [])
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_real_cifar_batches_still_load_under_the_restricted_unpickler(tmp_path: Path, protocol: int) -> None:
+    write_cifar(tmp_path / "cifar")
+    rows = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    with open(tmp_path / "cifar" / "test_batch", "wb") as fh:
+        pickle.dump({b"batch_label": b"testing", b"data": rows, b"labels": [3, 4]}, fh, protocol=protocol)
+    plan = plan_cifar10(tmp_path / "cifar", [])
+    test = next(p for p in plan.parts if p.split == "test")
+    assert test.labels.tolist() == [3, 4] and np.array_equal(test.load()[1, 0, 0], rows[1, [0, 1024, 2048]])
+
+
+def test_an_idx_gzip_bomb_is_refused_before_it_is_decompressed(tmp_path: Path) -> None:
+    """A header that promises more than the compressed file can hold is refused without decompressing anything."""
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    header = bytes([0, 0, 8, 3]) + b"".join(int(d).to_bytes(4, "big") for d in (1_000_000, 1000, 1000))
+    with gzip.open(path, "wb") as fh:  # 1 TB promised; a few KB of zeros actually there
+        fh.write(header + bytes(1 << 20))
+    with pytest.raises(SslopsError, match=r"header declares shape \(1000000, 1000, 1000\).*more than a file of"):
+        read_idx(path)
+
+
+def test_an_idx_file_is_read_only_as_far_as_its_header_promises(tmp_path: Path) -> None:
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    write_idx(path, np.arange(10, dtype=np.uint8))
+    assert read_idx(path).tolist() == list(range(10))
+    with gzip.open(path, "wb") as fh:  # ten labels promised, 100 MB of trailing zeros behind them
+        fh.write(bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big") + bytes(10) + bytes(100 << 20))
+    with pytest.raises(SslopsError, match="header declares shape \\(10,\\) .* but more \\(trailing data\\) follow"):
+        read_idx(path)
+
+
+def test_a_corrupt_checkpoint_is_moved_aside_and_training_starts_fresh(tmp_path: Path) -> None:
+    path = tmp_path / "pretrain.pt"
+    save_checkpoint(path, {"fingerprint": "f", "epoch": 0, "model": {"w": torch.ones(3)}})
+    path.write_bytes(path.read_bytes()[:40])  # truncated, as by a full disk
+    with pytest.warns(UserWarning, match="cannot be loaded .* moved it to pretrain.pt.corrupt-"):
+        assert load_checkpoint(path, "f") is None
+    assert not path.exists() and len(list(tmp_path.glob("pretrain.pt.corrupt-*"))) == 1
+
+
+def test_a_checkpoint_that_would_run_code_is_not_loaded(tmp_path: Path) -> None:
+    path, marker = tmp_path / "pretrain.pt", tmp_path / "pwned"
+    torch.save({"fingerprint": "f", "model": _RunsCode(marker)}, path)
+    with pytest.warns(UserWarning, match="cannot be loaded"):
+        assert load_checkpoint(path, "f") is None  # weights_only: the payload is refused, not run
+    assert not marker.exists()
+
+
+def test_the_code_digest_changes_with_any_source_edit(tmp_path: Path) -> None:
+    from sslops.adapters.provenance import PACKAGE_DIR, code_digest
+
+    copy = tmp_path / "sslops"
+    shutil.copytree(PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    before = code_digest(copy)
+    assert before == code_digest(PACKAGE_DIR)
+    with open(copy / "ml" / "losses.py", "a") as fh:
+        fh.write("\n# a one-line edit\n")
+    assert code_digest(copy) != before
+
+
+@pytest.mark.integration
+def test_a_finished_checkpoint_of_other_code_is_not_resumed(project, capsys, monkeypatch) -> None:
+    """The audit's case: after an edit to the training code, `dvc repro pretrain` "resumed" the finished run of the
+    old code and published its encoder. The checkpoint now carries the code's digest and is not resumed."""
+    from sslops.cli import main
+    from sslops.stages import pretrain
+
+    set_param(project.root, "pretrain", "epochs", 2)
+    assert main(["prepare"]) == 0 and main(["validate"]) == 0 and main(["augment"]) == 0
+    assert main(["pretrain"]) == 0 and main(["pretrain"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming from" in out and "after epoch 2" in out  # same code: the finished run is picked up
+    monkeypatch.setattr(pretrain, "code_digest", lambda: "the code after an edit")
+    assert main(["pretrain"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming from" not in out and "epoch 1:" in out and "epoch 2:" in out  # trained again, from scratch
+
+
+def test_a_store_that_does_not_fit_the_disk_is_refused_before_a_byte_is_written(tmp_path: Path, monkeypatch) -> None:
+    from collections import namedtuple
+
+    from sslops.data.formats import plan_dataset
+    from sslops.data.store import write_store
+    from sslops.outputs import atomic
+    from sslops.outputs.atomic import atomic_dir
+
+    (tmp_path / "raw").mkdir()
+    write_idx(tmp_path / "raw" / "train-images-idx3-ubyte", np.zeros((80, 12, 12), np.uint8))
+    write_idx(tmp_path / "raw" / "train-labels-idx1-ubyte", np.zeros(80, np.uint8))
+    write_idx(tmp_path / "raw" / "t10k-images-idx3-ubyte", np.zeros((20, 12, 12), np.uint8))
+    write_idx(tmp_path / "raw" / "t10k-labels-idx1-ubyte", np.zeros(20, np.uint8))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda _: usage(1 << 30, 1 << 30, 1000))
+    target = tmp_path / "prepared"
+    with pytest.raises(SslopsError, match=r"needs 14,400 bytes .* has 1,000 bytes free"), atomic_dir(target) as tmp:
+        write_store(plan_dataset("idx", tmp_path / "raw", [], None, None, 1000), tmp)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]  # no store, no temporary folder
+
+
+def test_temporaries_of_a_crashed_run_are_cleared_when_the_output_is_written_again(tmp_path: Path) -> None:
+    from sslops.outputs.atomic import atomic_dir, write_json
+
+    for stale in (".prepared.tmp-k1l2m3", ".prepared.old-4242"):
+        (tmp_path / stale).mkdir()
+        (tmp_path / stale / "images.npy").write_bytes(b"half")
+    (tmp_path / ".prepare.json.tmp-abc").write_text("{")
+    with atomic_dir(tmp_path / "prepared") as tmp:
+        (tmp / "done").write_text("ok")
+    write_json(tmp_path / "prepare.json", {"ok": True})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepare.json", "prepared"]
+
+
+def test_an_unreachable_tracking_server_fails_fast_with_one_line(project, monkeypatch, capsys) -> None:
+    import socket
+    import time
+
+    from sslops.cli import main
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    started = time.monotonic()
+    assert main(["prepare"]) == 2
+    err = capsys.readouterr().err
+    assert f"the MLflow tracking server http://127.0.0.1:{port} does not answer" in err and "Traceback" not in err
+    assert time.monotonic() - started < 60  # MLflow's own retries would take minutes
+    assert not (project.root / "artifacts").exists()
+
+
+@pytest.mark.integration
+def test_register_is_idempotent_and_finetune_uses_the_version_register_wrote(project, monkeypatch) -> None:
+    """A kill between creating the version and setting the aliases left an orphan version, and a rerun registered
+    another; finetune looked the `candidate` alias up again. Now a rerun reuses the version with the same weights,
+    and finetune uses the number from metrics/register.json even when the alias has moved or gone."""
+    import json
+
+    from sslops.adapters import tracking
+    from sslops.cli import main
+
+    for stage in ("prepare", "validate", "augment", "pretrain"):
+        assert main([stage]) == 0
+    calls = []
+
+    def killed(name: str, alias: str, version: str) -> None:
+        calls.append(alias)
+        raise KeyboardInterrupt  # as a kill right after the version was created
+
+    real_set_alias = tracking.set_alias
+    monkeypatch.setattr(tracking, "set_alias", killed)
+    assert main(["register"]) == 130
+    monkeypatch.setattr(tracking, "set_alias", real_set_alias)
+    assert main(["register"]) == 0 and main(["register"]) == 0
+    assert [str(v.version) for v in tracking.search_versions("name = 'sslops-encoder'")] == ["1"]
+    record = json.loads((project.metrics_dir / "register.json").read_text())
+    assert record["version"] == 1 and record["champion_version"] == 1 and len(record["encoder_sha256"]) == 64
+    tracking.client().delete_registered_model_alias("sslops-encoder", "candidate")
+    assert main(["finetune"]) == 0
+    index = json.loads((project.root / "artifacts" / "finetune" / "index.json").read_text())
+    assert index["model"]["version"] == 1 and index["model"]["encoder_sha256"] == record["encoder_sha256"]
+    # A version registered before the pickle-free format (no model.format tag) is not reused: the same weights are
+    # registered again as a pt2 version, which users can load without pickle.
+    tracking.client().delete_model_version_tag("sslops-encoder", "1", "model.format")
+    assert main(["register"]) == 0
+    versions = {str(v.version): v.tags.get("model.format") for v in tracking.search_versions("name = 'sslops-encoder'")}
+    assert versions == {"1": None, "2": "pt2"}
+
+
+# --- untrusted images: ImageFolder (prepare) and `sslops embed` share one reader -----------------------------------
+
+
+def _png_declaring(path: Path, width: int, height: int) -> None:
+    """A few-byte PNG whose header claims `width` x `height` (as a decompression bomb's would)."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    Image.new("L", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr : ihdr + 17])))
+    path.write_bytes(bytes(data))
+
+
+def _folder(root: Path, n: int = 2, mode: str = "L") -> Path:
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for k in range(n):
+            (root / split / "a").mkdir(parents=True, exist_ok=True)
+            Image.new(mode, (4, 4), 30 * k).save(root / split / "a" / f"{k}.png")
+    return root
+
+
+@pytest.mark.parametrize(("width", "height"), [(6000, 6000), (20000, 20000)])
+def test_a_decompression_bomb_is_refused_before_decoding(tmp_path: Path, width: int, height: int) -> None:
+    from sslops.data.imagefolder import plan_imagefolder
+    from sslops.data.images import ImageRejected
+
+    root = _folder(tmp_path / "data")
+    _png_declaring(root / "train" / "a" / "bomb.png", width, height)  # 36 MP (over max_pixels), 400 MP (over Pillow's)
+    with pytest.raises(ImageRejected, match=r"bomb.png: .*refused before decoding") as info:
+        plan_imagefolder(root, [], None, None, max_pixels=25_000_000)
+    assert info.value.kind == "too-large"
+
+
+def test_links_out_of_the_data_folder_and_fifos_are_refused(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from sslops.data.imagefolder import plan_imagefolder
+    from sslops.data.images import ImageRejected
+
+    root = _folder(tmp_path / "data")
+    Image.new("L", (4, 4)).save(tmp_path / "secret.png")
+    (root / "train" / "a" / "link.png").symlink_to(tmp_path / "secret.png")
+    with pytest.raises(ImageRejected, match="link.png: a symbolic link to .*secret.png, outside the data folder"):
+        plan_imagefolder(root, [], None, None, max_pixels=1000)
+    (root / "train" / "a" / "link.png").unlink()
+    os.mkfifo(root / "train" / "a" / "pipe.png")
+    with pytest.raises(ImageRejected, match="pipe.png: not a regular file"):
+        plan_imagefolder(root, [], None, None, max_pixels=1000)
+
+
+def test_a_file_name_that_is_not_utf8_gets_a_named_error(tmp_path: Path) -> None:
+    from sslops.data.imagefolder import plan_imagefolder
+    from sslops.data.images import ImageRejected
+
+    root = _folder(tmp_path / "data")
+    fd = os.open(os.fsencode(root / "train" / "a") + b"/caf\xe9.png", os.O_WRONLY | os.O_CREAT)
+    os.close(fd)
+    with pytest.raises(ImageRejected, match="the file name is not valid UTF-8"):
+        plan_imagefolder(root, [], None, None, max_pixels=1000)
+
+
+def test_colour_modes_are_converted_by_the_documented_rule(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from sslops.data import images
+
+    sixteen = Image.fromarray(np.array([[0, 257, 32896, 65535]], dtype=np.uint16))
+    sixteen.save(tmp_path / "16bit.png")
+    assert images.read(tmp_path / "16bit.png", 1, 100).ravel().tolist() == [0, 1, 128, 255]  # rescaled, not clipped
+    rgba = Image.new("RGBA", (2, 1), (10, 20, 30, 255))
+    rgba.putpixel((1, 0), (0, 0, 0, 0))  # fully transparent: becomes the white background
+    rgba.save(tmp_path / "alpha.png")
+    assert images.read(tmp_path / "alpha.png", 3, 100).tolist() == [[[10, 20, 30], [255, 255, 255]]]
+    palette = rgba.convert("P")
+    palette.info["transparency"] = palette.getpixel((1, 0))
+    palette.save(tmp_path / "palette.png", transparency=palette.getpixel((1, 0)))
+    assert images.read(tmp_path / "palette.png", 3, 100)[0, 1].tolist() == [255, 255, 255]
+    portrait = Image.new("L", (4, 2))
+    exif = portrait.getexif()
+    exif[0x0112] = 6  # stored landscape, shown rotated by 90 degrees
+    portrait.save(tmp_path / "rotated.jpg", exif=exif)
+    assert images.read(tmp_path / "rotated.jpg", 1, 100).shape == (4, 2, 1)
+
+
+def test_a_folder_of_mixed_colour_modes_is_reported(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from sslops.data.imagefolder import plan_imagefolder
+
+    root = _folder(tmp_path / "data")
+    Image.new("RGB", (4, 4), (200, 0, 0)).save(root / "train" / "a" / "red.png")
+    plan = plan_imagefolder(root, [], None, None, max_pixels=1000)
+    assert plan.parts[0].shape == (4, 4, 3)
+    assert plan.notes == (
+        "4 grayscale and 1 colour images: all converted to RGB (set prepare.channels: 1 for grayscale)",
+    )
+
+
+def test_embed_reads_with_the_same_rules_and_says_what_it_skipped(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from sslops.commands.embed import load_images
+
+    Image.new("RGB", (8, 6), (0, 255, 0)).save(tmp_path / "ok.png")
+    _png_declaring(tmp_path / "bomb.png", 6000, 6000)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    paths, pixels, skipped = load_images(tmp_path, 1, 4, 4, max_pixels=25_000_000)
+    assert paths == ["ok.png"] and pixels.shape == (1, 4, 4, 1)
+    assert {k: len(v) for k, v in skipped.items()} == {"too-large": 1, "unreadable": 1}
+
+
+def test_make_run_takes_the_lock_that_flow_runs_take(project) -> None:
+    """`make run` (`sslops repro`) and a Prefect run could interleave; now both hold the project lock."""
+    import subprocess
+    import sys
+
+    from sslops.orchestration import project_lock
+
+    set_param(project.root, "flow", "lock_timeout_s", 0)
+    with project_lock(project.root, 0, "a Prefect flow run (test)", on_wait=lambda _: None):
+        done = subprocess.run(
+            [sys.executable, "-m", "sslops", "repro"],
+            cwd=project.root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "SSLOPS_ROOT": str(project.root)},
+        )
+    assert done.returncode == 2
+    assert "another pipeline run holds" in done.stderr and "a Prefect flow run (test)" in done.stderr

@@ -1,0 +1,86 @@
+"""The register stage against a real MLflow SQLite store and registry: the promotion rule, aliases, lineage tags
+on the version, the registered model, and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+import torch
+
+from conftest import mlflow_runs, set_param
+from sslops.cli import main
+from sslops.stages.register import decide
+
+
+def test_promotion_rule():
+    assert decide(0.5, None, 0.0) == (True, "no champion yet")
+    assert decide(0.81, 0.80, 0.0)[0] is True
+    assert decide(0.80, 0.80, 0.0)[0] is False  # a tie keeps the champion
+    assert decide(0.805, 0.80, 0.01)[0] is False  # not better by more than min_improvement
+
+
+def client(project):
+    mlflow.set_tracking_uri(f"sqlite:///{project.root / 'mlflow' / 'mlflow.db'}")
+    return mlflow.MlflowClient()
+
+
+@pytest.mark.integration
+def test_register_promotes_then_a_tie_keeps_the_champion(pretrained, capsys, tmp_path):
+    project = pretrained
+    assert main(["register"]) == 0
+    reg = json.loads((project.metrics_dir / "register.json").read_text())
+    assert reg["version"] == 1 and reg["promoted"] and reg["champion_version"] == 1
+    assert reg["reason"] == "no champion yet"
+    record = json.loads((project.root / "mlflow" / "registered.json").read_text())
+    assert record["version"] == 1 and record["tracking_uri"].endswith("mlflow.db")
+    c = client(project)
+    v1 = c.get_model_version_by_alias("sslops-encoder", "champion")
+    assert str(v1.version) == "1" and str(c.get_model_version_by_alias("sslops-encoder", "candidate").version) == "1"
+    pretrain_run = next(r for r in mlflow_runs(project.root) if r.info.run_name == "pretrain")
+    assert v1.tags["pretrain.run_id"] == pretrain_run.info.run_id
+    assert v1.tags["data.dvc_md5"] == pretrain_run.data.tags["data.dvc_md5"]
+    assert float(v1.tags["promotion.value"]) == pretrain_run.data.metrics["final.linear_acc"]
+    assert v1.tags["promotion.decision"] == "promoted"
+
+    # The registered model loads through the registry and gives the pretrained encoder's features.
+    model = mlflow.pytorch.load_model("models:/sslops-encoder@champion")
+    weights = torch.load(project.root / "artifacts" / "pretrain" / "encoder.pt", weights_only=True)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+    state_dict = mlflow.artifacts.download_artifacts(
+        run_id=reg["run_id"], artifact_path="state_dict/encoder.pt", dst_path=str(tmp_path)
+    )
+    assert torch.load(state_dict, weights_only=True).keys() == weights.keys()
+
+    # A champion promoted on another metric cannot be compared: a clear stop, no new version.
+    set_param(project.root, "register", "metric", "knn_acc")
+    assert main(["register"]) == 2
+    assert "promoted on 'linear_acc', not on register.metric 'knn_acc'" in capsys.readouterr().err
+    set_param(project.root, "register", "metric", "linear_acc")
+
+    # The same encoder again: no second version of the same weights; both aliases stay on version 1.
+    assert main(["register"]) == 0
+    again = json.loads((project.metrics_dir / "register.json").read_text())
+    assert (again["version"], again["champion_version"], again["reason"]) == (1, 1, "already champion")
+    assert [str(v.version) for v in c.search_model_versions("name='sslops-encoder'")] == ["1"]
+
+    # Another encoder that does not beat the champion by more than min_improvement: `candidate` moves to the new
+    # version and `champion` stays (the tie rule itself: test_promotion_rule).
+    set_param(project.root, "pretrain", "seed", 1)
+    set_param(project.root, "register", "min_improvement", 1.0)
+    assert main(["pretrain"]) == 0 and main(["register"]) == 0
+    reg2 = json.loads((project.metrics_dir / "register.json").read_text())
+    assert reg2["version"] == 2 and not reg2["promoted"] and reg2["champion_version"] == 1
+    assert reg2["reason"].endswith("by more than 1.0")
+    assert str(c.get_model_version_by_alias("sslops-encoder", "candidate").version) == "2"
+    assert str(c.get_model_version_by_alias("sslops-encoder", "champion").version) == "1"
+    assert c.get_model_version("sslops-encoder", "2").tags["promotion.decision"] == "kept"
+
+
+@pytest.mark.integration
+def test_register_without_its_pretrain_run_is_a_clear_error(pretrained, capsys, monkeypatch, tmp_path):
+    # e.g. a fresh store while DVC restored artifacts/pretrain from its cache
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other.db'}")
+    assert main(["register"]) == 2
+    assert "does not hold the run that produced artifacts/pretrain" in capsys.readouterr().err
