@@ -43,6 +43,7 @@ from sslops.ml.transfer import (
 )
 from sslops.ml.views import ViewCache, cached_pairs
 
+PROBE_ITERATIONS = 300  # the sweep's probe (fit_linear_probe's default when the sweep ran)
 WEIGHT_DECAYS = [1e-5, 1e-4, 1e-3, 1e-2]
 # The SimCLR augmentation recipe of the K=8 cache (the values of params.yaml `augment:`, which rounds 4/3 to
 # 1.3333) and the cache's layout: the shard size decides which random stream each view is drawn from.
@@ -118,7 +119,7 @@ def evaluate_encoder(encoder: Encoder, data, device, fractions, ft_scales, seed:
     for frac in fractions:
         idx = balanced_subset(ytr, frac, seed)
         t = time.perf_counter()
-        probe, wd = fit_linear_probe(ftr[idx], torch.as_tensor(ytr[idx]), 10, WEIGHT_DECAYS, seed)
+        probe, wd = fit_linear_probe(ftr[idx], torch.as_tensor(ytr[idx]), 10, WEIGHT_DECAYS, seed, PROBE_ITERATIONS)
         with torch.no_grad():
             out[f"probe_{frac}"] = float((probe(fte).argmax(1).numpy() == yte).mean())
         out[f"probe_{frac}_wd"], out[f"probe_{frac}_s"] = wd, time.perf_counter() - t

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,24 @@ REPO = Path(__file__).resolve().parents[1]
 CLASSES = [f"class{i}" for i in range(4)]
 
 os.environ.update(TELEMETRY_OFF)
+
+
+@pytest.fixture(autouse=True)
+def _tracking_uri_does_not_leak():
+    """`mlflow.set_tracking_uri` (called by in-process stages) also exports MLFLOW_TRACKING_URI, so that MLflow's
+    subprocesses inherit it. Between tests that would send a later test's DVC-started stages to an earlier test's
+    store: each test starts and ends with the URI it found."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(before)  # also resets MLflow's in-process global, not only the variable
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
 
 # Test fixtures, not the pipeline's settings (those live in params.yaml, the only home of defaults): the ML
 # core's config dataclasses have no defaults, so unit tests build them from these values, spelled out once.

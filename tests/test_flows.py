@@ -46,6 +46,7 @@ def make_flow_repo(root: Path) -> Path:
 # --- helpers, no Prefect ---------------------------------------------------------------------------
 
 
+@pytest.mark.integration  # real DVC
 def test_stage_order_is_dvcs_topological_order(tmp_path: Path):
     # Declared out of order: DVC's DAG, not the file order, decides. DVC resolves what only it knows how to:
     # a foreach stage (one node per item), a nested dvc.yaml (addressed from the project root, whatever this
@@ -228,6 +229,7 @@ def test_user_errors_are_final_and_other_failures_retryable():
     assert failure.retryable and "MemoryError" in str(failure)
 
 
+@pytest.mark.integration  # real DVC
 def test_stage_status_comes_from_dvc_status_json(tmp_path: Path):
     """Stale or up to date is DVC's machine-readable verdict (`dvc status --json`), and it is what the log shows."""
     (tmp_path / "dvc.yaml").write_text(
@@ -304,6 +306,7 @@ def test_only_retryable_stage_failures_are_retried():
     assert _retry_unless_user_error(None, None, Failed(data=MemoryError()))
 
 
+@pytest.mark.integration  # real DVC and a stage command
 @pytest.mark.parametrize("sigint_ignored", [False, True], ids=["foreground", "background"])
 def test_interrupting_a_stage_stops_dvc_and_the_stage_command(tmp_path: Path, sigint_ignored: bool):
     """A cancelled flow run (Prefect raises in the flow's thread) must not leave a stage running, also when
@@ -525,6 +528,7 @@ def test_the_deployment_takes_no_project_folder_from_its_callers():
     assert set(ssl_pipeline.parameters.properties) == {"overrides"}
 
 
+@pytest.mark.integration
 def test_a_refused_override_fails_the_run_naming_the_key_before_any_stage(harness, flow_project: Path):
     before = (flow_project / "params.yaml").read_text()
     state = run_flow(flow_project, overrides={"pretrain.batch_size": -8})

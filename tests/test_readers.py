@@ -59,7 +59,7 @@ def test_idx_truncated_file(tmp_path: Path):
     plan = plan_dataset("idx", tmp_path, CLASSES)  # the header is intact: found when pixels load
     message = (
         r"t10k-images-idx3-ubyte: header declares shape \(20, 12, 12\) \(2880 bytes of data\), more than a file "
-        r"of 2846 bytes can hold: the file is corrupt or not an IDX file"
+        r"of 2846 bytes can hold: the file is truncated, corrupt or not an IDX file"
     )  # a raw file is checked against its size before it is read
     with pytest.raises(SslopsError, match=message):
         load_all(plan)

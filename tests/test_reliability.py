@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import set_param, write_cifar
+from conftest import REPO, set_param, write_cifar
 from sslops.data.cifar import UnsafePickleError, plan_cifar10
 from sslops.data.idx import read_idx, write_idx
 from sslops.errors import SslopsError
@@ -61,14 +61,36 @@ def test_an_idx_gzip_bomb_is_refused_before_it_is_decompressed(tmp_path: Path) -
         read_idx(path)
 
 
-def test_an_idx_file_is_read_only_as_far_as_its_header_promises(tmp_path: Path) -> None:
+def test_an_idx_file_is_read_only_as_far_as_its_header_promises(tmp_path: Path, monkeypatch) -> None:
+    from sslops.data import idx
+
     path = tmp_path / "t10k-labels-idx1-ubyte.gz"
     write_idx(path, np.arange(10, dtype=np.uint8))
     assert read_idx(path).tolist() == list(range(10))
     with gzip.open(path, "wb") as fh:  # ten labels promised, 100 MB of trailing zeros behind them
         fh.write(bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big") + bytes(10) + bytes(100 << 20))
+    decompressed = []
+    real_open = idx._open
+
+    class Counting:
+        def __init__(self, fh) -> None:
+            self.fh = fh
+
+        def read(self, n: int = -1) -> bytes:
+            data = self.fh.read(n)
+            decompressed.append(len(data))
+            return data
+
+        def __enter__(self) -> Counting:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.fh.close()
+
+    monkeypatch.setattr(idx, "_open", lambda p: Counting(real_open(p)))
     with pytest.raises(SslopsError, match="header declares shape \\(10,\\) .* but more \\(trailing data\\) follow"):
         read_idx(path)
+    assert sum(decompressed) <= 2 * 8 + 10 + 1  # two headers, the promised bytes and one to see the trailing data
 
 
 def test_a_corrupt_checkpoint_is_moved_aside_and_training_starts_fresh(tmp_path: Path) -> None:
@@ -345,3 +367,107 @@ def test_make_run_takes_the_lock_that_flow_runs_take(project) -> None:
         )
     assert done.returncode == 2
     assert "another pipeline run holds" in done.stderr and "a Prefect flow run (test)" in done.stderr
+    run_target = (REPO / "Makefile").read_text().split("\nrun:", 1)[1].split("\n\n", 1)[0]
+    assert "sslops repro" in run_target and "\tdvc repro" not in run_target  # `make run` goes through the lock
+
+
+def test_encoder_files_that_are_not_the_registered_ones_are_refused(tmp_path: Path) -> None:
+    """Weights or spec swapped (on a shared server, say): the sha256 recorded at registration no longer matches."""
+    import hashlib
+    import json
+
+    from conftest import backbone_config
+    from sslops.ml.models import Encoder, load_encoder_dir
+
+    encoder = Encoder(backbone_config(width=4), [0.5], [0.3])
+    torch.save(encoder.state_dict(), tmp_path / "encoder.pt")
+    spec = {"backbone": encoder.config.to_dict(), "mean": [0.5], "std": [0.3], "image_shape": [12, 12, 1]}
+    (tmp_path / "encoder.json").write_text(json.dumps(spec))
+    weights_sha = hashlib.sha256((tmp_path / "encoder.pt").read_bytes()).hexdigest()
+    spec_sha = hashlib.sha256((tmp_path / "encoder.json").read_bytes()).hexdigest()
+    loaded, _ = load_encoder_dir(tmp_path, weights_sha, spec_sha)
+    assert torch.equal(loaded.backbone.features[0][0].weight, encoder.backbone.features[0][0].weight)
+    with pytest.raises(SslopsError, match="encoder.pt has sha256 .* not the registered"):
+        load_encoder_dir(tmp_path, "0" * 64, spec_sha)
+    (tmp_path / "encoder.json").write_text(json.dumps({**spec, "mean": [0.9]}))  # normalisation swapped
+    with pytest.raises(SslopsError, match="encoder.json has sha256 .* not the registered"):
+        load_encoder_dir(tmp_path, weights_sha, spec_sha)
+    (tmp_path / "encoder.json").write_text("{not json")
+    with pytest.raises(SslopsError, match="encoder.json and encoder.pt do not make an encoder"):
+        load_encoder_dir(tmp_path, weights_sha)
+
+
+@pytest.mark.integration
+def test_the_registry_must_agree_with_the_project_record_and_carry_sslops_tags(project) -> None:
+    import json
+
+    from sslops.adapters import tracking
+    from sslops.cli import main
+
+    for stage in ("prepare", "validate", "augment", "pretrain", "register"):
+        assert main([stage]) == 0, stage
+    record = project.register_record()
+    assert len(record["encoder_spec_sha256"]) == 64
+    forged = {**record, "encoder_sha256": "f" * 64}  # the registry's tag and the project's record disagree
+    with (
+        pytest.raises(SslopsError, match="the registry and the project disagree"),
+        tracking.registered_encoder("sslops-encoder", "1", forged),
+    ):
+        pass
+    tracking.client().delete_model_version_tag("sslops-encoder", "1", "encoder.sha256")  # not checkable any more
+    with (
+        pytest.raises(SslopsError, match="was not registered by sslops"),
+        tracking.registered_encoder("sslops-encoder", "1", record),
+    ):
+        pass
+    assert json.loads((project.metrics_dir / "register.json").read_text()) == record  # nothing rewritten
+
+
+@pytest.mark.integration
+def test_a_tracking_failure_after_pretraining_loses_nothing_and_a_rerun_only_records(project, monkeypatch, capsys):
+    """MLflow fails while the last epoch is recorded: the trained epochs are in the checkpoint, and the rerun
+    resumes the finished run (no epoch trained again), computes what was not recorded, and writes the encoder."""
+    from sslops.adapters import tracking
+    from sslops.cli import main
+
+    set_param(project.root, "pretrain", "epochs", 2)
+    assert main(["prepare"]) == 0 and main(["validate"]) == 0 and main(["augment"]) == 0
+    real = tracking.log_metrics
+
+    def down_at_the_last_epoch(metrics: dict, step: int | None = None) -> None:
+        if step == 2:
+            raise ConnectionError("tracking server went away")
+        real(metrics, step)
+
+    monkeypatch.setattr(tracking, "log_metrics", down_at_the_last_epoch)
+    with pytest.raises(ConnectionError):
+        main(["pretrain"])
+    assert not (project.root / "artifacts" / "pretrain").exists()
+    monkeypatch.setattr(tracking, "log_metrics", real)
+    capsys.readouterr()
+    assert main(["pretrain"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming from" in out and "after epoch 2" in out and "epoch 1:" not in out  # nothing trained again
+    assert "epoch 2: loss" in out  # the last epoch's monitor, which the failure did not record, is computed now
+    assert (project.root / "artifacts" / "pretrain" / "encoder.pt").is_file()
+
+
+def test_a_dangling_link_is_named_and_a_rotated_photo_is_planned_at_its_shown_size(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from sslops.data import images
+    from sslops.data.imagefolder import plan_imagefolder
+
+    root = _folder(tmp_path / "data")
+    (root / "train" / "a" / "gone.png").symlink_to(root / "train" / "a" / "missing.png")
+    with pytest.raises(images.ImageRejected, match="gone.png: cannot be followed to a file"):
+        plan_imagefolder(root, [], None, None, max_pixels=1000)
+    portrait = Image.new("L", (4, 2))
+    exif = portrait.getexif()
+    exif[0x0112] = 8  # stored 4 wide and 2 high, shown turned: 2 wide and 4 high
+    portrait.save(tmp_path / "rotated.jpg", exif=exif)
+    assert (
+        images.header(tmp_path / "rotated.jpg", 100)[:2]
+        == (4, 2)
+        == images.read(tmp_path / "rotated.jpg", 1, 100).shape[:2]
+    )

@@ -36,8 +36,8 @@ def registered(project):
     from sslops.ml.models import load_encoder_dir
 
     tracking.connect(project)
-    with tracking.registered_encoder("sslops-encoder", "champion") as (folder, _, sha):
-        encoder, _ = load_encoder_dir(folder, sha)
+    with tracking.registered_encoder("sslops-encoder", "champion", project.register_record()) as (folder, _, digests):
+        encoder, _ = load_encoder_dir(folder, *digests)
 
     with torch.no_grad():
         expected = encoder(torch.as_tensor(images)).numpy()

@@ -38,7 +38,7 @@ def test_finetune_evaluate_report_lineage_and_embed(registered, capsys, tmp_path
 
     assert main(["finetune"]) == 0
     index = json.loads((project.root / "artifacts" / "finetune" / "index.json").read_text())
-    assert index["model"]["version"] == 2  # finetune.model defaults to the `candidate` alias
+    assert index["model"]["version"] == 2  # finetune.model `candidate`: the version metrics/register.json names
     combos = {(e["fraction"], e["init"], e["protocol"]) for e in index["entries"]}
     assert combos == {
         (f, i, p) for f in (0.25, 1.0) for i in ("pretrained", "scratch") for p in ("linear", "knn", "finetune")

@@ -56,7 +56,7 @@ BAD_INPUTS = {
         lambda d: (d / "train-images-idx3-ubyte").write_bytes((d / "train-images-idx3-ubyte").read_bytes()[:500]),
         (
             "train-images-idx3-ubyte: header declares shape (80, 12, 12) (11520 bytes of data), more than a file of "
-            "500 bytes can hold: the file is corrupt or not an IDX file"
+            "500 bytes can hold: the file is truncated, corrupt or not an IDX file"
         ),
     ),
     "wrong magic": (

@@ -27,7 +27,7 @@ def client(project):
 
 
 @pytest.mark.integration
-def test_register_promotes_then_a_tie_keeps_the_champion(pretrained, capsys, tmp_path):
+def test_register_promotes_reuses_its_version_and_keeps_the_champion_without_improvement(pretrained, capsys, tmp_path):
     project = pretrained
     assert main(["register"]) == 0
     reg = json.loads((project.metrics_dir / "register.json").read_text())

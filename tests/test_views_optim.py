@@ -54,7 +54,7 @@ def test_warmup_then_cosine():
 
 def test_lars_minimises_a_quadratic():
     w = torch.nn.Parameter(torch.ones(4, 4) * 3)
-    opt = LARS([w], lr=50.0, weight_decay=0.0)
+    opt = LARS([w], lr=50.0, momentum=0.9, weight_decay=0.0)
     for _ in range(200):
         opt.zero_grad()
         (w**2).sum().backward()

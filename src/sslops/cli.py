@@ -10,8 +10,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sslops.env import TELEMETRY_OFF
 from sslops.errors import SslopsError
@@ -28,22 +28,41 @@ def _quiet_third_parties() -> None:
 
 
 def _run_stage(args: argparse.Namespace) -> int:
+    """One stage, under the project lock unless whoever started it (`sslops repro`, a flow run) holds it."""
     from sslops.config import Project
-    from sslops.stages import augment, evaluate, finetune, prepare, pretrain, register, validate
+    from sslops.orchestration.lock import stage_lock
 
-    stages = {
-        "prepare": prepare,
-        "validate": validate,
-        "augment": augment,
-        "pretrain": pretrain,
-        "register": register,
-        "finetune": finetune,
-        "evaluate": evaluate,
-    }
-    summary = stages[args.command].run(Project.discover())
+    project = Project.discover()
+    run = _stage_runner(args.command)
+    project.config(args.command)  # bad params fail before the lock file is touched, as before any other write
+    timeout = project.config("flow").lock_timeout_s
+    with stage_lock(project.root, timeout, f"sslops {args.command} (pid {os.getpid()})", on_wait=print):
+        summary = run(project)
     if summary:  # torchrun ranks other than 0 return nothing to report
         print(json.dumps(summary, indent=2, default=str))
     return 0
+
+
+def _stage_runner(name: str) -> Callable[[Project], dict[str, Any]]:
+    """The chosen stage's `run`, importing that stage only (a stage's imports are its start-up cost)."""
+    match name:
+        case "prepare":
+            from sslops.stages import prepare as stage
+        case "validate":
+            from sslops.stages import validate as stage
+        case "augment":
+            from sslops.stages import augment as stage
+        case "pretrain":
+            from sslops.stages import pretrain as stage
+        case "register":
+            from sslops.stages import register as stage
+        case "finetune":
+            from sslops.stages import finetune as stage
+        case "evaluate":
+            from sslops.stages import evaluate as stage
+        case _:
+            raise SslopsError(f"unknown stage {name!r} (one of {', '.join(STAGES)})")
+    return stage.run
 
 
 def _fetch_data(args: argparse.Namespace) -> int:
@@ -84,8 +103,8 @@ def _embed(args: argparse.Namespace) -> int:
     from sslops.commands.embed import embed_folder
 
     project = _connect()
-    max_pixels = project.config("prepare").max_pixels
-    print(json.dumps(embed_folder(args.model, Path(args.images), Path(args.out), max_pixels), indent=2))
+    max_pixels, recorded = project.config("prepare").max_pixels, project.register_record()
+    print(json.dumps(embed_folder(args.model, Path(args.images), Path(args.out), max_pixels, recorded), indent=2))
     return 0
 
 

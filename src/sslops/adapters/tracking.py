@@ -9,10 +9,11 @@ named after the stage, params logged flat as `<stage>.<key>`, lineage tags on ev
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sslops.adapters.provenance import lineage_tags
 from sslops.config import Project, flatten
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 PREFECT_RUN_ENV = "PREFECT__FLOW_RUN_ID"
+CANDIDATE, CHAMPION = "candidate", "champion"  # registry aliases: the version register wrote last, the best one
 FORMAT_TAG, MODEL_FORMAT = "model.format", "pt2"  # how the version's MLflow model is serialized: pickle-free
 STATE_DICT = "state_dict"  # artifact folder of the register run: encoder.pt (weights) + encoder.json (how to rebuild)
 
@@ -62,7 +64,7 @@ def connect(project: Project) -> str:
     uri = tracking_uri(project)
     if uri.startswith(("http://", "https://")):
         cfg = project.config("tracking")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(cfg.http_timeout_s)))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(math.ceil(cfg.http_timeout_s)))  # whole seconds
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(cfg.http_retries))
         _check_reachable(uri, cfg.http_timeout_s)
     else:
@@ -72,21 +74,25 @@ def connect(project: Project) -> str:
 
 
 def _check_reachable(uri: str, timeout_s: float) -> None:
-    """Any HTTP answer from the server's /health (even 401 or 500) means it is there; no answer is a named error."""
-    import urllib.error
-    import urllib.request
+    """A TCP connection to the server's host and port, within `timeout_s`, or one named error.
+
+    Only reachability is checked (not TLS or auth, which MLflow's own client settings govern), and the URI is shown
+    without any user:password part.
+    """
+    import socket
+    from urllib.parse import urlsplit
 
     from sslops.errors import SslopsError
 
+    parts = urlsplit(uri)
+    shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout_s):
             return
-    except urllib.error.HTTPError:
-        return
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
+    except (OSError, ValueError) as exc:
         raise SslopsError(
-            f"the MLflow tracking server {uri} does not answer ({reason}). Check that it runs (make stack, or "
+            f"the MLflow tracking server {shown} does not answer ({exc}). Check that it runs (make stack, or "
             "`mlflow server`), the host and port in MLFLOW_TRACKING_URI, and the network; unset MLFLOW_TRACKING_URI "
             "to use the project's own store."
         ) from None
@@ -250,7 +256,8 @@ def log_encoder(model: Any, input_example: Any, state_dir: Path) -> mlflow.model
     The model is exported with torch.export (MLflow's `pt2` format; dynamic batch dimension, from an example of
     two images), so users and `mlflow models serve` load it with MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false and
     without sslops installed. sslops' own consumers train the encoder, which needs the real `Encoder`, so they
-    rebuild it from `state_dict/encoder.json` and load `state_dict/encoder.pt` with weights_only (`load_encoder`).
+    rebuild it from `state_dict/encoder.json` and load `state_dict/encoder.pt` with weights_only
+    (`registered_encoder` + `sslops.ml.models.load_encoder_dir`).
     Requirements are pinned explicitly (MLflow would otherwise load the model in a subprocess to infer them).
     """
     import mlflow
@@ -332,15 +339,23 @@ def search_versions(filter_string: str) -> list[mlflow.entities.model_registry.M
     return list(client().search_model_versions(filter_string))
 
 
+class EncoderDigests(NamedTuple):
+    """sha256 of a registered encoder's files: the weights (always) and encoder.json (versions since it was added)."""
+
+    weights: str
+    spec: str | None
+
+
 @contextlib.contextmanager
-def registered_encoder(name: str, ref: str, expected_sha256: str | None = None) -> Iterator[tuple[Path, Any, str]]:
-    """(folder, model version, sha256) of a registered version's plain state_dict files, for the block's duration.
+def registered_encoder(name: str, ref: str, recorded: dict[str, Any] | None = None) -> Iterator[tuple[Path, Any, Any]]:
+    """(folder, model version, digests) of a registered version's plain state_dict files, for the block's duration.
 
     `ref` is a version number or an alias. The folder holds encoder.pt and encoder.json; rebuild the encoder with
-    `sslops.ml.models.load_encoder_dir(folder, sha256)`, which checks the weights against the sha256 register
-    recorded on the version (and `expected_sha256` when the caller has one from the project, e.g.
-    metrics/register.json), so weights swapped on a shared server are refused. No pickle is loaded. Works for every
-    version sslops registered, also those logged as pickles before: all carry `state_dict/` in their register run.
+    `sslops.ml.models.load_encoder_dir(folder, digests.weights, digests.spec)`, which checks both files against the
+    sha256s register recorded on the version. When `recorded` (the project's own record, metrics/register.json:
+    model_name, version, encoder_sha256, encoder_spec_sha256) names this version, the tags must match it too: a tag
+    edited together with the files on a shared server is caught by the record in git. No pickle is loaded. Works for
+    every version sslops registered, also those logged as pickles before: all carry `state_dict/` in their run.
     """
     import tempfile
 
@@ -349,17 +364,21 @@ def registered_encoder(name: str, ref: str, expected_sha256: str | None = None) 
     from sslops.errors import SslopsError
 
     version = resolve_version(name, ref)
-    run_id, tagged = version.tags.get("register.run_id"), version.tags.get("encoder.sha256")
-    if not run_id or not tagged:
+    run_id = version.tags.get("register.run_id")
+    digests = EncoderDigests(version.tags.get("encoder.sha256", ""), version.tags.get("encoder.spec_sha256"))
+    if not run_id or not digests.weights:
         raise SslopsError(
             f"{name} version {version.version} was not registered by sslops (no register.run_id or encoder.sha256 "
             "tag): its weights cannot be checked, so it is not loaded."
         )
-    if expected_sha256 and expected_sha256 != tagged:
-        raise SslopsError(
-            f"{name} version {version.version} carries encoder sha256 {tagged[:12]}... but the project recorded "
-            f"{expected_sha256[:12]}... for it: the registry and the project disagree."
-        )
+    recorded = recorded or {}
+    if recorded.get("model_name") == name and str(recorded.get("version")) == str(version.version):
+        for key, tagged in (("encoder_sha256", digests.weights), ("encoder_spec_sha256", digests.spec)):
+            if recorded.get(key) and tagged and recorded[key] != tagged:
+                raise SslopsError(
+                    f"{name} version {version.version} carries {key} {str(tagged)[:12]}... but the project recorded "
+                    f"{recorded[key][:12]}... for it (metrics/register.json): the registry and the project disagree."
+                )
     with tempfile.TemporaryDirectory(prefix="sslops-encoder-") as tmp:
         folder = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=STATE_DICT, dst_path=tmp)
-        yield Path(folder), version, tagged
+        yield Path(folder), version, digests

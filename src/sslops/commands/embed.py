@@ -18,8 +18,6 @@ from sslops.data import images
 from sslops.errors import SslopsError
 from sslops.outputs.atomic import atomic_file
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-
 
 def load_images(
     folder: Path, channels: int, height: int, width: int, max_pixels: int
@@ -31,7 +29,7 @@ def load_images(
     """
     if not folder.is_dir():
         raise SslopsError(f"{folder} is not a folder of images.")
-    candidates = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+    candidates = sorted(p for p in folder.rglob("*") if p.suffix.lower() in images.IMAGE_SUFFIXES and not p.is_dir())
     kept: list[str] = []
     pixels: list[np.ndarray] = []
     skipped: dict[str, list[str]] = {}
@@ -45,13 +43,19 @@ def load_images(
     if not kept:
         reasons = "; ".join(f"{len(v)} {k}" for k, v in skipped.items())
         raise SslopsError(
-            f"{folder} holds no readable images ({', '.join(sorted(IMAGE_SUFFIXES))})"
+            f"{folder} holds no readable images ({', '.join(sorted(images.IMAGE_SUFFIXES))})"
             + (f": skipped {reasons}." if skipped else ".")
         )
     return kept, np.stack(pixels), skipped
 
 
-def embed_folder(model_uri: str, folder: Path, out: Path, max_pixels: int, batch_size: int = 512) -> dict:
+def embed_folder(
+    model_uri: str, folder: Path, out: Path, max_pixels: int, recorded: dict, batch_size: int = 512
+) -> dict:
+    """Embeddings of every readable image under `folder` from the registered encoder `model_uri`, written to `out`.
+
+    `recorded` is the project's metrics/register.json: when it names the version, the registry must agree with it.
+    """
     import torch
 
     from sslops.ml.models import load_encoder_dir
@@ -62,8 +66,8 @@ def embed_folder(model_uri: str, folder: Path, out: Path, max_pixels: int, batch
             f"{model_uri!r} is not a registry URI: use models:/<name>@<alias> or models:/<name>/<version>."
         )
     name, ref = parse_ref(model_uri, "")
-    with tracking.registered_encoder(name, ref) as (state_dict, _, sha):
-        encoder, spec = load_encoder_dir(state_dict, sha)
+    with tracking.registered_encoder(name, ref, recorded) as (state_dict, _, digests):
+        encoder, spec = load_encoder_dir(state_dict, *digests)
     height, width, channels = spec["image_shape"]
     paths, batch, skipped = load_images(folder, channels, height, width, max_pixels)
     for kind, files in skipped.items():

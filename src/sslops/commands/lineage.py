@@ -17,7 +17,10 @@ from sslops.errors import SslopsError
 
 
 def parse_ref(ref: str, default_name: str) -> tuple[str, str]:
-    """`name@alias`, `name/3`, `@alias`, `3` or `alias` -> (model name, alias or version)."""
+    """`name@alias`, `name/3`, `@alias`, `3` or `alias` (each optionally `models:/`...) -> (model name, alias or
+    version)."""
+    if ref.startswith("models:/") and "@" not in ref and "/" not in ref.removeprefix("models:/"):
+        raise SslopsError(f"{ref!r} names no version or alias: use models:/<name>@<alias> or models:/<name>/<version>.")
     if "@" in ref:
         name, _, alias = ref.removeprefix("models:/").partition("@")
         return name or default_name, alias

@@ -126,3 +126,14 @@ class Project:
     @property
     def metrics_dir(self) -> Path:
         return self.root / "metrics"
+
+    def register_record(self) -> dict[str, Any]:
+        """metrics/register.json (in git): the version this project's register stage registered, with its sha256s.
+
+        Empty when the stage has not run or the file is unreadable; consumers compare the registry against it.
+        """
+        try:
+            record = json.loads((self.metrics_dir / "register.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}

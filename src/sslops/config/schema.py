@@ -15,14 +15,15 @@ it runs (tests/test_architecture.py derives each stage's deps from its imports).
 from __future__ import annotations
 
 import dataclasses
+from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
 
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegativeFloat = Annotated[float, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 Name = Annotated[str, Field(min_length=1)]
 Range = tuple[PositiveFloat, PositiveFloat]
@@ -58,11 +59,21 @@ class TrackingParams(Section):
 
 class PrepareParams(Section):
     format: Literal["idx", "imagefolder", "cifar10"]
-    root: Name
+    root: Annotated[str, Field(min_length=1)]  # inside the project (DVC tracks it); checked below
     classes: list[Name]  # empty: taken from the data (imagefolder folders, CIFAR's batches.meta)
     channels: Literal["auto", 1, 3]
     unlabeled_dir: Name
     max_pixels: PositiveInt  # imagefolder and `sslops embed`: larger images are refused before decoding
+
+    @field_validator("root")
+    @classmethod
+    def _inside_project(cls, root: str) -> str:
+        """The raw data lives in the project's DVC-tracked data/ folder; an absolute path or `..` would read files
+        outside it (on a shared server: other people's data, through a flow run's overrides)."""
+        path = PurePosixPath(root)
+        if path.is_absolute() or ".." in path.parts:
+            raise ValueError(f"must be a folder inside the project (relative, without '..'), got {root!r}")
+        return root
 
 
 class ValidateParams(Section):
@@ -230,7 +241,7 @@ class Recipe(Section):
 
 
 class FinetuneParams(Section):
-    model: Name | NonNegativeInt  # registry alias or version number of register.model_name
+    model: Name | NonNegativeInt  # `candidate` (the version in metrics/register.json), another alias, or a number
     fractions: Annotated[list[Annotated[float, Field(gt=0, le=1)]], Field(min_length=1)]
     seed: NonNegativeInt
     device: Device

@@ -23,9 +23,9 @@ def resolve_profile(raw: dict[str, Any]) -> dict[str, Any]:
     Mappings merge one level deep (`backbone: {name: resnet18}` keeps the other backbone keys); other values replace.
     """
     name, profiles = raw.get(PROFILE), raw.get(PROFILES)
-    if not isinstance(profiles, dict):
-        raise SslopsError(f"pretrain.{PROFILES} in params.yaml must be a mapping of profile names to overrides.")
-    if name not in profiles:
+    if not isinstance(profiles, dict) or not all(isinstance(p, dict) or p is None for p in profiles.values()):
+        raise SslopsError(f"pretrain.{PROFILES} in params.yaml must map profile names to mappings of overrides.")
+    if not isinstance(name, str) or name not in profiles:
         raise SslopsError(
             f"pretrain.{PROFILE} in params.yaml: '{name}' is not one of pretrain.{PROFILES}: "
             f"{', '.join(map(str, profiles)) or 'none'}."

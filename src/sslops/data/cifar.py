@@ -47,6 +47,8 @@ class UnsafePickleError(SslopsError):
 
 
 class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only SAFE_GLOBALS: loading data, never running what a file names."""
+
     def __init__(self, fh: BinaryIO, path: Path) -> None:
         super().__init__(fh, encoding="bytes")
         self.path = path
@@ -65,7 +67,9 @@ def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as fh:
             batch = _CifarUnpickler(fh, path).load()
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, KeyError, IndexError) as exc:
+    except SslopsError:
+        raise
+    except Exception as exc:  # a crafted or damaged pickle fails in many ways, none of which may escape unnamed
         raise SslopsError(f"{path}: cannot be read as a CIFAR-10 python batch ({exc}).") from None
     if not isinstance(batch, dict):
         raise SslopsError(f"{path}: not a CIFAR-10 python batch (expected a pickled dict).")
@@ -88,7 +92,11 @@ def plan_cifar10(root: Path, classes: list[str]) -> Plan:
             batch = _unpickle(path)
             if "data" not in batch or "labels" not in batch:
                 raise SslopsError(f"{path}: CIFAR-10 batch lacks 'data' or 'labels'.")
-            data, labels = batch["data"], np.asarray(batch["labels"], dtype=np.int64)
+            data = batch["data"]
+            try:
+                labels = np.asarray(batch["labels"], dtype=np.int64).reshape(-1)
+            except (TypeError, ValueError, OverflowError):
+                raise SslopsError(f"{path}: CIFAR-10 labels must be a list of integers.") from None
             if getattr(data, "shape", (0, 0))[1:] != (3072,) or len(labels) != len(data):
                 raise SslopsError(
                     f"{path}: expected N x 3072 pixel rows and N labels, got {getattr(data, 'shape', '?')}."

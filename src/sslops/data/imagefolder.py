@@ -16,7 +16,6 @@ from sslops.data import images
 from sslops.data.sources import Part, Plan
 from sslops.errors import SslopsError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 # Files a user's tree may legitimately carry next to the images.
 IGNORED = {".DS_Store", "Thumbs.db", ".gitignore", ".dvcignore"}
 
@@ -28,9 +27,9 @@ def _image_files(folder: Path, root: Path) -> list[Path]:
         if path.is_dir() or path.name in IGNORED:
             continue
         images.check_path(path, root)
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
+        if path.suffix.lower() not in images.IMAGE_SUFFIXES:
             raise SslopsError(
-                f"{path}: not an image file (expected one of {', '.join(sorted(IMAGE_SUFFIXES))}); "
+                f"{path}: not an image file (expected one of {', '.join(sorted(images.IMAGE_SUFFIXES))}); "
                 "move it out of the data folder or remove it."
             )
         files.append(path)

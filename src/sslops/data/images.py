@@ -25,6 +25,9 @@ from sslops.errors import SslopsError
 BACKGROUND = (255, 255, 255)  # what transparent pixels become
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 SIXTEEN_BIT = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+ORIENTATION = 0x0112  # EXIF tag; values 5 to 8 turn the image by 90 degrees, so height and width swap
+TRANSPOSING = {5, 6, 7, 8}
 
 
 class ImageRejected(SslopsError):
@@ -41,34 +44,42 @@ def check_path(path: Path, root: Path) -> None:
         str(path.relative_to(root)).encode("utf-8")
     except UnicodeEncodeError:
         raise ImageRejected(path, "the file name is not valid UTF-8; rename the file", "name") from None
-    resolved = path.resolve()
+    try:
+        resolved = path.resolve(strict=True)
+        mode = resolved.stat().st_mode
+    except (OSError, RuntimeError) as exc:  # a dangling link, a link loop, a file gone meanwhile
+        raise ImageRejected(path, f"cannot be followed to a file ({exc.__class__.__name__}: {exc})", "link") from None
     if not resolved.is_relative_to(root.resolve()):
-        raise ImageRejected(path, f"a symbolic link to {resolved}, outside the data folder {root}", "link") from None
-    mode = resolved.stat().st_mode
+        raise ImageRejected(path, f"a symbolic link to {resolved}, outside the data folder {root}", "link")
     if not stat.S_ISREG(mode):
         raise ImageRejected(path, "not a regular file (a FIFO, device or socket)", "not-a-file")
 
 
 def header(path: Path, max_pixels: int) -> tuple[int, int, str]:
-    """(height, width, mode) from the file header, without decoding the pixels; refuses oversized images."""
+    """(height, width, mode) of the image as `read` returns it (EXIF orientation applied), from the file header
+    alone; refuses oversized images before any pixel is decoded."""
     try:
         with Image.open(path) as img:
             height, width, mode = img.height, img.width, img.mode
+            if height * width > max_pixels:
+                raise ImageRejected(
+                    path,
+                    f"{width}x{height} = {height * width:,} pixels, more than prepare.max_pixels ({max_pixels:,}): "
+                    "refused before decoding (a decompression bomb, or an image far larger than training needs)",
+                    "too-large",
+                )
+            # Pillow reads a PNG's EXIF by decoding the whole image unless the chunk came before the pixels.
+            if (img.format != "PNG" or "exif" in img.info) and img.getexif().get(ORIENTATION, 1) in TRANSPOSING:
+                height, width = width, height
     except Image.DecompressionBombError as exc:  # Pillow's own limit, far above max_pixels
         raise ImageRejected(path, f"refused before decoding: {exc}", "too-large") from None
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageRejected(path, f"cannot be read as an image ({exc})", "unreadable") from None
-    if height * width > max_pixels:
-        raise ImageRejected(
-            path,
-            f"{width}x{height} = {height * width:,} pixels, more than prepare.max_pixels ({max_pixels:,}): refused "
-            "before decoding (a decompression bomb, or an image far larger than training needs)",
-            "too-large",
-        )
     return height, width, mode
 
 
 def is_gray(mode: str) -> bool:
+    """Whether an image of this Pillow mode has no colour (it becomes one channel under `channels: auto`)."""
     return mode in GRAY_MODES
 
 

@@ -12,9 +12,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-SPLITS = ("train", "test", "unlabeled")
-
-
 @dataclass(frozen=True)
 class Part:
     """A run of images from one source file, all of one shape, loaded on demand.

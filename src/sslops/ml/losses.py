@@ -24,7 +24,7 @@ class NTXentLoss(nn.Module):
     Under DDP, this rank's views are compared against views gathered from all ranks.
     """
 
-    def __init__(self, temperature: float = 0.2):
+    def __init__(self, temperature: float):
         super().__init__()
         self.temperature = temperature
 

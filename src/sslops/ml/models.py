@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -134,23 +135,36 @@ class Encoder(nn.Module):
         return Encoder(self.config, self.channel_mean, self.channel_std)
 
 
-def load_encoder_dir(folder: Path, sha256: str) -> tuple[Encoder, dict]:
+def load_encoder_dir(folder: Path, sha256: str, spec_sha256: str | None = None) -> tuple[Encoder, dict]:
     """(encoder, spec) from a folder holding encoder.json (how to rebuild it) and encoder.pt (its state_dict).
 
-    The weights file must have the given sha256 and is loaded with weights_only=True: tensors, never code.
+    Both files must have the given sha256s (the spec's when one was recorded), and the weights are loaded with
+    weights_only=True: tensors, never code. A file that does not fit is a named error, not a traceback.
     """
     from sslops.errors import SslopsError
 
     weights, spec_file = folder / "encoder.pt", folder / "encoder.json"
     if not weights.is_file() or not spec_file.is_file():
         raise SslopsError(f"{folder} lacks encoder.pt or encoder.json: not an sslops encoder.")
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
-    if digest != sha256:
-        raise SslopsError(
-            f"{weights} has sha256 {digest[:12]}..., not the registered {sha256[:12]}...: refusing "
-            "weights that are not the ones registered."
-        )
-    spec = json.loads(spec_file.read_text())
-    encoder = Encoder(BackboneConfig(**spec["backbone"]), spec["mean"], spec["std"])
-    encoder.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    for path, expected in ((weights, sha256), (spec_file, spec_sha256)):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if expected and digest != expected:
+            raise SslopsError(
+                f"{path} has sha256 {digest[:12]}..., not the registered {expected[:12]}...: refusing files that are "
+                "not the ones registered."
+            )
+    try:
+        spec = json.loads(spec_file.read_text())
+        encoder = Encoder(BackboneConfig(**spec["backbone"]), spec["mean"], spec["std"])
+        encoder.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except (
+        ValueError,
+        KeyError,
+        TypeError,
+        RuntimeError,
+        EOFError,
+        pickle.UnpicklingError,
+    ) as exc:  # bad JSON or keys,
+        # weights of another shape, a file torch's weights_only loader refuses
+        raise SslopsError(f"{folder}: encoder.json and encoder.pt do not make an encoder ({exc}).") from None
     return encoder.eval(), spec

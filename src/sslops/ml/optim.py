@@ -15,8 +15,8 @@ class LARS(torch.optim.Optimizer):
     """
 
     def __init__(
-        self, params, lr: float, momentum: float = 0.9, weight_decay: float = 1e-6, trust_coefficient: float = 0.001
-    ):
+        self, params, lr: float, momentum: float, weight_decay: float, trust_coefficient: float = 0.001
+    ):  # trust_coefficient: the LARS paper's constant, not a knob
         super().__init__(
             params,
             {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "trust_coefficient": trust_coefficient},
@@ -53,7 +53,7 @@ OPTIMIZERS = ("lars", "sgd", "adamw")
 
 
 def build_optimizer(
-    model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9
+    model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float
 ) -> torch.optim.Optimizer:
     """SGD (weight decay off for biases and norms) or LARS."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]

@@ -23,8 +23,10 @@ from torch import nn
 from sslops.ml.device import amp_dtype
 from sslops.ml.methods import Method
 from sslops.ml.optim import build_optimizer, scaled_lr, warmup_cosine
+from sslops.outputs.atomic import atomic_file
 
 Batches = Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]
+EpochHook = Callable[["EpochStats"], dict[str, float]]  # rank 0, after each epoch: monitoring and logging
 
 
 @dataclass(frozen=True)
@@ -64,31 +66,31 @@ def world() -> tuple[int, int]:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save to a temporary name, then an atomic rename: a kill mid-write leaves the old checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """torch.save to a temporary name, flushed to disk, then an atomic rename: a kill or a full disk mid-write
+    leaves the previous checkpoint (and the next save clears the temporary)."""
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
 
 
-def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
+def load_checkpoint(path: Path, fingerprint: str, rank: int = 0) -> dict[str, Any] | None:
     """The checkpoint at `path` if it belongs to this exact configuration, else None (start fresh).
 
     Loaded with `weights_only=True` (tensors and plain containers only, never code). A file that cannot be read
-    (truncated by a full disk, corrupt) is moved aside with a warning, and training starts fresh.
+    (truncated by a full disk, corrupt) is moved aside by rank 0 with a warning, and training starts fresh.
     """
     if not path.is_file():
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file (UnpicklingError, RuntimeError, EOFError)
-        aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-        os.replace(path, aside)
-        warnings.warn(
-            f"{path} cannot be loaded ({type(exc).__name__}: {str(exc)[:200]}); moved it to {aside.name} "
-            "and starting fresh.",
-            stacklevel=2,
-        )
+        if rank == 0:
+            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            os.replace(path, aside)
+            warnings.warn(
+                f"{path} cannot be loaded ({type(exc).__name__}: {str(exc)[:200]}); moved it to {aside.name} "
+                "and starting fresh.",
+                stacklevel=2,
+            )
         return None
     return state if isinstance(state, dict) and state.get("fingerprint") == fingerprint else None
 
@@ -168,17 +170,28 @@ def _prepare(method: Method, cfg: TrainConfig, device: torch.device, steps_per_e
     )
 
 
-def _resume(step: _Step, checkpoint: Path, fingerprint: str, rank: int) -> tuple[int, int, list[EpochStats]]:
-    """(first epoch to train, global step, history so far): from `checkpoint` when it matches, else a fresh start."""
-    state = load_checkpoint(checkpoint, fingerprint)
+def _resume(
+    step: _Step, checkpoint: Path, fingerprint: str, on_epoch: EpochHook | None
+) -> tuple[int, int, list[EpochStats]]:
+    """(first epoch to train, global step, history so far): from `checkpoint` when it matches, else a fresh start.
+
+    A checkpoint whose last epoch has no monitor results (the hook failed, e.g. MLflow went down after training)
+    gets them now, so a rerun records instead of training again.
+    """
+    rank = world()[0]
+    state = load_checkpoint(checkpoint, fingerprint, rank)
     if state is None:
         return 0, 0, []
     step.method.load_state_dict(state["model"])
     step.optimizer.load_state_dict(state["optimizer"])
     step.scaler.load_state_dict(state["scaler"])
+    history = [EpochStats(**h) for h in state["history"]]
     if rank == 0:
         print(f"resuming from {checkpoint} after epoch {state['epoch'] + 1} (step {state['step']})")
-    return state["epoch"] + 1, state["step"], [EpochStats(**h) for h in state["history"]]
+        if on_epoch is not None and history and not history[-1].extra:
+            history[-1].extra = on_epoch(history[-1])
+            save_checkpoint(checkpoint, {**state, "history": [h.__dict__ for h in history]})
+    return state["epoch"] + 1, state["step"], history
 
 
 def pretrain(
@@ -189,7 +202,7 @@ def pretrain(
     device: torch.device,
     checkpoint: Path,
     fingerprint: str,
-    on_epoch: Callable[[EpochStats], dict[str, float]] | None = None,
+    on_epoch: EpochHook | None = None,
     progress: bool = True,
 ) -> list[EpochStats]:
     """Train `method` for cfg.epochs, resuming from `checkpoint` when it matches `fingerprint`.
@@ -201,7 +214,7 @@ def pretrain(
 
     rank, world_size = world()
     step = _prepare(method, cfg, device, steps_per_epoch)
-    start_epoch, n, history = _resume(step, checkpoint, fingerprint, rank)
+    start_epoch, n, history = _resume(step, checkpoint, fingerprint, on_epoch)
     for epoch in range(start_epoch, cfg.epochs):
         step.forward.train()
         started = time.perf_counter()
@@ -221,12 +234,14 @@ def pretrain(
             loss_sum /= world_size
         stats = EpochStats(epoch, n, float(loss_sum) / max(1, steps_per_epoch), lr, seen / seconds, seconds)
         if rank == 0:
-            if on_epoch is not None:
-                stats.extra = on_epoch(stats)
-            history.append(stats)
-            state = {"fingerprint": fingerprint, "epoch": epoch, "step": n, "model": method.state_dict()}
-            state |= {"optimizer": step.optimizer.state_dict(), "scaler": step.scaler.state_dict()}
-            save_checkpoint(checkpoint, {**state, "history": [h.__dict__ for h in history]})
+            try:
+                if on_epoch is not None:
+                    stats.extra = on_epoch(stats)
+            finally:  # the trained epoch is kept even when the hook fails (e.g. the tracking server goes down)
+                history.append(stats)
+                state = {"fingerprint": fingerprint, "epoch": epoch, "step": n, "model": method.state_dict()}
+                state |= {"optimizer": step.optimizer.state_dict(), "scaler": step.scaler.state_dict()}
+                save_checkpoint(checkpoint, {**state, "history": [h.__dict__ for h in history]})
         if world_size > 1:
             dist.barrier()
     return history

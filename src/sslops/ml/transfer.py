@@ -109,16 +109,20 @@ def _fit_linear(probe: LinearProbe, x: torch.Tensor, y: torch.Tensor, weight_dec
     optimizer.step(closure)
 
 
+# Share of a labelled subset held out to choose the probe's L2 penalty (params.yaml finetune.probe says so): part of
+# the protocol's definition, like the candidate penalties' selection rule, not a knob.
+PROBE_HOLDOUT = 0.2
+
+
 def fit_linear_probe(
     x: torch.Tensor,
     y: torch.Tensor,
     n_classes: int,
     weight_decays: list[float],
     seed: int,
-    iterations: int = 300,
-    holdout: float = 0.2,
+    iterations: int,
 ) -> tuple[LinearProbe, float]:
-    """Pick the L2 penalty on a held-out share of the labelled subset, refit on all of it.
+    """Pick the L2 penalty on a held-out share (`PROBE_HOLDOUT`) of the labelled subset, refit on all of it.
 
     Returns the probe and the chosen penalty. The test split is never looked at: with a 1 % budget the
     right penalty is much larger than with 100 %, and choosing it on test would overstate both.
@@ -126,7 +130,7 @@ def fit_linear_probe(
     torch.manual_seed(seed)
     probe = LinearProbe(x.shape[1], n_classes)
     chosen = weight_decays[0]
-    n_val = max(n_classes, int(holdout * len(x)))
+    n_val = max(n_classes, int(PROBE_HOLDOUT * len(x)))
     if len(weight_decays) > 1 and len(x) - n_val >= 2 * n_classes:  # else too few labels to hold any out
         order = np.random.default_rng(seed).permutation(len(x))
         val, fit = torch.as_tensor(order[:n_val]), torch.as_tensor(order[n_val:])

@@ -59,3 +59,23 @@ def project_lock(root: Path, timeout_s: float, holder: str, on_wait: Callable[[s
         finally:
             fh.truncate(0)
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# Set (to the project folder) in the environment of everything a lock holder starts: `sslops repro`'s and a flow's
+# DVC and the stage commands DVC runs. A stage started any other way (a plain `dvc repro`, `python -m sslops
+# <stage>`) takes the lock itself, so it never runs between a flow's stages or while a flow's overrides are applied.
+LOCK_HELD_ENV = "SSLOPS_PIPELINE_LOCK_HELD"
+
+
+@contextlib.contextmanager
+def stage_lock(root: Path, timeout_s: float, holder: str, on_wait: Callable[[str], None]) -> Iterator[None]:
+    """The project lock around one stage, unless the process that started it holds it already.
+
+    Under torchrun only rank 0 takes it (the other ranks are part of the same stage run).
+    """
+    held = os.environ.get(LOCK_HELD_ENV) == str(root)
+    if held or os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    with project_lock(root, timeout_s, holder, on_wait):
+        yield

@@ -44,34 +44,12 @@ def check_overrides(path: Path, overrides: Mapping[str, Any]) -> None:
     import yaml
 
     params = yaml.safe_load(path.read_text(encoding="utf-8"))
-    changed = set()
-    for key, value in flatten(dict(overrides)).items():
-        *parents, leaf = key.split(".")
-        node = params
-        try:
-            for part in parents:
-                node = node[int(part)] if isinstance(node, list) else node[part]
-            if isinstance(node, list):
-                node[int(leaf)] = value
-            elif isinstance(node, dict) and leaf in node:
-                node[leaf] = value
-            else:
-                raise KeyError(leaf)
-        except (KeyError, IndexError, ValueError, TypeError):
-            raise _missing(key, path) from None
-        changed.add(key.split(".")[0])
-    for section in sorted(changed):
+    _set_keys(params, overrides, path, lambda value: value)
+    for section in sorted({key.split(".")[0] for key in flatten(dict(overrides))}):
         try:
             parse_section(section, params[section], path.name)
         except SslopsError as exc:
             raise SslopsError(f"override refused, the stages would reject it: {exc}") from None
-
-
-def _missing(key: str, path: Path) -> SslopsError:
-    return SslopsError(
-        f"cannot override '{key}': {path.name} has no such key (as with `dvc exp run -S`, "
-        f"only keys that exist in {path.name} can be set)"
-    )
 
 
 def _apply(path: Path, overrides: Mapping[str, Any]) -> None:
@@ -81,22 +59,30 @@ def _apply(path: Path, overrides: Mapping[str, Any]) -> None:
     yaml = YAML()  # round-trip, as DVC's modify_yaml: keeps comments, key order and quoting
     yaml.default_flow_style = False
     data = yaml.load(path.read_text(encoding="utf-8"))
+    _set_keys(data, overrides, path, _quoted)
+    with path.open("w", encoding="utf-8") as fh:
+        yaml.dump(data, fh)
+
+
+def _set_keys(tree: Any, overrides: Mapping[str, Any], path: Path, convert: Callable[[Any], Any]) -> None:
+    """Set each dotted key of `overrides` in the loaded YAML `tree` (the key must exist, down to list indices)."""
     for key, value in flatten(dict(overrides)).items():
         *parents, leaf = key.split(".")
-        node = data
+        node = tree
         try:
             for part in parents:
                 node = node[int(part)] if isinstance(node, list) else node[part]
             if isinstance(node, list):
-                node[int(leaf)] = _quoted(value)
+                node[int(leaf)] = convert(value)
             elif isinstance(node, dict) and leaf in node:
-                node[leaf] = _quoted(value)
+                node[leaf] = convert(value)
             else:
                 raise KeyError(leaf)
         except (KeyError, IndexError, ValueError, TypeError):
-            raise _missing(key, path) from None
-    with path.open("w", encoding="utf-8") as fh:
-        yaml.dump(data, fh)
+            raise SslopsError(
+                f"cannot override '{key}': {path.name} has no such key (as with `dvc exp run -S`, "
+                f"only keys that exist in {path.name} can be set)"
+            ) from None
 
 
 def _quoted(value: Any) -> Any:

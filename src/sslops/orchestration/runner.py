@@ -26,6 +26,7 @@ from sslops.adapters.tracking import PREFECT_RUN_ENV as FLOW_RUN_ENV  # tags eve
 from sslops.config import ROOT_ENV
 from sslops.env import TELEMETRY_OFF
 from sslops.errors import SslopsError
+from sslops.orchestration.lock import LOCK_HELD_ENV
 from sslops.orchestration.pipeline import uncached_outputs
 
 PROGRESS_EVERY_S = 30.0  # progress-bar redraws (lines ending in '\r') reach the log at most this often
@@ -61,7 +62,7 @@ def stage_env(root: Path, flow_run_id: str | None) -> dict[str, str]:
     flow is called in-process), so every MLflow stage run is tagged with it. SSLOPS_ROOT pins the stages
     to this project, and this interpreter's bin/ comes first so `python -m sslops` is the same install.
     """
-    env = {**TELEMETRY_OFF, **os.environ, ROOT_ENV: str(root)}
+    env = {**TELEMETRY_OFF, **os.environ, ROOT_ENV: str(root), LOCK_HELD_ENV: str(root)}  # callers hold the lock
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     if flow_run_id:
         env[FLOW_RUN_ENV] = flow_run_id

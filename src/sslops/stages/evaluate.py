@@ -93,9 +93,10 @@ def _encoders(finetuned: Path, model: dict[str, Any], device: torch.device) -> d
 
     from sslops.ml.models import load_encoder_dir
 
-    with tracking.registered_encoder(model["name"], str(model["version"]), model.get("encoder_sha256")) as found:
-        folder, _, sha = found
-        pretrained = load_encoder_dir(folder, sha)[0].to(device)
+    recorded = {"model_name": model["name"], "version": model["version"]}  # what finetune used, by number
+    recorded |= {k: model.get(k) for k in ("encoder_sha256", "encoder_spec_sha256")}
+    with tracking.registered_encoder(model["name"], str(model["version"]), recorded) as (folder, _, digests):
+        pretrained = load_encoder_dir(folder, *digests)[0].to(device)
     scratch = pretrained.untrained_copy()
     scratch.load_state_dict(torch.load(finetuned / "scratch-encoder.pt", map_location="cpu", weights_only=True))
     return {"pretrained": pretrained, "scratch": scratch.to(device)}

@@ -1,7 +1,8 @@
 """finetune: label-efficient transfer of the registered encoder, beside the same recipes from random init.
 
-The encoder comes from the MLflow registry (`finetune.model`: an alias such as `candidate`, or a version
-number), never from a file path, so every result below names the model version it used. For each label
+The encoder comes from the MLflow registry (`finetune.model`: `candidate`, the version this project's register stage
+wrote to metrics/register.json; or an alias or version number), never from a file path, so every result below names
+the model version it used; its files are checked against the sha256s recorded at registration. For each label
 fraction (class-balanced subsets of train, nested, fixed seed) and each initialisation (pretrained,
 scratch = the same architecture at random init) it fits the three protocols of `sslops.ml.transfer`:
 linear probe, kNN and LP-FT fine-tuning. One parent MLflow run, one child run per
@@ -25,8 +26,6 @@ from sslops.data.store import ImageStore
 from sslops.errors import SslopsError
 from sslops.outputs.atomic import atomic_dir
 
-CANDIDATE = "candidate"  # the alias register points at the version it registered
-
 if TYPE_CHECKING:
     import torch
 
@@ -44,10 +43,11 @@ def run(project: Project) -> dict[str, Any]:
     device = pick_device(cfg.device)
     store = ImageStore.open(project.prepared_dir)
     train = store.labelled("train")
-    ref, expected_sha = _model_ref(project, cfg, name)
+    record = project.register_record()
+    ref = _model_ref(record, cfg, name)
     with tracking.stage_run(project, "finetune", cfg.record()) as parent:
-        with tracking.registered_encoder(name, ref, expected_sha) as (folder, version, sha):
-            pretrained, _ = load_encoder_dir(folder, sha)
+        with tracking.registered_encoder(name, ref, record) as (folder, version, digests):
+            pretrained, _ = load_encoder_dir(folder, *digests)
         pretrain_run = version.tags.get("pretrain.run_id", "unknown")
         model_tags = {"model.name": name, "model.version": version.version, "model.ref": cfg.model}
         model_tags["pretrain.run_id"] = pretrain_run
@@ -64,7 +64,8 @@ def run(project: Project) -> dict[str, Any]:
                 for entry in _fit_init(tmp, cfg, store, train, init, encoder.to(device), model_tags, device)
             ]
             model = {"name": name, "version": int(version.version), "run_id": version.run_id}
-            model |= {"pretrain_run_id": pretrain_run, "encoder_sha256": sha}
+            model |= {"pretrain_run_id": pretrain_run, "encoder_sha256": digests.weights}
+            model |= {"encoder_spec_sha256": digests.spec}
             index = {"model": model, "parent_run_id": parent.info.run_id, "seed": cfg.seed}
             index |= {"n_classes": int(train[1].max()) + 1, "entries": entries}
             (tmp / "index.json").write_text(json.dumps(index, indent=2))
@@ -95,22 +96,18 @@ def _fit_init(
     ]
 
 
-def _model_ref(project: Project, cfg: FinetuneParams, name: str) -> tuple[str, str | None]:
-    """(version or alias to load, the sha256 the project expects of it).
-
-    `candidate` means the version this project's register stage wrote to metrics/register.json, by number, never
-    the alias looked up again: on a shared server another register may have moved the alias since.
-    """
-    if str(cfg.model) != CANDIDATE:
-        return str(cfg.model), None
-    path = project.metrics_dir / "register.json"
-    record = json.loads(path.read_text()) if path.is_file() else {}
+def _model_ref(record: dict[str, Any], cfg: FinetuneParams, name: str) -> str:
+    """The version number or alias to load. `candidate` means the version this project's register stage wrote to
+    metrics/register.json (`record`), by number, never the alias looked up again: on a shared server another
+    register may have moved the alias since."""
+    if str(cfg.model) != tracking.CANDIDATE:
+        return str(cfg.model)
     if record.get("model_name") != name or "version" not in record:
         raise SslopsError(
-            f"finetune.model 'candidate' means the version in {path}, which names no version of "
+            f"finetune.model 'candidate' means the version in metrics/register.json, which names no version of "
             f"{name}: run the register stage first (dvc repro register)."
         )
-    return str(record["version"]), record.get("encoder_sha256")
+    return str(record["version"])
 
 
 def _fit_budget(

@@ -24,7 +24,7 @@ from sslops.config.schema import RegisterParams
 from sslops.errors import SslopsError
 from sslops.outputs.atomic import write_json
 
-CANDIDATE, CHAMPION = "candidate", "champion"
+CANDIDATE, CHAMPION = tracking.CANDIDATE, tracking.CHAMPION
 # Lineage copied from the pretrain run onto the model version, so a version answers for itself.
 LINEAGE_TAGS = (
     "data.dvc_md5",
@@ -36,7 +36,7 @@ LINEAGE_TAGS = (
 )
 
 
-def registry_record(project: Project):
+def registry_record(project: Project) -> Path:
     """mlflow/registered.json: DVC output of this stage that lives and dies with the local MLflow store."""
     return project.root / "mlflow" / "registered.json"
 
@@ -54,6 +54,7 @@ def run(project: Project) -> dict[str, Any]:
     cfg: RegisterParams = project.config("register")
     encoder_dir = project.root / "artifacts" / "pretrain"
     sha, pretrain_run, value = _pretrain_run(project, encoder_dir, cfg.metric)
+    spec_sha = file_digest(encoder_dir / "encoder.json")
     with tracking.stage_run(project, "register", cfg.record()) as run:
         lineage = {k: v for k, v in pretrain_run.data.tags.items() if k in LINEAGE_TAGS}
         tags = {"pretrain.run_id": pretrain_run.info.run_id, "encoder.sha256": sha}
@@ -66,6 +67,7 @@ def run(project: Project) -> dict[str, Any]:
                 **lineage,
                 **tags,
                 "register.run_id": run.info.run_id,
+                "encoder.spec_sha256": spec_sha,
                 tracking.FORMAT_TAG: tracking.MODEL_FORMAT,
             }
             promotion = {"promotion.metric": cfg.metric, "promotion.value": value}
@@ -87,6 +89,7 @@ def run(project: Project) -> dict[str, Any]:
             "version": int(version.version),
             "model_uri": f"models:/{cfg.model_name}/{version.version}",
             "encoder_sha256": sha,
+            "encoder_spec_sha256": version.tags.get("encoder.spec_sha256", spec_sha),
             "run_id": run.info.run_id,
             "pretrain_run_id": pretrain_run.info.run_id,
             "metric": cfg.metric,
