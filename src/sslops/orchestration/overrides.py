@@ -56,12 +56,14 @@ def _apply(path: Path, overrides: Mapping[str, Any]) -> None:
     """Set each dotted key of `overrides` (which must exist, down to list indices) in the YAML file `path`."""
     from ruamel.yaml import YAML
 
-    yaml = YAML()  # round-trip, as DVC's modify_yaml: keeps comments, key order and quoting
-    yaml.default_flow_style = False
-    data = yaml.load(path.read_text(encoding="utf-8"))
+    # Round-trip mode, as DVC's modify_yaml: keeps comments, key order and quoting; it builds plain mappings,
+    # sequences and scalars only (no Python objects from tags), like safe_load.
+    round_trip = YAML(typ="rt")
+    round_trip.default_flow_style = False
+    data = round_trip.load(path.read_text(encoding="utf-8"))
     _set_keys(data, overrides, path, _quoted)
     with path.open("w", encoding="utf-8") as fh:
-        yaml.dump(data, fh)
+        round_trip.dump(data, fh)
 
 
 def _set_keys(tree: Any, overrides: Mapping[str, Any], path: Path, convert: Callable[[Any], Any]) -> None:
