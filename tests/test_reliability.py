@@ -471,3 +471,51 @@ def test_a_dangling_link_is_named_and_a_rotated_photo_is_planned_at_its_shown_si
         == (4, 2)
         == images.read(tmp_path / "rotated.jpg", 1, 100).shape[:2]
     )
+
+
+# --- the augmentation cache respects the disk -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("policy", "budget", "views", "reason"),
+    [
+        ("fewer_views", 10_000, 8, "8 views fit the disk budget (8,000 bytes)"),
+        ("fewer_views", 5_000, 5, "8 views of 10 images need 8,000 bytes, over the budget of 5,000: 5 views cached"),
+        ("fewer_views", 1_500, 0, "no cache, views are made on the fly during pretraining"),
+        ("on_the_fly", 5_000, 0, "no cache, views are made on the fly during pretraining"),
+    ],
+)
+def test_a_cache_over_its_budget_is_planned_before_a_byte_is_written(policy, budget, views, reason) -> None:
+    from sslops.ml.cache import plan_cache
+
+    plan = plan_cache(images=10, bytes_per_view=100, views=8, budget_bytes=budget, policy=policy)
+    assert plan.views == views and plan.cache_bytes == 10 * 100 * views and reason in plan.reason
+
+
+def test_a_cache_over_its_budget_is_refused_when_told_so() -> None:
+    from sslops.ml.cache import plan_cache
+
+    with pytest.raises(SslopsError, match="need 8,000 bytes, over the budget of 5,000: refused"):
+        plan_cache(images=10, bytes_per_view=100, views=8, budget_bytes=5_000, policy="refuse")
+
+
+@pytest.mark.integration
+def test_the_augment_stage_fits_its_cache_into_the_disk_budget(project, capsys) -> None:
+    import json
+
+    from sslops.cli import main
+
+    assert main(["prepare"]) == 0 and main(["validate"]) == 0
+    set_param(project.root, "augment", "views", 8)
+    set_param(project.root, "augment", "disk_budget_gb", 80 * 144 * 3.5 / 1e9)  # room for 3 views of 80 images
+    set_param(project.root, "augment", "over_budget", "refuse")
+    assert main(["augment"]) == 2
+    assert "over the budget of 40,320: refused" in capsys.readouterr().err
+    assert not (project.root / "artifacts" / "augment").exists()  # nothing written
+    set_param(project.root, "augment", "over_budget", "fewer_views")
+    assert main(["augment"]) == 0
+    assert "3 views cached" in capsys.readouterr().out
+    index = json.loads((project.root / "artifacts" / "augment" / "index.json").read_text())
+    metrics = json.loads((project.metrics_dir / "augment.json").read_text())
+    assert index["views"] == metrics["views"] == 3 and metrics["cache_bytes"] == 80 * 144 * 3
+    assert main(["pretrain"]) == 0  # pretraining reads the views the cache has

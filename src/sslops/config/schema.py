@@ -100,6 +100,8 @@ class AugmentParams(Section):
     views: NonNegativeInt
     seed: NonNegativeInt
     shard_size: PositiveInt
+    disk_budget_gb: PositiveFloat  # the most the cache may take; the disk's free space caps it too
+    over_budget: Literal["fewer_views", "on_the_fly", "refuse"]
     size: PositiveInt | None
     crop_scale: tuple[Probability, Probability]
     crop_ratio: Range

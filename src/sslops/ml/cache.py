@@ -7,6 +7,7 @@ Bytes per view = C x size x size (784 for Fashion-MNIST at 28 px); the cache hol
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,40 @@ import torch
 from sslops.ml.augment import AugmentConfig, BatchAugment
 from sslops.ml.views import INDEX
 from sslops.outputs.atomic import ensure_space, reserve
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    """How many views the cache holds, and why: what the augment stage prints and records."""
+
+    views: int  # 0 = no cache: pretraining augments on the fly
+    cache_bytes: int
+    reason: str
+
+
+def plan_cache(images: int, bytes_per_view: int, views: int, budget_bytes: int, policy: str) -> CachePlan:
+    """Fit the cache into `budget_bytes` (the disk budget, or the free space if smaller) before a byte is written.
+
+    `policy` decides what happens when `views` views per image do not fit: `fewer_views` keeps as many as fit (at
+    least 2, the two different views of a step; else on the fly), `on_the_fly` keeps none, `refuse` stops.
+    """
+    from sslops.errors import SslopsError
+
+    needed = images * views * bytes_per_view
+    if views == 0:
+        return CachePlan(0, 0, "augment.views is 0: views are made on the fly")
+    if needed <= budget_bytes:
+        return CachePlan(views, needed, f"{views} views fit the disk budget ({needed:,} bytes)")
+    over = f"{views} views of {images} images need {needed:,} bytes, over the budget of {budget_bytes:,}"
+    if policy == "refuse":
+        raise SslopsError(
+            f"{over}: refused (augment.over_budget: refuse). Raise augment.disk_budget_gb, lower "
+            "augment.views, or choose over_budget fewer_views or on_the_fly."
+        )
+    fitting = budget_bytes // max(1, images * bytes_per_view)
+    if policy == "fewer_views" and fitting >= 2:
+        return CachePlan(int(fitting), int(fitting) * images * bytes_per_view, f"{over}: {fitting} views cached")
+    return CachePlan(0, 0, f"{over}: no cache, views are made on the fly during pretraining")
 
 
 def build_cache(

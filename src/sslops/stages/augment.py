@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from sslops.config.schema import AugmentParams
 from sslops.data.store import ImageStore, manifest_digest
 from sslops.errors import SslopsError
 from sslops.outputs.atomic import atomic_dir, atomic_file, write_json
+
+if TYPE_CHECKING:
+    from sslops.ml.cache import CachePlan
 
 PRETRAIN_SPLITS = ("train", "unlabeled")  # labels are never read by pretraining
 
@@ -64,22 +67,40 @@ def run(project: Project) -> dict[str, Any]:
         store = ImageStore.open(project.prepared_dir)
         require_validated(project, store)
         rows = pretrain_rows(store)
+        plan = _plan(project, cfg, store, len(rows))
+        print(f"augment: {plan.reason}")
         with atomic_dir(project.root / "artifacts" / "augment") as tmp:
             index = build_cache(
-                store.images, rows, cfg.to_core(AugmentConfig), cfg.views, cfg.seed, tmp, cfg.shard_size
+                store.images, rows, cfg.to_core(AugmentConfig), plan.views, cfg.seed, tmp, cfg.shard_size
             )
         seconds = time.perf_counter() - start
         plot = project.root / "plots" / "augment_pairs.png"
         write_pairs_plot(store, rows, cfg, plot)
         summary = {
-            "views": cfg.views,
+            "views": plan.views,
             "images": index["images"],
             "bytes_per_view": index["bytes_per_view"],
-            "cache_bytes": index["bytes_per_view"] * index["images"] * cfg.views,
+            "cache_bytes": plan.cache_bytes,
             "seconds": round(seconds, 2),
-            "views_per_s": round(index["images"] * cfg.views / seconds, 1) if cfg.views else 0.0,
+            "views_per_s": round(index["images"] * plan.views / seconds, 1) if plan.views else 0.0,
         }
         tracking.log_metrics(summary)
+        tracking.set_tags({"augment.cache_plan": plan.reason})
         tracking.log_artifacts(plot, "augment")
-        write_json(project.metrics_dir / "augment.json", summary)
+        write_json(project.metrics_dir / "augment.json", {**summary, "cache_plan": plan.reason})
     return summary
+
+
+def _plan(project: Project, cfg: AugmentParams, store: ImageStore, images: int) -> CachePlan:
+    """The cache that fits both augment.disk_budget_gb and the disk's free space (augment.over_budget decides)."""
+    import shutil
+
+    from sslops.ml.cache import plan_cache
+    from sslops.outputs.atomic import HEADROOM_BYTES
+
+    height, width, channels = store.images.shape[1:]
+    side_h, side_w = (cfg.size, cfg.size) if cfg.size else (height, width)
+    folder = project.root / "artifacts"
+    free = shutil.disk_usage(folder if folder.is_dir() else project.root).free - HEADROOM_BYTES
+    budget = int(min(cfg.disk_budget_gb * 1e9, max(free, 0)))
+    return plan_cache(images, int(channels * side_h * side_w), cfg.views, budget, cfg.over_budget)
