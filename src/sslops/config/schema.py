@@ -7,7 +7,7 @@ declare types and ranges only, never defaults: every value comes from params.yam
 defaults, and a missing key is an error that names it.
 
 The ML core never sees these models or the params dict: a stage hands the core its own plain dataclass
-(`TrainConfig`, `BackboneConfig`, `AugmentParams`, ...) built from the validated values with `to_core`. This
+(`TrainConfig`, `BackboneConfig`, `AugmentConfig`, ...) built from the validated values with `to_core`. This
 module imports nothing of the core, so loading a config stays cheap and DVC reruns a stage only for the code
 it runs (tests/test_architecture.py derives each stage's deps from its imports).
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import PurePosixPath
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
 
@@ -28,8 +28,8 @@ Probability = Annotated[float, Field(ge=0, le=1)]
 Name = Annotated[str, Field(min_length=1)]
 Range = tuple[PositiveFloat, PositiveFloat]
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
-METHOD_NAMES = ("simclr", "moco", "byol", "mim", "rotation")
 Method = Literal["simclr", "moco", "byol", "mim", "rotation"]
+METHOD_NAMES: tuple[str, ...] = get_args(Method)
 
 
 class Section(BaseModel):
