@@ -21,7 +21,7 @@ PACKAGE = SRC / "sslops"
 
 # Bottom to top. A module may import sslops modules of its own layer and of the layers below it only.
 LAYERS = [
-    ("base", ("sslops.errors", "sslops.env", "sslops.outputs")),
+    ("base", ("sslops.errors", "sslops.env", "sslops.outputs", "sslops.pipeline_lock")),
     ("core", ("sslops.data", "sslops.ml")),
     ("config", ("sslops.config",)),
     ("adapters", ("sslops.adapters",)),
@@ -109,6 +109,8 @@ def closure(start: str) -> set[Path]:
             continue
         seen.add(path)
         todo += [m for m in imports(path) if m.startswith("sslops")]
+        name = module_name(path)
+        todo += [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]  # parent packages run first
     return seen
 
 
@@ -200,8 +202,7 @@ def entry_files() -> set[Path]:
     """What `python -m sslops <stage>` runs around any stage: __main__, the CLI's module-level imports and those of
     the function that runs a stage (`_run_stage`, `_stage_runner` minus the stage modules), not the other commands'.
 
-    A package's __init__ is followed when the package itself is imported by name; ours hold docstrings and
-    re-exports for callers outside this path.
+    Importing a module runs its parent packages' __init__ first, so those are followed too.
     """
     cli = PACKAGE / "cli.py"
     tree = ast.parse(cli.read_text())

@@ -60,6 +60,7 @@ BAD = [
     ("validate", {"min_class_share": 2}, "validate.min_class_share in params.yaml: must be less than or equal to 1"),
     ("validate", {"min_rows": 10, "max_rows": 5}, "min_rows (10) must not exceed max_rows (5)"),
     ("evaluate", {"device": "gpu"}, "evaluate.device in params.yaml: must match pattern"),
+    ("prepare", {"root": "../someone-else/data"}, "prepare.root in params.yaml: must be a folder inside the project"),
 ]
 
 

@@ -414,6 +414,19 @@ def test_the_registry_must_agree_with_the_project_record_and_carry_sslops_tags(p
         tracking.registered_encoder("sslops-encoder", "1", forged),
     ):
         pass
+    # A spec tag deleted on the server does not switch the spec check off: the project's record still names it.
+    from sslops.ml.models import load_encoder_dir
+
+    tracking.client().delete_model_version_tag("sslops-encoder", "1", "encoder.spec_sha256")
+    with tracking.registered_encoder("sslops-encoder", "1", record) as (folder, _, digests):
+        assert digests.spec == record["encoder_spec_sha256"]
+        load_encoder_dir(folder, *digests)  # the file is the recorded one
+    forged_spec = {**record, "encoder_spec_sha256": "e" * 64}
+    with (
+        tracking.registered_encoder("sslops-encoder", "1", forged_spec) as (folder, _, digests),
+        pytest.raises(SslopsError, match="encoder.json has sha256"),
+    ):
+        load_encoder_dir(folder, *digests)
     tracking.client().delete_model_version_tag("sslops-encoder", "1", "encoder.sha256")  # not checkable any more
     with (
         pytest.raises(SslopsError, match="was not registered by sslops"),
@@ -510,7 +523,7 @@ def test_the_augment_stage_fits_its_cache_into_the_disk_budget(project, capsys) 
     set_param(project.root, "augment", "disk_budget_gb", 80 * 144 * 3.5 / 1e9)  # room for 3 views of 80 images
     set_param(project.root, "augment", "over_budget", "refuse")
     assert main(["augment"]) == 2
-    assert "over the budget of 40,320: refused" in capsys.readouterr().err
+    assert "over augment.disk_budget_gb of 40,320: refused" in capsys.readouterr().err
     assert not (project.root / "artifacts" / "augment").exists()  # nothing written
     set_param(project.root, "augment", "over_budget", "fewer_views")
     assert main(["augment"]) == 0
@@ -519,3 +532,38 @@ def test_the_augment_stage_fits_its_cache_into_the_disk_budget(project, capsys) 
     metrics = json.loads((project.metrics_dir / "augment.json").read_text())
     assert index["views"] == metrics["views"] == 3 and metrics["cache_bytes"] == 80 * 144 * 3
     assert main(["pretrain"]) == 0  # pretraining reads the views the cache has
+
+
+@pytest.mark.integration  # the second start runs prepare against a real MLflow store
+def test_a_stage_started_directly_does_not_run_while_a_flow_holds_the_lock(project) -> None:
+    """`python -m sslops <stage>` (or a plain `dvc repro`, which sets DVC_STAGE) takes the project lock itself; started
+    by DVC it does not wait (DVC holds its own lock meanwhile, which the flow's next stage needs) but fails at once."""
+    import subprocess
+    import sys
+
+    from sslops.pipeline_lock import project_lock
+
+    env = {**os.environ, "SSLOPS_ROOT": str(project.root), "DVC_STAGE": "prepare"}
+    with project_lock(project.root, 0, "a Prefect flow run (test)", on_wait=lambda _: None):
+        done = subprocess.run(
+            [sys.executable, "-m", "sslops", "prepare"],
+            cwd=project.root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+    assert done.returncode == 2, done.stderr
+    assert "another pipeline run holds" in done.stderr and "a Prefect flow run (test)" in done.stderr
+    assert not (project.root / "artifacts").exists()
+    held = {**env, "SSLOPS_PIPELINE_LOCK_HELD": str(project.root)}  # started by the holder: runs under its lock
+    with project_lock(project.root, 0, "sslops repro (test)", on_wait=lambda _: None):
+        done = subprocess.run(
+            [sys.executable, "-m", "sslops", "prepare"],
+            cwd=project.root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=held,
+        )
+    assert done.returncode == 0, done.stderr

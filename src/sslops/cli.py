@@ -30,14 +30,14 @@ def _quiet_third_parties() -> None:
 def _run_stage(args: argparse.Namespace) -> int:
     """One stage, under the project lock unless whoever started it (`sslops repro`, a flow run) holds it."""
     from sslops.config import Project
-    from sslops.orchestration.lock import stage_lock
+    from sslops.pipeline_lock import stage_lock
 
-    project = Project.discover()
+    checked = Project.discover()
     run = _stage_runner(args.command)
-    project.config(args.command)  # bad params fail before the lock file is touched, as before any other write
-    timeout = project.config("flow").lock_timeout_s
-    with stage_lock(project.root, timeout, f"sslops {args.command} (pid {os.getpid()})", on_wait=print):
-        summary = run(project)
+    checked.config(args.command)  # bad params fail before the lock file is touched, as before any other write
+    timeout = checked.config("flow").lock_timeout_s
+    with stage_lock(checked.root, timeout, f"sslops {args.command}", on_wait=print):
+        summary = run(Project(checked.root))  # params.yaml read again under the lock: a flow may have changed it
     if summary:  # torchrun ranks other than 0 return nothing to report
         print(json.dumps(summary, indent=2, default=str))
     return 0

@@ -81,11 +81,14 @@ def _check_reachable(uri: str, timeout_s: float) -> None:
     """
     import socket
     from urllib.parse import urlsplit
+    from urllib.request import getproxies, proxy_bypass
 
     from sslops.errors import SslopsError
 
     parts = urlsplit(uri)
     shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    if parts.scheme in getproxies() and not proxy_bypass(parts.hostname or ""):
+        return  # reached through a proxy, as MLflow's client does: only its bounded retries can tell
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         with socket.create_connection((parts.hostname or "", port), timeout=timeout_s):
@@ -322,7 +325,7 @@ def set_version_tags(name: str, version: str, tags: dict[str, Any]) -> None:
         client().set_model_version_tag(name, str(version), key, str(value))
 
 
-def version_with_sha(name: str, sha256: str) -> mlflow.entities.model_registry.ModelVersion | None:
+def version_with_sha(name: str, sha256: str, spec_sha256: str) -> mlflow.entities.model_registry.ModelVersion | None:
     """The version of `name` already registered with these exact weights (tag encoder.sha256), if any."""
     from mlflow.exceptions import MlflowException
 
@@ -330,8 +333,15 @@ def version_with_sha(name: str, sha256: str) -> mlflow.entities.model_registry.M
         versions = client().search_model_versions(f"name = '{name}'")
     except MlflowException:
         return None
-    # Versions logged as pickles (before the pt2 format) are not reused: the same weights are registered anew.
-    matches = [v for v in versions if v.tags.get("encoder.sha256") == sha256 and v.tags.get(FORMAT_TAG) == MODEL_FORMAT]
+    # Reused only when everything about it can be checked: pt2 (not a pickle, as before that format) and a
+    # recorded encoder.json digest equal to this one. Otherwise the same weights are registered anew.
+    matches = [
+        v
+        for v in versions
+        if v.tags.get("encoder.sha256") == sha256
+        and v.tags.get("encoder.spec_sha256") == spec_sha256
+        and v.tags.get(FORMAT_TAG) == MODEL_FORMAT
+    ]
     return min(matches, key=lambda v: int(v.version)) if matches else None
 
 
@@ -379,6 +389,8 @@ def registered_encoder(name: str, ref: str, recorded: dict[str, Any] | None = No
                     f"{name} version {version.version} carries {key} {str(tagged)[:12]}... but the project recorded "
                     f"{recorded[key][:12]}... for it (metrics/register.json): the registry and the project disagree."
                 )
+        # A tag deleted on the server does not switch the check off: the record in git still names the file.
+        digests = EncoderDigests(digests.weights, digests.spec or recorded.get("encoder_spec_sha256"))
     with tempfile.TemporaryDirectory(prefix="sslops-encoder-") as tmp:
         folder = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=STATE_DICT, dst_path=tmp)
         yield Path(folder), version, digests

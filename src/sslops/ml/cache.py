@@ -27,8 +27,12 @@ class CachePlan:
     reason: str
 
 
-def plan_cache(images: int, bytes_per_view: int, views: int, budget_bytes: int, policy: str) -> CachePlan:
+def plan_cache(
+    images: int, bytes_per_view: int, views: int, budget_bytes: int, policy: str, limit: str = "the budget"
+) -> CachePlan:
     """Fit the cache into `budget_bytes` (the disk budget, or the free space if smaller) before a byte is written.
+
+    `limit` names what set `budget_bytes` in messages ("augment.disk_budget_gb", "the free disk space").
 
     `policy` decides what happens when `views` views per image do not fit: `fewer_views` keeps as many as fit (at
     least 2, the two different views of a step; else on the fly), `on_the_fly` keeps none, `refuse` stops.
@@ -40,11 +44,11 @@ def plan_cache(images: int, bytes_per_view: int, views: int, budget_bytes: int, 
         return CachePlan(0, 0, "augment.views is 0: views are made on the fly")
     if needed <= budget_bytes:
         return CachePlan(views, needed, f"{views} views fit the disk budget ({needed:,} bytes)")
-    over = f"{views} views of {images} images need {needed:,} bytes, over the budget of {budget_bytes:,}"
+    over = f"{views} views of {images} images need {needed:,} bytes, over {limit} of {budget_bytes:,}"
     if policy == "refuse":
         raise SslopsError(
-            f"{over}: refused (augment.over_budget: refuse). Raise augment.disk_budget_gb, lower "
-            "augment.views, or choose over_budget fewer_views or on_the_fly."
+            f"{over}: refused (augment.over_budget: refuse). Make room ({limit}), lower augment.views, or choose "
+            "augment.over_budget fewer_views or on_the_fly."
         )
     fitting = budget_bytes // max(1, images * bytes_per_view)
     if policy == "fewer_views" and fitting >= 2:

@@ -146,6 +146,8 @@ def load_encoder_dir(folder: Path, sha256: str, spec_sha256: str | None = None) 
     weights, spec_file = folder / "encoder.pt", folder / "encoder.json"
     if not weights.is_file() or not spec_file.is_file():
         raise SslopsError(f"{folder} lacks encoder.pt or encoder.json: not an sslops encoder.")
+    if not sha256:
+        raise SslopsError(f"{folder}: no registered sha256 for encoder.pt, so its weights cannot be checked.")
     for path, expected in ((weights, sha256), (spec_file, spec_sha256)):
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         if expected and digest != expected:

@@ -10,11 +10,10 @@ package import the CLI or the stages: it drives them through DVC, in child proce
   DVC alone decides; `dvc exp save` records an overridden run as one DVC experiment.
 - overrides: overrides are applied to params.yaml by the rules of `dvc exp run -S`, and params.yaml is restored
   afterwards so a later scheduled run never inherits an ad-hoc override.
-- lock: one pipeline run at a time per project: an exclusive lock that a second run waits for, up to a limit.
+- lock (`sslops.pipeline_lock`, re-exported): one pipeline run at a time per project, also taken by each stage.
 - summary: the run summary (stages, model, metrics, MLflow runs) as markdown.
 """
 
-from sslops.orchestration.lock import PipelineBusy, project_lock
 from sslops.orchestration.overrides import overridden_params, override_args
 from sslops.orchestration.pipeline import stage_order, uncached_outputs
 from sslops.orchestration.runner import (
@@ -27,6 +26,7 @@ from sslops.orchestration.runner import (
     stage_failure,
 )
 from sslops.orchestration.summary import StageOutcome, mlflow_runs, read_metrics, registered_model, summary_markdown
+from sslops.pipeline_lock import PipelineBusy, project_lock
 
 __all__ = [
     "PipelineBusy",

@@ -26,8 +26,8 @@ from sslops.adapters.tracking import PREFECT_RUN_ENV as FLOW_RUN_ENV  # tags eve
 from sslops.config import ROOT_ENV
 from sslops.env import TELEMETRY_OFF
 from sslops.errors import SslopsError
-from sslops.orchestration.lock import LOCK_HELD_ENV
 from sslops.orchestration.pipeline import uncached_outputs
+from sslops.pipeline_lock import LOCK_HELD_ENV
 
 PROGRESS_EVERY_S = 30.0  # progress-bar redraws (lines ending in '\r') reach the log at most this often
 STOP_GRACE_S = 10.0  # a cancelled stage gets this long to stop on SIGINT before SIGKILL (within Prefect's own grace)

@@ -101,6 +101,8 @@ def _plan(project: Project, cfg: AugmentParams, store: ImageStore, images: int) 
     height, width, channels = store.images.shape[1:]
     side_h, side_w = (cfg.size, cfg.size) if cfg.size else (height, width)
     folder = project.root / "artifacts"
-    free = shutil.disk_usage(folder if folder.is_dir() else project.root).free - HEADROOM_BYTES
-    budget = int(min(cfg.disk_budget_gb * 1e9, max(free, 0)))
-    return plan_cache(images, int(channels * side_h * side_w), cfg.views, budget, cfg.over_budget)
+    free = max(shutil.disk_usage(folder if folder.is_dir() else project.root).free - HEADROOM_BYTES, 0)
+    budget, limit = int(cfg.disk_budget_gb * 1e9), "augment.disk_budget_gb"
+    if free < budget:
+        budget, limit = free, f"the free disk space under {folder}"
+    return plan_cache(images, int(channels * side_h * side_w), cfg.views, budget, cfg.over_budget, limit)

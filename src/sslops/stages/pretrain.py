@@ -61,7 +61,7 @@ def _run(project: Project) -> dict[str, Any]:
     rows, views, batches, steps_per_epoch = _view_source(project, store, augment, cfg, device, rank, world_size)
     method = _build_method(store, rows, cfg, augment)
     data_digest = manifest_digest(store.manifest)
-    fingerprint = checkpoint_fingerprint(cfg, augment, world_size, data_digest, amp)
+    fingerprint = checkpoint_fingerprint(cfg, augment, world_size, data_digest, amp, views)
     checkpoint = project.root / "artifacts" / "checkpoints" / "pretrain.pt"
     on_epoch = _monitor(store, method, cfg, device)
 
@@ -101,7 +101,9 @@ def _summary(history: list[EpochStats]) -> dict[str, Any]:
     }
 
 
-def checkpoint_fingerprint(cfg: PretrainParams, augment: AugmentParams, world_size: int, data: str, amp: str) -> str:
+def checkpoint_fingerprint(
+    cfg: PretrainParams, augment: AugmentParams, world_size: int, data: str, amp: str, views: int
+) -> str:
     """What a checkpoint must share with this run to be resumed: params, cache recipe, data, world size, the resolved
     AMP (`auto` differs per CPU), the code of the sslops package and the torch version. Anything else starts fresh,
     so a finished run of older code is never published as the result of new code."""
@@ -109,6 +111,7 @@ def checkpoint_fingerprint(cfg: PretrainParams, augment: AugmentParams, world_si
 
     return params_hash(
         {
+            "views": views,  # what the cache holds: its plan may cache fewer than augment.views (disk budget)
             "params": cfg.record(),
             "augment": augment.record(),
             "world": world_size,

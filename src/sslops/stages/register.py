@@ -60,7 +60,7 @@ def run(project: Project) -> dict[str, Any]:
         tags = {"pretrain.run_id": pretrain_run.info.run_id, "encoder.sha256": sha}
         tracking.set_tags({**tags, **{f"pretrain.{k}": v for k, v in lineage.items()}})
         champion, champion_value = _champion(cfg)
-        version = tracking.version_with_sha(cfg.model_name, sha)
+        version = tracking.version_with_sha(cfg.model_name, sha, spec_sha)
         if version is None:
             info = tracking.log_encoder(*_load_encoder(encoder_dir, sha), encoder_dir)
             version_tags = {
@@ -89,7 +89,7 @@ def run(project: Project) -> dict[str, Any]:
             "version": int(version.version),
             "model_uri": f"models:/{cfg.model_name}/{version.version}",
             "encoder_sha256": sha,
-            "encoder_spec_sha256": version.tags.get("encoder.spec_sha256", spec_sha),
+            "encoder_spec_sha256": spec_sha,
             "run_id": run.info.run_id,
             "pretrain_run_id": pretrain_run.info.run_id,
             "metric": cfg.metric,

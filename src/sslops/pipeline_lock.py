@@ -1,5 +1,8 @@
 """One pipeline run at a time per project: an exclusive lock that a second run waits for, up to a limit.
 
+A leaf module (stdlib only) because every stage takes it, and so every stage depends on it (dvc.yaml deps); the
+flow driver (`sslops.orchestration`) re-exports it.
+
 Runs share the DVC workspace, params.yaml (overrides) and the MLflow store, so they must not overlap. DVC's own
 repository lock is held per DVC command only, not across the stages of a run.
 """
@@ -71,11 +74,16 @@ LOCK_HELD_ENV = "SSLOPS_PIPELINE_LOCK_HELD"
 def stage_lock(root: Path, timeout_s: float, holder: str, on_wait: Callable[[str], None]) -> Iterator[None]:
     """The project lock around one stage, unless the process that started it holds it already.
 
-    Under torchrun only rank 0 takes it (the other ranks are part of the same stage run).
+    Under torchrun only rank 0 takes it (the other ranks are part of the same stage run). A stage that DVC started
+    (`dvc repro` holds DVC's own repository lock meanwhile) or one of several torchrun ranks does not wait: a flow
+    between its stages would wait for DVC's lock while this stage waited for the flow's, so it fails at once,
+    naming the holder.
     """
     held = os.environ.get(LOCK_HELD_ENV) == str(root)
     if held or os.environ.get("RANK", "0") != "0":
         yield
         return
-    with project_lock(root, timeout_s, holder, on_wait):
+    started_by_dvc = "DVC_STAGE" in os.environ  # set by DVC 3 for the commands of the stages it runs
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # the other ranks would time out in their rendezvous
+    with project_lock(root, 0 if started_by_dvc or distributed else timeout_s, holder, on_wait):
         yield
