@@ -348,23 +348,28 @@ def test_embed_reads_with_the_same_rules_and_says_what_it_skipped(tmp_path: Path
     assert {k: len(v) for k, v in skipped.items()} == {"too-large": 1, "unreadable": 1}
 
 
-def test_make_run_takes_the_lock_that_flow_runs_take(project) -> None:
-    """`make run` (`sslops repro`) and a Prefect run could interleave; now both hold the project lock."""
+def _sslops_while_locked(project, holder: str, command: str, **env: str):
+    """`python -m sslops <command>` in `project`, in a child process, while this process holds the project lock."""
     import subprocess
     import sys
 
-    from sslops.orchestration import project_lock
+    from sslops.pipeline_lock import project_lock
 
-    set_param(project.root, "flow", "lock_timeout_s", 0)
-    with project_lock(project.root, 0, "a Prefect flow run (test)", on_wait=lambda _: None):
-        done = subprocess.run(
-            [sys.executable, "-m", "sslops", "repro"],
+    with project_lock(project.root, 0, holder, on_wait=lambda _: None):
+        return subprocess.run(
+            [sys.executable, "-m", "sslops", command],
             cwd=project.root,
             capture_output=True,
             text=True,
-            timeout=120,
-            env={**os.environ, "SSLOPS_ROOT": str(project.root)},
+            timeout=300,
+            env={**os.environ, "SSLOPS_ROOT": str(project.root), **env},
         )
+
+
+def test_make_run_takes_the_lock_that_flow_runs_take(project) -> None:
+    """`make run` (`sslops repro`) and a Prefect run could interleave; now both hold the project lock."""
+    set_param(project.root, "flow", "lock_timeout_s", 0)
+    done = _sslops_while_locked(project, "a Prefect flow run (test)", "repro")
     assert done.returncode == 2
     assert "another pipeline run holds" in done.stderr and "a Prefect flow run (test)" in done.stderr
     run_target = (REPO / "Makefile").read_text().split("\nrun:", 1)[1].split("\n\n", 1)[0]
@@ -538,32 +543,11 @@ def test_the_augment_stage_fits_its_cache_into_the_disk_budget(project, capsys) 
 def test_a_stage_started_directly_does_not_run_while_a_flow_holds_the_lock(project) -> None:
     """`python -m sslops <stage>` (or a plain `dvc repro`, which sets DVC_STAGE) takes the project lock itself; started
     by DVC it does not wait (DVC holds its own lock meanwhile, which the flow's next stage needs) but fails at once."""
-    import subprocess
-    import sys
-
-    from sslops.pipeline_lock import project_lock
-
-    env = {**os.environ, "SSLOPS_ROOT": str(project.root), "DVC_STAGE": "prepare"}
-    with project_lock(project.root, 0, "a Prefect flow run (test)", on_wait=lambda _: None):
-        done = subprocess.run(
-            [sys.executable, "-m", "sslops", "prepare"],
-            cwd=project.root,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=env,
-        )
+    done = _sslops_while_locked(project, "a Prefect flow run (test)", "prepare", DVC_STAGE="prepare")
     assert done.returncode == 2, done.stderr
     assert "another pipeline run holds" in done.stderr and "a Prefect flow run (test)" in done.stderr
     assert not (project.root / "artifacts").exists()
-    held = {**env, "SSLOPS_PIPELINE_LOCK_HELD": str(project.root)}  # started by the holder: runs under its lock
-    with project_lock(project.root, 0, "sslops repro (test)", on_wait=lambda _: None):
-        done = subprocess.run(
-            [sys.executable, "-m", "sslops", "prepare"],
-            cwd=project.root,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=held,
-        )
+    # Started by the lock's holder (which sets SSLOPS_PIPELINE_LOCK_HELD): runs under the holder's lock.
+    held = {"DVC_STAGE": "prepare", "SSLOPS_PIPELINE_LOCK_HELD": str(project.root)}
+    done = _sslops_while_locked(project, "sslops repro (test)", "prepare", **held)
     assert done.returncode == 0, done.stderr
