@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP) data  ## create .venv (pip, locked versions) and get the default data
 
-data: $(STAMP)  ## make data/ match data.dvc (local cache, DVC remote, or the verified Fashion-MNIST sources)
+data: $(STAMP)  ## make data/ match data.dvc (local cache, DVC remote, or Fashion-MNIST + scikit-learn digits, verified)
 	@bash scripts/setup_data.sh
 
 run: setup  ## run the pipeline on the default data (dvc repro under the project lock), then print the results table

@@ -79,7 +79,7 @@ def experiments() -> dict[str, dict]:
                     {
                         "name": name,
                         "pretrain": _metrics(data, "metrics/pretrain.json"),
-                        "evaluate": _metrics(data, "metrics/evaluate.json"),
+                        "evaluate": _metrics(data, "metrics/tasks/fashion-mnist/evaluate.json"),
                     },
                 )
     # The committed default run is the baseline every experiment above starts from: it stands in for the
@@ -93,7 +93,7 @@ def experiments() -> dict[str, dict]:
             rows[method] = {
                 "name": f"{commit['rev'][:7]} (committed default run)",
                 "pretrain": _metrics(data, "metrics/pretrain.json"),
-                "evaluate": _metrics(data, "metrics/evaluate.json"),
+                "evaluate": _metrics(data, "metrics/tasks/fashion-mnist/evaluate.json"),
             }
     return rows
 

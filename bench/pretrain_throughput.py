@@ -38,7 +38,7 @@ from sslops.ml.augment import AugmentConfig, BatchAugment
 from sslops.ml.cache import build_cache
 from sslops.ml.device import amp_dtype, amp_name, cpu_has_native_bf16
 from sslops.ml.methods import SimCLR, SimCLRConfig
-from sslops.ml.models import BackboneConfig, Encoder
+from sslops.ml.models import BackboneConfig, Encoder, resolve_backbone
 from sslops.ml.train import TrainConfig, pretrain
 from sslops.ml.views import ViewCache, cached_pairs, on_the_fly_pairs
 
@@ -247,7 +247,9 @@ def main() -> None:
         cache = ViewCache.open(tmp)
         source = "synthetic 28x28x1 (no prepared data found)"
     shape = pool.shape[1:]
-    backbone = params.backbone.to_core(BackboneConfig, in_channels=int(shape[2]), **overrides)
+    backbone = resolve_backbone(  # `auto` becomes what the pipeline trains at this image size
+        params.backbone.to_core(BackboneConfig, in_channels=int(shape[2]), **overrides), min(shape[:2])
+    )
     b, steps = args.batch, args.steps
     hardware = (
         torch.cuda.get_device_name(device)

@@ -117,7 +117,7 @@ def evaluate_encoder(encoder: Encoder, data, device, fractions, ft_scales, seed:
     pred = knn_predict(norm(ftr, dim=1), torch.as_tensor(ytr), norm(fte, dim=1), 10, 200, 0.1)
     out["knn_full"] = float((pred.numpy() == yte).mean())
     for frac in fractions:
-        idx = balanced_subset(ytr, frac, seed)
+        idx = balanced_subset(ytr, frac, None, seed)
         t = time.perf_counter()
         probe, wd = fit_linear_probe(ftr[idx], torch.as_tensor(ytr[idx]), 10, WEIGHT_DECAYS, seed, PROBE_ITERATIONS)
         with torch.no_grad():

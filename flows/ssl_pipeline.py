@@ -59,7 +59,7 @@ def ssl_pipeline(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
 
     Args:
         overrides: params.yaml values to change for this run only, by dotted key, e.g.
-            {"pretrain.epochs": 50}. Values keep their JSON types. Keys must exist in params.yaml and values must
+            {"pretrain.images": 1200000}. Values keep their JSON types. Keys must exist in params.yaml and values must
             pass the stages' own validation, or the run fails before any stage starts. Empty: a plain `dvc repro`.
     """
     logger = get_run_logger()

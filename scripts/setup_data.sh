@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make data/ match the committed data.dvc, trying in order: what is already there, the local DVC cache,
-# the DVC remote, and (for the default Fashion-MNIST pointer) the verified Fashion-MNIST sources.
+# the DVC remote, and (for the default pointer) `sslops fetch-data`: the verified Fashion-MNIST sources and the
+# export of scikit-learn's bundled digits, each file checked against its recorded sha256.
 set -euo pipefail
 dvc status -q data.dvc && exit 0
 dvc checkout -q data.dvc 2>/dev/null && dvc status -q data.dvc && exit 0

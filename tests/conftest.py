@@ -96,6 +96,8 @@ METHOD_KNOBS = {
 }
 # The small_cnn of the tiny test projects, as a complete `pretrain.backbone` mapping of params.yaml.
 TINY_BACKBONE = {"name": "small_cnn", "width": 4, "stem_width": None, "pool": 1, "small_stem": True}
+TINY_EPOCH = 80  # pretrain.images of one epoch on the synthetic train split: 5 steps of batch 16
+TASK = "fashion-mnist"  # the one downstream task of the test project, on the same synthetic data
 
 
 def augment_config(**changes):
@@ -198,13 +200,17 @@ def small_params(text: str) -> str:
     params["validate"]["max_duplicate_share"] = 0.0
     params["augment"]["views"] = 2
     params["pretrain"].update(
-        epochs=1,
+        images=TINY_EPOCH,  # one epoch of 5 steps
+        min_steps=1,
         batch_size=16,
         backbone=dict(TINY_BACKBONE),
         simclr={"proj_hidden": 16, "proj_dim": 8, "temperature": 0.2},
         probe={"weight_decay": 1e-3, "iterations": 20},
     )
-    params["finetune"].update(fractions=[0.25, 1.0], probe={"weight_decays": [1e-3, 1e-2], "iterations": 20})
+    params["tasks"] = {
+        TASK: {"format": "idx", "root": "data/fashion-mnist", "classes": CLASSES, "budgets": [0.25, 1.0]}
+    }
+    params["finetune"].update(probe={"weight_decays": [1e-3, 1e-2], "iterations": 20})
     params["finetune"]["recipe"].update(epochs=2, max_steps=4, batch_size=16)
     params["evaluate"].update(knn={"k": 10, "temperature": 0.1}, map_points=40, perplexity=5)
     return yaml.safe_dump(params, sort_keys=False)
@@ -223,6 +229,14 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("SSLOPS_ROOT", str(root))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return Project(root)
+
+
+def run_task(task: str = TASK, stages: tuple[str, ...] = ("prepare", "validate", "finetune", "evaluate")) -> None:
+    """The task stages of `task`, in process through the CLI (as dvc.yaml's task_prepare@task ... evaluate@task)."""
+    from sslops.cli import main
+
+    for stage in stages:
+        assert main([stage, "--task", task]) == 0, f"{stage} --task {task}"
 
 
 @pytest.fixture

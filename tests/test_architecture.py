@@ -191,9 +191,13 @@ def test_orchestration_imports_neither_the_cli_nor_stages_nor_commands() -> None
 
 
 def stage_deps() -> dict[str, tuple[str, list[str]]]:
+    """(cmd, deps) per dvc.yaml stage; a foreach stage's template (`do:`) stands for all of its tasks."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     return {
-        name: (s["cmd"], [d if isinstance(d, str) else next(iter(d)) for d in s.get("deps", [])])
+        name: (
+            s.get("do", s)["cmd"],
+            [d if isinstance(d, str) else next(iter(d)) for d in s.get("do", s).get("deps", [])],
+        )
         for name, s in stages.items()
     }
 

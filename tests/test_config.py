@@ -41,10 +41,14 @@ def test_the_repository_params_validate() -> None:
 
 # The bad values an audit found (issue 11), one per kind, and the message each now gives.
 BAD = [
-    ("pretrain", {"epochs": 0}, "pretrain.epochs in params.yaml: must be greater than 0, got 0"),
+    ("pretrain", {"images": 0}, "pretrain.images in params.yaml: must be greater than 0, got 0"),
     ("pretrain", {"batch_size": 0}, "pretrain.batch_size in params.yaml: must be greater than 0, got 0"),
     ("pretrain", {"batch_size": -256}, "pretrain.batch_size in params.yaml: must be greater than 0, got -256"),
-    ("pretrain", {"epochs": 2.5}, "pretrain.epochs in params.yaml: must be a valid integer, got 2.5"),
+    ("pretrain", {"images": 2.5}, "pretrain.images in params.yaml: must be a valid integer, got 2.5"),
+    ("pretrain", {"val_fraction": 1.0}, "pretrain.val_fraction in params.yaml: must be less than 1, got 1.0"),
+    ("pretrain", {"backbone__name": "vit"}, "pretrain.backbone.name in params.yaml: must be 'auto', 'small_cnn',"),
+    ("prepare", {"resize__mode": "stretch"}, "prepare.resize.mode in params.yaml: must be 'crop' or 'pad', got"),
+    ("prepare", {"resize__side": 0}, "prepare.resize.side in params.yaml: must be greater than 0, got 0"),
     ("pretrain", {"amp": "fp8"}, "pretrain.amp in params.yaml: must be 'auto', 'bf16', 'fp16' or 'off', got 'fp8'"),
     ("pretrain", {"backbone__poool": 2}, "pretrain.backbone.poool in params.yaml: unknown key (known: name, width"),
     ("augment", {"shard_size": 0}, "augment.shard_size in params.yaml: must be greater than 0, got 0"),
@@ -52,8 +56,15 @@ BAD = [
     ("augment", {"views": 1}, "augment in params.yaml: views must be 0 (augment on the fly) or at least 2"),
     ("augment", {"crop_scale": [0.9, 0.2]}, "crop_scale must be [low, high] with low <= high, got [0.9, 0.2]"),
     ("finetune", {"recipe__batch_size": 0}, "finetune.recipe.batch_size in params.yaml: must be greater than 0, got 0"),
-    ("finetune", {"fractions": [0.0, 1.5]}, "finetune.fractions.0 in params.yaml: must be greater than 0, got 0.0"),
-    ("finetune", {"knn": {"k": 200}}, "finetune.knn in params.yaml: unknown key (known: model, fractions, seed"),
+    ("finetune", {"knn": {"k": 200}}, "finetune.knn in params.yaml: unknown key (known: model, seed"),
+    ("finetune", {"fractions": [0.1]}, "finetune.fractions in params.yaml: unknown key"),  # now tasks.NAME.budgets
+    ("tasks", {"digits__budgets": [0.0]}, "tasks.digits.budgets.0 in params.yaml: must be a fraction of the labels in"),
+    ("tasks", {"digits__budgets": ["10 per class"]}, "such as '10/class', got '10 per class'"),
+    (
+        "tasks",
+        {"digits__root": "/data/digits"},
+        "tasks.digits.root in params.yaml: must be a folder inside the project",
+    ),
     ("register", {"min_improvement": "a lot"}, "register.min_improvement in params.yaml: must be a valid number"),
     ("register", {"min_improvement": -0.1}, "register.min_improvement in params.yaml: must be greater than or equal"),
     ("prepare", {"classes": "T-shirt, Trouser"}, "prepare.classes in params.yaml: must be a valid list"),
@@ -73,16 +84,16 @@ def test_bad_values_are_named_with_key_value_and_what_is_allowed(name: str, chan
 
 def test_a_missing_key_is_named_and_there_is_no_default_to_fall_back_on() -> None:
     values = section("pretrain")
-    del values["epochs"]
-    with pytest.raises(SslopsError, match=r"pretrain.epochs in params.yaml: missing; every knob needs a value"):
+    del values["images"]
+    with pytest.raises(SslopsError, match=r"pretrain.images in params.yaml: missing; every knob needs a value"):
         parse_section("pretrain", values)
 
 
 def test_every_problem_of_a_section_is_reported_at_once() -> None:
     with pytest.raises(SslopsError) as info:
-        parse_section("pretrain", section("pretrain", epochs=0, batch_size=0, optimizer="adam"))
+        parse_section("pretrain", section("pretrain", images=0, batch_size=0, optimizer="adam"))
     assert [line.split(" in ")[0] for line in str(info.value).splitlines()] == [
-        "pretrain.epochs",
+        "pretrain.images",
         "pretrain.batch_size",
         "pretrain.optimizer",
     ]
@@ -90,9 +101,23 @@ def test_every_problem_of_a_section_is_reported_at_once() -> None:
 
 def test_an_error_in_a_profile_that_is_not_selected_is_still_found() -> None:
     values = section("pretrain")
-    values["profiles"]["gpu"]["epochs"] = 0
-    with pytest.raises(SslopsError, match=r"pretrain.epochs .*got 0 \(with pretrain.profiles.gpu merged in\)"):
+    values["profiles"]["gpu"]["images"] = 0
+    with pytest.raises(SslopsError, match=r"pretrain.images .*got 0 \(with pretrain.profiles.gpu merged in\)"):
         parse_section("pretrain", values)
+
+
+def test_tasks_name_their_budgets_as_fractions_or_labels_per_class() -> None:
+    from sslops.ml.results import budget_key, budget_name
+
+    tasks = Project(REPO).config("tasks")
+    assert tasks.names() == ["fashion-mnist", "digits"]
+    assert tasks["digits"].budgets == ["10/class", "50/class", 1.0]
+    assert [budget_key(b) for b in tasks["digits"].budgets] == ["per_class_10", "per_class_50", "frac_1"]
+    assert [budget_name(b) for b in tasks["fashion-mnist"].budgets] == ["1 %", "10 %", "100 %"]
+    with pytest.raises(SslopsError, match="tasks in params.yaml: .*at least 1 item"):
+        parse_section("tasks", {})
+    with pytest.raises(SslopsError, match="tasks.My Task"):
+        parse_section("tasks", {"My Task": PARAMS["tasks"]["digits"]})  # names are folder names and DVC keys
 
 
 def test_an_unknown_profile_is_named() -> None:
@@ -103,11 +128,11 @@ def test_an_unknown_profile_is_named() -> None:
 def test_the_profile_is_resolved_once_and_the_record_is_what_runs() -> None:
     cfg = parse_section("pretrain", section("pretrain", profile="gpu"))
     gpu = PARAMS["pretrain"]["profiles"]["gpu"]
-    assert (cfg.epochs, cfg.batch_size, cfg.backbone.name, cfg.amp) == (200, 512, "resnet18", "bf16")
+    assert (cfg.images, cfg.batch_size, cfg.backbone.name, cfg.amp) == (12_000_000, 512, "resnet18", "bf16")
     assert cfg.backbone.pool == gpu["backbone"]["pool"]
     assert cfg.backbone.width == PARAMS["pretrain"]["backbone"]["width"]  # one-level merge keeps the other keys
     record = cfg.record()
-    assert record["epochs"] == 200 and record["backbone"]["name"] == "resnet18" and record["profile"] == "gpu"
+    assert record["images"] == 12_000_000 and record["backbone"]["name"] == "resnet18" and record["profile"] == "gpu"
     assert "profiles" not in record
     assert "simclr" in record and not {"moco", "byol", "mim", "rotation"} & set(record)  # only the knobs that ran
 
@@ -134,7 +159,7 @@ def test_core_dataclasses_are_filled_from_params_only() -> None:
     project = Project(REPO)
     pretrain, finetune = project.config("pretrain"), project.config("finetune")
     assert project.config("augment").to_core(AugmentConfig).crop_scale == tuple(PARAMS["augment"]["crop_scale"])
-    assert pretrain.to_core(TrainConfig).base_lr == PARAMS["pretrain"]["base_lr"]
+    assert pretrain.to_core(TrainConfig, epochs=1, warmup_epochs=0).base_lr == PARAMS["pretrain"]["base_lr"]
     assert pretrain.backbone.to_core(BackboneConfig, in_channels=1).stem_width == 16
     assert finetune.recipe.to_core(FinetuneConfig, seed=finetune.seed).max_steps == 300
     for name, cls in METHOD_CONFIGS.items():
@@ -147,11 +172,11 @@ def test_the_cli_defaults_agree_with_params() -> None:
 
     parser = build_parser()
     assert parser.parse_args(["fetch-data"]).target == PARAMS["prepare"]["root"]
-    assert parser.parse_args(["embed", "x"]).model == f"models:/{PARAMS['register']['model_name']}@champion"
+    assert parser.parse_args(["fetch-data"]).digits == PARAMS["tasks"]["digits"]["root"]
 
 
 def test_an_unknown_section_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**PARAMS, "pretrian": {"epochs": 1}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**PARAMS, "pretrian": {"images": 1}}))
     with pytest.raises(SslopsError, match="unknown section.*pretrian"):
         Project(tmp_path).config("pretrain")
 
@@ -159,7 +184,7 @@ def test_an_unknown_section_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("stage", "key", "value", "message"),
     [
-        ("pretrain", "epochs", 0, "pretrain.epochs in params.yaml: must be greater than 0, got 0"),  # range
+        ("pretrain", "images", 0, "pretrain.images in params.yaml: must be greater than 0, got 0"),  # range
         ("prepare", "classes", "T-shirt", "prepare.classes in params.yaml: must be a valid list"),  # type
         ("augment", "colour", 0.4, "augment.colour in params.yaml: unknown key"),  # unknown key
     ],
@@ -198,7 +223,7 @@ def test_a_gpu_profile_run_records_and_shows_what_ran(project) -> None:
     params["pretrain"]["profile"] = "gpu"
     params["pretrain"]["profiles"]["gpu"] = {
         "backbone": {"name": "resnet18", "small_stem": True, "pool": 1},
-        "epochs": 2,
+        "images": 2 * 64,  # 2 epochs of the 80 images at batch 32 (2 steps of 32 each)
         "batch_size": 32,
         "amp": "off",
     }
@@ -208,11 +233,12 @@ def test_a_gpu_profile_run_records_and_shows_what_ran(project) -> None:
         assert main([stage]) == 0, stage
     run = next(r for r in mlflow_runs(project.root) if r.info.run_name == "pretrain")
     logged = run.data.params
-    assert (logged["pretrain.backbone.name"], logged["pretrain.batch_size"], logged["pretrain.epochs"]) == (
+    assert (logged["pretrain.backbone.name"], logged["pretrain.batch_size"], logged["pretrain.images"]) == (
         "resnet18",
         "32",
-        "2",
+        "128",
     )
+    assert run.data.tags["pretrain.epochs"] == "2"
     assert logged["pretrain.profile"] == "gpu" and logged["pretrain.amp"] == "off"
     assert not [k for k in logged if k.startswith(("pretrain.profiles", "pretrain.moco", "pretrain.byol"))]
     from sslops.adapters import tracking
@@ -222,5 +248,5 @@ def test_a_gpu_profile_run_records_and_shows_what_ran(project) -> None:
     assert chain["pretrain"]["params"]["pretrain.backbone.name"] == "resnet18"
     text = format_model_chain(chain)
     assert (
-        "pretrain.backbone.name=resnet18" in text and "pretrain.epochs=2" in text and "pretrain.batch_size=32" in text
+        "pretrain.backbone.name=resnet18" in text and "pretrain.images=128" in text and "pretrain.batch_size=32" in text
     )

@@ -94,7 +94,7 @@ def test_stage_order_is_dvcs_topological_order(tmp_path: Path):
 
     # This project's own pipeline, however many stages it has by now: every stage after its producers.
     order = orch.stage_order(REPO)
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    stages = expand_foreach(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
     assert sorted(order) == sorted(stages)
     produced = {}
     for name, spec in stages.items():
@@ -108,23 +108,38 @@ def test_stage_order_is_dvcs_topological_order(tmp_path: Path):
                     assert order.index(producer) < order.index(name), (producer, name)
 
 
+def expand_foreach(stages: dict) -> dict:
+    """dvc.yaml's stages with each `foreach: ${tasks}` group written out per task (`finetune@digits`), as DVC does."""
+    tasks = yaml.safe_load((REPO / "params.yaml").read_text())["tasks"]
+    out = {}
+    for name, spec in stages.items():
+        if "foreach" not in spec:
+            out[name] = spec
+            continue
+        assert spec["foreach"] == "${tasks}"
+        for key, item in tasks.items():
+            text = yaml.safe_dump(spec["do"]).replace("${key}", key).replace("${item.root}", item["root"])
+            out[f"{name}@{key}"] = yaml.safe_load(text)
+    return out
+
+
 def test_overrides_are_applied_like_dvc_exp_run_and_restored(tmp_path: Path):
     params = tmp_path / "params.yaml"
     original = (REPO / "params.yaml").read_text()
     params.write_text(original)
-    overrides = {"pretrain.epochs": 50, "pretrain.simclr": {"proj_dim": 64}, "prepare.root": "data/my images"}
+    overrides = {"pretrain.images": 50, "pretrain.simclr": {"proj_dim": 64}, "prepare.root": "data/my images"}
     assert orch.override_args(overrides) == [
-        "pretrain.epochs=50",
+        "pretrain.images=50",
         "pretrain.simclr.proj_dim=64",
         'prepare.root="data/my images"',
     ]
     before = yaml.safe_load(original)
     with orch.overridden_params(tmp_path, overrides, warn=pytest.fail):
         inside = yaml.safe_load(params.read_text())
-        assert inside["pretrain"]["epochs"] == 50 and inside["prepare"]["root"] == "data/my images"
+        assert inside["pretrain"]["images"] == 50 and inside["prepare"]["root"] == "data/my images"
         assert inside["pretrain"]["simclr"] == {**before["pretrain"]["simclr"], "proj_dim": 64}
-        assert {k: v for k, v in inside["pretrain"].items() if k not in ("epochs", "simclr")} == {
-            k: v for k, v in before["pretrain"].items() if k not in ("epochs", "simclr")
+        assert {k: v for k, v in inside["pretrain"].items() if k not in ("images", "simclr")} == {
+            k: v for k, v in before["pretrain"].items() if k not in ("images", "simclr")
         }
         assert "# Every knob of the pipeline" in params.read_text()  # a round-trip YAML writer (DVC's) keeps comments
     assert params.read_text() == original
@@ -139,10 +154,10 @@ def test_overrides_are_applied_like_dvc_exp_run_and_restored(tmp_path: Path):
         assert inside["augment"]["crop_scale"] == [0.5, 1.0]
     assert params.read_text() == original
 
-    for typo in ("pretrain.epochz", "pretrain.epochs.x", "augment.crop_scale.2", "nowhere.epochs"):
+    for typo in ("pretrain.imagez", "pretrain.images.x", "augment.crop_scale.2", "nowhere.images"):
         with (
             pytest.raises(SslopsError, match=f"'{typo}'"),
-            orch.overridden_params(tmp_path, {"pretrain.epochs": 7, typo: 1}, warn=pytest.fail),
+            orch.overridden_params(tmp_path, {"pretrain.images": 7, typo: 1}, warn=pytest.fail),
         ):
             pytest.fail("entered the block with a key params.yaml does not have")
         assert params.read_text() == original  # nothing written, not even the valid override
@@ -150,7 +165,7 @@ def test_overrides_are_applied_like_dvc_exp_run_and_restored(tmp_path: Path):
     # Values are checked by the stages' own rules before anything is written: a run cannot smuggle in what a
     # stage would refuse (whoever reaches the Prefect API chooses overrides).
     for bad, message in (
-        ({"pretrain.epochs": 0}, "pretrain.epochs in params.yaml: must be greater than 0, got 0"),
+        ({"pretrain.images": 0}, "pretrain.images in params.yaml: must be greater than 0, got 0"),
         ({"pretrain.amp": "fp8"}, "pretrain.amp in params.yaml: must be 'auto', 'bf16', 'fp16' or 'off'"),
         ({"flow.retries": "many"}, "flow.retries in params.yaml: must be a valid integer"),
     ):
@@ -165,7 +180,7 @@ def test_overrides_are_applied_like_dvc_exp_run_and_restored(tmp_path: Path):
     backup = tmp_path / BACKUP_DIR / "params.yaml"
     backup.parent.mkdir(parents=True)
     backup.write_text(original)
-    params.write_text(original.replace("epochs: 5", "epochs: 7"))
+    params.write_text(original.replace("images: 600000", "images: 7"))
     warnings: list[str] = []
     with orch.overridden_params(tmp_path, {}, warn=warnings.append):
         assert params.read_text() == original
@@ -349,10 +364,10 @@ def test_summary_names_model_version_runs_and_experiment():
     text = orch.summary_markdown(
         "run `x`",
         [orch.StageOutcome("prepare", "skipped", 0.4), orch.StageOutcome("pretrain", "ran", 12.0)],
-        {"pretrain.epochs": 2},
+        {"pretrain.images": 2},
         "x-1234abcd",
         {
-            "model_name": "sslops-encoder",
+            "model_name": "sslops-encoder-fashion-mnist",
             "version": "3",
             "run_id": "r9",
             "promoted": False,
@@ -362,7 +377,7 @@ def test_summary_names_model_version_runs_and_experiment():
         [{"stage": "pretrain", "metric": "knn_acc", "value": 0.8123}],
         [{"stage": "pretrain", "run_id": "abc", "status": "FINISHED", "url": "http://ui/#/experiments/1/runs/abc"}],
     )
-    assert "`pretrain.epochs=2` → DVC experiment `x-1234abcd`" in text
+    assert "`pretrain.images=2` → DVC experiment `x-1234abcd`" in text
     assert "| prepare | skipped | 0.4 |" in text
     assert "version **3**" in text and "not promoted (champion: version 2): knn_acc 0.81 < 0.83" in text
     assert "| pretrain | knn_acc | 0.8123 |" in text
@@ -537,3 +552,17 @@ def test_a_refused_override_fails_the_run_naming_the_key_before_any_stage(harnes
     assert "pretrain.batch_size in params.yaml: must be greater than 0, got -8" in message
     assert task_runs(state.state_details.flow_run_id) == []  # refused before any stage ran
     assert (flow_project / "params.yaml").read_text() == before
+
+
+def test_the_metrics_table_lists_pretraining_stages_then_each_task(tmp_path: Path):
+    """The flow summary's metrics come from metrics/*.json and each task's metrics/tasks/<task>/*.json."""
+    (tmp_path / "metrics" / "tasks" / "digits").mkdir(parents=True)
+    (tmp_path / "metrics" / "pretrain.json").write_text(json.dumps({"loss": 1.5, "device": "cpu"}))
+    (tmp_path / "metrics" / "prepare.json").write_text(json.dumps({"images": 3}))
+    (tmp_path / "metrics" / "tasks" / "digits" / "evaluate.json").write_text(json.dumps({"headline": {"gain": 0.5}}))
+    rows = orch.read_metrics(tmp_path, ["prepare", "pretrain", "evaluate"])
+    assert [(r["stage"], r["metric"], r["value"]) for r in rows] == [
+        ("prepare", "images", 3),
+        ("pretrain", "loss", 1.5),
+        ("evaluate/digits", "headline.gain", 0.5),
+    ]

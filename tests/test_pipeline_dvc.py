@@ -13,15 +13,31 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, mlflow_runs, small_params, write_idx_dataset
+from conftest import REPO, TASK, TINY_EPOCH, mlflow_runs, small_params, synthetic_images, write_idx_dataset
 from sslops.data.idx import read_idx, write_idx
 from sslops.ml.device import cpu_has_native_bf16
 
 pytestmark = pytest.mark.integration
-STAGES = ["prepare", "validate", "augment", "pretrain", "register", "finetune", "evaluate"]
+PRETRAIN_STAGES = ["prepare", "validate", "augment", "pretrain", "register"]
+TASK_STAGES = ["task_prepare", "task_validate", "finetune", "evaluate"]
+
+
+def task_stages(task: str) -> list[str]:
+    return [f"{s}@{task}" for s in TASK_STAGES]
+
+
+def run_names(task: str) -> list[str]:
+    """MLflow run names of a task's stages: `prepare/<task>`, ... (task_prepare runs the prepare stage's code)."""
+    return [f"{s.removeprefix('task_')}/{task}" for s in TASK_STAGES]
+
+
+STAGES = PRETRAIN_STAGES + task_stages(TASK)
+RUNS = PRETRAIN_STAGES + run_names(TASK)
 
 
 def stage_runs(root: Path):
@@ -68,17 +84,21 @@ def test_dvc_repro_end_to_end(tmp_path: Path):
     prepared_md5 = next(o["md5"] for o in lock["prepare"]["outs"] if o["path"] == "artifacts/prepared")
     assert json.loads((root / "metrics" / "validate.json").read_text())["success"] is True
     assert json.loads((root / "metrics" / "prepare.json").read_text())["images"] == 160
+    assert json.loads((root / "metrics" / "tasks" / TASK / "validate.json").read_text())["success"] is True
     data_md5 = yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
+    own_md5 = next(d["md5"] for d in lock["prepare"]["deps"] if d["path"] == "data/fashion-mnist")
 
     runs = {r.info.run_name: r for r in stage_runs(root)}
-    assert set(runs) == set(STAGES)
+    assert set(runs) == set(RUNS)
     commit = sh("git", "rev-parse", "HEAD", cwd=root).stdout.strip()
     for run in runs.values():
         assert run.info.status == "FINISHED"
         assert run.data.tags["git.commit"] == commit and run.data.tags["git.dirty"] == "false"
         assert run.data.tags["data.dvc_md5"] == data_md5
         assert len(run.data.tags["params.hash"]) == 16
-    assert runs["prepare"].data.tags["dvc.dep.data"] == data_md5
+    # Each run names the dataset folder it read by DVC's own md5 of that folder (dvc.lock), not only data.dvc's.
+    assert {runs[n].data.tags["data.md5"] for n in ("validate", "pretrain", f"finetune/{TASK}")} == {own_md5}
+    assert runs[f"evaluate/{TASK}"].data.tags["sslops.task"] == TASK
     assert runs["validate"].data.tags["dvc.dep.artifacts/prepared"] == prepared_md5
     assert runs["prepare"].inputs.dataset_inputs[0].dataset.name == "manifest"
     assert runs["validate"].data.tags["data.manifest_digest"] == runs["prepare"].data.tags["data.manifest_digest"]
@@ -90,7 +110,25 @@ def test_dvc_repro_end_to_end(tmp_path: Path):
     # Only a pretrain param changed: DVC reuses the augmentation cache and reruns pretrain and what follows.
     sh("dvc", "exp", "run", "-S", "pretrain.seed=1", cwd=root)
     runs_after = [r.info.run_name for r in stage_runs(root)]
-    assert sorted(runs_after) == sorted(STAGES + ["pretrain", "register", "finetune", "evaluate"])
+    assert sorted(runs_after) == sorted(RUNS + ["pretrain", "register", f"finetune/{TASK}", f"evaluate/{TASK}"])
+
+    # A second downstream task, its own data folder of another size (8x8, prepared to the encoder's 12x12): only
+    # its own four stages run; pretraining and the first task are untouched.
+    write_idx_dataset(root / "data" / "small", n_train=40, n_test=20, size=8, seed=3)
+    sh("dvc", "add", "-q", "data", cwd=root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["tasks"]["small"] = {**params["tasks"][TASK], "root": "data/small", "budgets": ["2/class", 1.0]}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    before = len(stage_runs(root))
+    added = sh("dvc", "repro", cwd=root).stdout
+    runs_now = stage_runs(root)  # newest first
+    new = [r.info.run_name for r in runs_now[: len(runs_now) - before]]
+    assert sorted(new) == sorted(run_names("small")), added
+    small = json.loads((root / "metrics" / "tasks" / "small" / "prepare.json").read_text())
+    assert small["shape"] == [12, 12, 1] and small["resized"] == 60
+    assert "gain_vs_pixels" in (root / "metrics" / "tasks" / "small" / "evaluate.json").read_text()
+    report = sh(sys.executable, "-m", "sslops", "report", cwd=root).stdout
+    assert f"**Task `{TASK}`**" in report and "**Task `small`**" in report and "2/class (8 labels)" in report
 
     # Leak test images into train: validate fails, names the expectation, and the pipeline stops.
     d = root / "data" / "fashion-mnist"
@@ -132,13 +170,20 @@ def test_two_datasets_give_two_complete_chains_and_champion_moves_only_on_improv
     md5_b = yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
 
     assert md5_a != md5_b and (reg_a["version"], reg_b["version"]) == (1, 2)
-    assert reg_b["value"] > reg_a["value"]  # the easy data gives a better probe (a precondition of this test)
-    assert reg_a["promoted"] and reg_b["promoted"] and reg_b["champion_version"] == 2
+    # Version 1 was scored on dataset A's validation split: not compared, whatever the scores, and the champion
+    # stays (issue 13); the reason says how to move it by hand, which a person who wants B's encoder does.
+    assert reg_a["promoted"] and not reg_b["promoted"] and reg_b["champion_version"] == 1
+    assert reg_b["reason"].startswith("not compared: champion version 1 was scored on other validation data")
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow' / 'mlflow.db'}")
+    client.set_registered_model_alias(reg_b["model_name"], "champion", "2")
 
     chains = {v: lineage(root, str(v)) for v in (1, 2)}
     for v, md5, reg in ((1, md5_a, reg_a), (2, md5_b, reg_b)):
         chain = chains[v]
         assert chain["data"]["dvc_md5"] == md5
+        assert chain["data"]["path"] == "data/fashion-mnist" and chain["data"]["md5"]  # the folder's own md5
         assert chain["pretrain"]["run_id"] == reg["pretrain_run_id"]
         assert chain["validation"]["success"] == "True"
         assert (
@@ -146,7 +191,7 @@ def test_two_datasets_give_two_complete_chains_and_champion_moves_only_on_improv
             and chain["pretrain"]["git_commit"]
             and chain["pretrain"]["git_dirty"] == "false"
         )
-        assert chain["pretrain"]["params"]["pretrain.epochs"] == "1"
+        assert chain["pretrain"]["params"]["pretrain.images"] == str(TINY_EPOCH)
         assert sorted(d["stage"] for d in chain["downstream"]) == ["evaluate", "finetune"]
     assert chains[1]["data"]["manifest_digest"] != chains[2]["data"]["manifest_digest"]
     assert chains[1]["augment_cache"]["md5"] != chains[2]["augment_cache"]["md5"]
@@ -174,3 +219,55 @@ def test_two_datasets_give_two_complete_chains_and_champion_moves_only_on_improv
     out = sh(sys.executable, "-m", "sslops", "report", cwd=root).stdout
     assert "| protocol | init |" in out and "champion is version 2" in out
     assert ("bf16 autocast" in out) == cpu_has_native_bf16()
+
+
+def write_photos(root: Path, per_class: int = 16, n_test: int = 6, unlabeled: int = 20) -> None:
+    """A folder of "photos" as a user brings them: RGB and grayscale, JPEG and PNG, 40 to 90 px on a side, landscape
+    and portrait, plus a flat unlabeled/ folder; the class is a colour pattern that survives resizing."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    base, _ = synthetic_images(4, 8, channels=3, noise=0)  # one 8x8 colour pattern per class
+    for split, count in (("train", per_class), ("test", n_test), ("unlabeled", unlabeled)):
+        for k in range(count * (4 if split != "unlabeled" else 1)):
+            label = k % 4
+            height, width = (int(v) for v in rng.integers(40, 91, size=2))
+            pattern = Image.fromarray(base[label]).resize((width, height), Image.Resampling.NEAREST)
+            noisy = np.clip(np.asarray(pattern, np.int16) + rng.integers(-30, 31, (height, width, 3)), 0, 255)
+            img = Image.fromarray(noisy.astype(np.uint8))
+            folder = root / split if split == "unlabeled" else root / split / f"class{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            if k % 5 == 0:
+                img.convert("L").save(folder / f"{k}.png")  # a few grayscale scans among the colour photos
+            elif k % 2:
+                img.save(folder / f"{k}.jpg", quality=90)
+            else:
+                img.save(folder / f"{k}.png")
+
+
+def test_an_imagefolder_of_mixed_size_rgb_photos_runs_end_to_end(tmp_path: Path):
+    """Issue 13's must-show: mixed sizes and modes, JPEG and PNG, an unlabeled folder, through every stage with the
+    real `dvc repro`; 64 px makes the `auto` backbone a ResNet-18 with the standard stem."""
+    root = make_repo(tmp_path / "proj")
+    shutil.rmtree(root / "data" / "fashion-mnist")
+    write_photos(root / "data" / "photos")
+    sh("dvc", "add", "-q", "data", cwd=root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["prepare"].update(format="imagefolder", root="data/photos", classes=[], resize={"side": 64, "mode": "crop"})
+    params["tasks"] = {"photos": {"format": "imagefolder", "root": "data/photos", "classes": [], "budgets": [0.5, 1.0]}}
+    params["pretrain"].update(backbone={**params["pretrain"]["backbone"], "name": "auto"}, images=64, batch_size=32)
+    params["augment"]["size"] = None
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh("dvc", "repro", cwd=root)
+
+    prepared = json.loads((root / "metrics" / "prepare.json").read_text())
+    assert prepared["shape"] == [64, 64, 3] and prepared["images_unlabeled"] == 20 and prepared["resized"] == 108
+    manifest = pd.read_parquet(root / "artifacts" / "prepared" / "manifest.parquet")
+    assert manifest["source_height"].between(40, 90).all() and (manifest["height"] == 64).all()
+    spec = json.loads((root / "artifacts" / "pretrain" / "encoder.json").read_text())
+    assert spec["backbone"]["name"] == "resnet18" and spec["backbone"]["small_stem"] is False
+    pretrain = json.loads((root / "metrics" / "pretrain.json").read_text())
+    assert pretrain["epochs"] == 1 and pretrain["val_images"] == 6  # 10 % of 64 labelled train images
+    results = json.loads((root / "artifacts" / "tasks" / "photos" / "evaluate" / "results.json").read_text())
+    assert {r["init"] for r in results["results"]} == {"pretrained", "scratch", "pixels"}
+    assert sh("dvc", "status", cwd=root).stdout.strip() == "Data and pipelines are up to date."

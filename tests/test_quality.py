@@ -13,6 +13,9 @@ def test_annotate_flags_duplicates_and_leaks():
     assert frame["duplicate_in_split"].tolist() == [False, False, True, False, False]
     assert frame["test_in_train"].tolist() == [False, False, False, True, False]
     assert frame["row"].tolist() == [0, 1, 2, 3, 4]
+    assert "test_in_pretraining" not in frame  # only a downstream task is checked against the pretraining images
+    task = quality.annotate(manifest, pretrained=pd.Series(["c", "z"]))
+    assert task["test_in_pretraining"].tolist() == [False, False, False, False, True]  # train images may overlap
 
 
 def test_class_balance_lists_absent_declared_classes():

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import CLASSES, synthetic_images, write_cifar, write_idx_dataset, write_imagefolder
-from sslops.data import formats
+from sslops.data import formats, resize
 from sslops.data.idx import read_idx, write_idx
 from sslops.errors import SslopsError
 
@@ -124,12 +124,38 @@ def test_imagefolder_channels_conversion(tmp_path: Path):
     assert load_all(plan).shape[-1] == 1
 
 
-def test_imagefolder_different_size_names_file(tmp_path: Path):
-    write_imagefolder(tmp_path)
-    odd = tmp_path / "train" / "class2" / "odd.png"
-    Image.fromarray(np.zeros((11, 10, 3), np.uint8)).save(odd)
-    with pytest.raises(SslopsError, match=r"odd.png: image is 11x10 but .* is 10x10"):
-        plan_dataset("imagefolder", tmp_path, [])
+def test_imagefolder_of_mixed_sizes_is_resized_to_the_median_side_and_says_so(tmp_path: Path):
+    """Issue 13: a folder of mixed sizes used to be refused; now `resize.side: null` picks the median shorter side."""
+    write_imagefolder(tmp_path)  # 10x10 images
+    for k, (h, w) in enumerate(((30, 20), (12, 40), (40, 40))):
+        Image.fromarray(np.full((h, w, 3), 100 + k, np.uint8)).save(tmp_path / "train" / "class2" / f"odd{k}.png")
+    plan = plan_dataset("imagefolder", tmp_path, [])
+    assert {p.shape for p in plan.parts} == {(10, 10, 3), (30, 20, 3), (12, 40, 3), (40, 40, 3)}
+    fitted, record = resize.fit_plan(plan, resize.target(plan, None, "crop"))
+    assert record == {"resized": 3, "height": 10, "width": 10, "channels": 3, "mode": "crop"}  # median of 10s
+    assert load_all(fitted).shape == (plan.total, 10, 10, 3)
+    assert "3 of 29 images (10x10, 12x40, 30x20, 40x40) resized to 10x10x3 (crop)" in fitted.notes[-1]
+    assert {p.source_size for p in fitted.parts if p.source_size} == {(30, 20), (12, 40), (40, 40)}
+    write_idx_dataset(tmp_path / "idx")
+    one_size = plan_dataset("idx", tmp_path / "idx", [])
+    assert resize.target(one_size, None, "crop") is None  # one shared size: nothing to do
+    assert resize.fit_plan(one_size, None) == (one_size, {"resized": 0})
+
+
+def test_resize_crop_keeps_the_centre_and_pad_keeps_everything():
+    """crop: shorter side to N, centre square; pad: longer side to N, black borders; colour converted by rule."""
+    wide = np.zeros((10, 20, 3), np.uint8)
+    wide[:, :5] = 255  # a white band at the left edge
+    wide[:, 8:12] = (0, 0, 255)  # a blue band in the centre
+    crop = resize.fit_image(wide, resize.Fit(10, 10, 3, "crop"))
+    assert crop.shape == (10, 10, 3) and crop[:, 0].max() < 50 and crop[5, 5, 2] > 200  # the edge band is cut off
+    pad = resize.fit_image(wide, resize.Fit(10, 10, 3, "pad"))
+    assert pad[:2].max() == 0 and pad[-2:].max() == 0  # black bars above and below
+    assert pad[5, 0].min() > 200  # the white band survives, at half size
+    gray = resize.fit_image(wide, resize.Fit(4, 4, 1, "crop"))
+    assert gray.shape == (4, 4, 1)
+    rgb = resize.fit_image(np.full((8, 8, 1), 77, np.uint8), resize.Fit(16, 16, 3, "crop"))  # upsampled, replicated
+    assert rgb.shape == (16, 16, 3) and (rgb == 77).all()
 
 
 def test_imagefolder_empty_class_folder(tmp_path: Path):

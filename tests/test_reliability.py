@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, set_param, write_cifar
+from conftest import REPO, TASK, TINY_EPOCH, run_task, set_param, write_cifar
 from sslops.data.cifar import UnsafePickleError, plan_cifar10
 from sslops.data.idx import read_idx, write_idx
 from sslops.errors import SslopsError
@@ -129,7 +129,7 @@ def test_a_finished_checkpoint_of_other_code_is_not_resumed(project, capsys, mon
     from sslops.cli import main
     from sslops.stages import pretrain
 
-    set_param(project.root, "pretrain", "epochs", 2)
+    set_param(project.root, "pretrain", "images", 2 * TINY_EPOCH)
     assert main(["prepare"]) == 0 and main(["validate"]) == 0 and main(["augment"]) == 0
     assert main(["pretrain"]) == 0 and main(["pretrain"]) == 0
     out = capsys.readouterr().out
@@ -137,7 +137,7 @@ def test_a_finished_checkpoint_of_other_code_is_not_resumed(project, capsys, mon
     monkeypatch.setattr(pretrain, "code_digest", lambda: "the code after an edit")
     assert main(["pretrain"]) == 0
     out = capsys.readouterr().out
-    assert "resuming from" not in out and "epoch 1:" in out and "epoch 2:" in out  # trained again, from scratch
+    assert "resuming from" not in out and "epoch 1/2:" in out and "epoch 2/2:" in out  # trained again, from scratch
 
 
 def test_a_store_that_does_not_fit_the_disk_is_refused_before_a_byte_is_written(tmp_path: Path, monkeypatch) -> None:
@@ -215,18 +215,19 @@ def test_register_is_idempotent_and_finetune_uses_the_version_register_wrote(pro
     assert main(["register"]) == 130
     monkeypatch.setattr(tracking, "set_alias", real_set_alias)
     assert main(["register"]) == 0 and main(["register"]) == 0
-    assert [str(v.version) for v in tracking.search_versions("name = 'sslops-encoder'")] == ["1"]
+    assert [str(v.version) for v in tracking.search_versions("name = 'sslops-encoder-fashion-mnist'")] == ["1"]
     record = json.loads((project.metrics_dir / "register.json").read_text())
     assert record["version"] == 1 and record["champion_version"] == 1 and len(record["encoder_sha256"]) == 64
-    tracking.client().delete_registered_model_alias("sslops-encoder", "candidate")
-    assert main(["finetune"]) == 0
-    index = json.loads((project.root / "artifacts" / "finetune" / "index.json").read_text())
+    tracking.client().delete_registered_model_alias("sslops-encoder-fashion-mnist", "candidate")
+    run_task(stages=("prepare", "validate", "finetune"))
+    index = json.loads((project.outputs(TASK).finetune / "index.json").read_text())
     assert index["model"]["version"] == 1 and index["model"]["encoder_sha256"] == record["encoder_sha256"]
     # A version registered before the pickle-free format (no model.format tag) is not reused: the same weights are
     # registered again as a pt2 version, which users can load without pickle.
-    tracking.client().delete_model_version_tag("sslops-encoder", "1", "model.format")
+    tracking.client().delete_model_version_tag("sslops-encoder-fashion-mnist", "1", "model.format")
     assert main(["register"]) == 0
-    versions = {str(v.version): v.tags.get("model.format") for v in tracking.search_versions("name = 'sslops-encoder'")}
+    found = tracking.search_versions("name = 'sslops-encoder-fashion-mnist'")
+    versions = {str(v.version): v.tags.get("model.format") for v in found}
     assert versions == {"1": None, "2": "pt2"}
 
 
@@ -416,26 +417,28 @@ def test_the_registry_must_agree_with_the_project_record_and_carry_sslops_tags(p
     forged = {**record, "encoder_sha256": "f" * 64}  # the registry's tag and the project's record disagree
     with (
         pytest.raises(SslopsError, match="the registry and the project disagree"),
-        tracking.registered_encoder("sslops-encoder", "1", forged),
+        tracking.registered_encoder("sslops-encoder-fashion-mnist", "1", forged),
     ):
         pass
     # A spec tag deleted on the server does not switch the spec check off: the project's record still names it.
     from sslops.ml.models import load_encoder_dir
 
-    tracking.client().delete_model_version_tag("sslops-encoder", "1", "encoder.spec_sha256")
-    with tracking.registered_encoder("sslops-encoder", "1", record) as (folder, _, digests):
+    tracking.client().delete_model_version_tag("sslops-encoder-fashion-mnist", "1", "encoder.spec_sha256")
+    with tracking.registered_encoder("sslops-encoder-fashion-mnist", "1", record) as (folder, _, digests):
         assert digests.spec == record["encoder_spec_sha256"]
         load_encoder_dir(folder, *digests)  # the file is the recorded one
     forged_spec = {**record, "encoder_spec_sha256": "e" * 64}
     with (
-        tracking.registered_encoder("sslops-encoder", "1", forged_spec) as (folder, _, digests),
+        tracking.registered_encoder("sslops-encoder-fashion-mnist", "1", forged_spec) as (folder, _, digests),
         pytest.raises(SslopsError, match="encoder.json has sha256"),
     ):
         load_encoder_dir(folder, *digests)
-    tracking.client().delete_model_version_tag("sslops-encoder", "1", "encoder.sha256")  # not checkable any more
+    tracking.client().delete_model_version_tag(
+        "sslops-encoder-fashion-mnist", "1", "encoder.sha256"
+    )  # not checkable any more
     with (
         pytest.raises(SslopsError, match="was not registered by sslops"),
-        tracking.registered_encoder("sslops-encoder", "1", record),
+        tracking.registered_encoder("sslops-encoder-fashion-mnist", "1", record),
     ):
         pass
     assert json.loads((project.metrics_dir / "register.json").read_text()) == record  # nothing rewritten
@@ -448,7 +451,7 @@ def test_a_tracking_failure_after_pretraining_loses_nothing_and_a_rerun_only_rec
     from sslops.adapters import tracking
     from sslops.cli import main
 
-    set_param(project.root, "pretrain", "epochs", 2)
+    set_param(project.root, "pretrain", "images", 2 * TINY_EPOCH)
     assert main(["prepare"]) == 0 and main(["validate"]) == 0 and main(["augment"]) == 0
     real = tracking.log_metrics
 
@@ -465,8 +468,8 @@ def test_a_tracking_failure_after_pretraining_loses_nothing_and_a_rerun_only_rec
     capsys.readouterr()
     assert main(["pretrain"]) == 0
     out = capsys.readouterr().out
-    assert "resuming from" in out and "after epoch 2" in out and "epoch 1:" not in out  # nothing trained again
-    assert "epoch 2: loss" in out  # the last epoch's monitor, which the failure did not record, is computed now
+    assert "resuming from" in out and "after epoch 2" in out and "epoch 1/2:" not in out  # nothing trained again
+    assert "epoch 2/2: loss" in out  # the last epoch's monitor, which the failure did not record, is computed now
     assert (project.root / "artifacts" / "pretrain" / "encoder.pt").is_file()
 
 

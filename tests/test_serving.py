@@ -36,7 +36,11 @@ def registered(project):
     from sslops.ml.models import load_encoder_dir
 
     tracking.connect(project)
-    with tracking.registered_encoder("sslops-encoder", "champion", project.register_record()) as (folder, _, digests):
+    with tracking.registered_encoder("sslops-encoder-fashion-mnist", "champion", project.register_record()) as (
+        folder,
+        _,
+        digests,
+    ):
         encoder, _ = load_encoder_dir(folder, *digests)
 
     with torch.no_grad():
@@ -57,7 +61,7 @@ def test_the_readme_snippet_loads_the_champion_without_pickle(registered, tmp_pa
     snippet = (
         "import json, sys, mlflow, numpy as np, torch\n"
         f"mlflow.set_tracking_uri({uri!r})\n"
-        'encoder = mlflow.pytorch.load_model("models:/sslops-encoder@champion")\n'
+        'encoder = mlflow.pytorch.load_model("models:/sslops-encoder-fashion-mnist@champion")\n'
         f"features = encoder(torch.as_tensor(np.load({str(tmp_path / 'images.npy')!r})).float())\n"
         "print(json.dumps(features.detach().numpy().tolist()))\n"
     )
@@ -85,7 +89,7 @@ def test_mlflow_models_serve_answers_with_the_same_embeddings(registered, tmp_pa
             "models",
             "serve",
             "-m",
-            "models:/sslops-encoder@champion",
+            "models:/sslops-encoder-fashion-mnist@champion",
             "--env-manager",
             "local",
             "--host",

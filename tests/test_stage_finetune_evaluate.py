@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import mlflow_runs, set_param
+from conftest import TASK, mlflow_runs, run_task, set_param
 from sslops.cli import main
 from sslops.config import Project
 from sslops.config.validation import parse_section
@@ -33,58 +33,63 @@ def registered(pretrained):
 def test_finetune_evaluate_report_lineage_and_embed(registered, capsys, tmp_path):
     project = registered
     mlflow.set_tracking_uri(f"sqlite:///{project.root / 'mlflow' / 'mlflow.db'}")
-    v1 = mlflow.MlflowClient().get_model_version("sslops-encoder", "1")
+    v1 = mlflow.MlflowClient().get_model_version("sslops-encoder-fashion-mnist", "1")
     pretrain_run = next(r for r in mlflow_runs(project.root) if r.info.run_name == "pretrain")
 
-    assert main(["finetune"]) == 0
-    index = json.loads((project.root / "artifacts" / "finetune" / "index.json").read_text())
+    set_param(project.root, "tasks", TASK, {**project.section("tasks")[TASK], "budgets": ["2/class", 0.25, 1.0]})
+    run_task(stages=("prepare", "validate", "finetune"))
+    out_dir = project.outputs(TASK)
+    index = json.loads((out_dir.finetune / "index.json").read_text())
     assert index["model"]["version"] == 2  # finetune.model `candidate`: the version metrics/register.json names
-    combos = {(e["fraction"], e["init"], e["protocol"]) for e in index["entries"]}
-    assert combos == {
-        (f, i, p) for f in (0.25, 1.0) for i in ("pretrained", "scratch") for p in ("linear", "knn", "finetune")
-    }
-    assert {e["labels"] for e in index["entries"]} == {20, 80}  # 25 % of 80 = 5 per class x 4, then all
+    combos = {(e["budget"], e["init"], e["protocol"]) for e in index["entries"]}
+    budgets = ("per_class_2", "frac_0.25", "frac_1")
+    inits, protocols = ("pretrained", "scratch", "pixels"), ("linear", "knn", "finetune")
+    assert combos == {(b, i, p) for b in budgets for i in inits for p in protocols if (i, p) != ("pixels", "finetune")}
+    labels = {e["budget"]: e["labels"] for e in index["entries"]}
+    assert labels == {"per_class_2": 8, "frac_0.25": 20, "frac_1": 80}  # 2 x 4 classes; 25 % of 80; all
 
     capsys.readouterr()
-    assert main(["evaluate"]) == 0
+    assert main(["evaluate", "--task", TASK]) == 0
     out = capsys.readouterr().out
     assert "results table: sslops report" in out and "| protocol | init |" not in out  # the report prints it
-    metrics = json.loads((project.metrics_dir / "evaluate.json").read_text())
-    for f in ("0.25", "1"):
-        for p in ("linear", "knn", "finetune"):
-            for i in ("pretrained", "scratch"):
-                assert 0 <= metrics[f"test.acc.frac_{f}.{p}.{i}"] <= 1
-                assert 0 <= metrics[f"test.macro_f1.frac_{f}.{p}.{i}"] <= 1
-    results = json.loads((project.root / "artifacts" / "evaluate" / "results.json").read_text())
+    metrics = json.loads((out_dir.metrics / "evaluate.json").read_text())
+    for b, i, p in combos:
+        assert 0 <= metrics[f"test.acc.{b}.{p}.{i}"] <= 1 and 0 <= metrics[f"test.macro_f1.{b}.{p}.{i}"] <= 1
+    assert {"headline.per_class_2.gain_vs_pixels", "headline.frac_1.best_pixels"} <= set(metrics)
+    results = json.loads((out_dir.evaluate / "results.json").read_text())
     first = results["results"][0]
     assert np.asarray(first["confusion"]).sum() == 20 and len(first["per_class_acc"]) == 4
     assert np.trace(first["confusion"]) / 20 == pytest.approx(first["acc"])
     for name in ("label_efficiency.png", "confusion.png", "embedding_map.png"):
-        assert (project.root / "plots" / name).stat().st_size > 5000
-    csv = (project.root / "plots" / "label_efficiency.csv").read_text().splitlines()
-    header = "labels,finetune_pretrained,finetune_scratch,knn_pretrained,knn_scratch,linear_pretrained,linear_scratch"
-    assert csv[0] == header
-    assert [line.split(",")[0] for line in csv[1:]] == ["20", "80"]
+        assert (out_dir.plots / name).stat().st_size > 5000
+    csv = (out_dir.plots / "label_efficiency.csv").read_text().splitlines()
+    series = [
+        f"{p}_{i}" for p in ("finetune", "knn", "linear") for i in sorted(inits) if (i, p) != ("pixels", "finetune")
+    ]
+    assert csv[0] == "labels," + ",".join(series)
+    assert [line.split(",")[0] for line in csv[1:]] == ["8", "20", "80"]
 
     runs = mlflow_runs(project.root)
-    evaluate = next(r for r in runs if r.info.run_name == "evaluate")
-    assert evaluate.data.tags["model.version"] == "2"
+    evaluate = next(r for r in runs if r.info.run_name == f"evaluate/{TASK}")
+    assert evaluate.data.tags["model.version"] == "2" and evaluate.data.tags["sslops.task"] == TASK
     assert evaluate.data.tags["finetune.run_id"] == index["parent_run_id"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == index["parent_run_id"]]
-    assert len(children) == 12 and all("test.acc" in r.data.metrics for r in children)
-    assert {r.info.run_name for r in children} >= {"frac_0.25/pretrained/finetune", "frac_1/scratch/knn"}
+    assert len(children) == len(combos) and all("test.acc" in r.data.metrics for r in children)
+    assert {r.info.run_name for r in children} >= {f"{TASK}/frac_0.25/pretrained/finetune", f"{TASK}/frac_1/pixels/knn"}
 
-    # `sslops report` prints the results table of the evaluate run.
+    # `sslops report` prints one results table per task.
     assert main(["report"]) == 0
     out = capsys.readouterr().out
-    assert "| protocol | init |" in out and "gain" in out
+    assert f"**Task `{TASK}`**" in out and "| protocol | init | 2/class (8 labels) | 25 % (20 labels) |" in out
+    assert "best pretrained − best on raw pixels" in out
 
     # Lineage from the alias back to data and forward to downstream runs; reverse from the data md5.
     assert main(["lineage", "candidate", "--json"]) == 0
     chain = json.loads(capsys.readouterr().out)
     assert chain["model"]["version"] == 2 and chain["pretrain"]["run_id"] == pretrain_run.info.run_id
     assert chain["validation"]["success"] == "True" and chain["augment_cache"]["views"] == "2"
-    assert {d["stage"] for d in chain["downstream"]} == {"finetune", "evaluate"}
+    assert {(d["stage"], d["task"]) for d in chain["downstream"]} == {("finetune", TASK), ("evaluate", TASK)}
+    assert len(chain["data"]["val_digest"]) == 16  # what the promotion metric was scored on
     assert main(["lineage", "--data", v1.tags["data.dvc_md5"]]) == 0
     assert "2 model version(s)" in capsys.readouterr().out
 
@@ -100,10 +105,13 @@ def test_finetune_evaluate_report_lineage_and_embed(registered, capsys, tmp_path
 
 
 @pytest.mark.integration
-def test_finetune_names_a_missing_model(pretrained, capsys):
+def test_finetune_names_a_missing_model_and_an_unknown_task(pretrained, capsys):
     set_param(pretrained.root, "finetune", "model", "nonexistent")
-    assert main(["finetune"]) == 2
+    run_task(stages=("prepare", "validate"))
+    assert main(["finetune", "--task", TASK]) == 2
     assert "no version or alias 'nonexistent'" in capsys.readouterr().err
+    assert main(["finetune", "--task", "cifar"]) == 2
+    assert f"unknown task 'cifar': params.yaml's tasks are {TASK}" in capsys.readouterr().err
 
 
 def test_recipe_numbers_written_without_a_dot_are_numbers(project):

@@ -16,21 +16,22 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_BACKBONE, mlflow_runs, set_param
+from conftest import REPO, TINY_BACKBONE, mlflow_runs, set_param
 from sslops.cli import main
 from sslops.config import Project
 from sslops.config.validation import resolve_profile
 from sslops.errors import SslopsError
 from sslops.ml.device import cpu_has_native_bf16
 from sslops.ml.models import BackboneConfig, Encoder
-from sslops.ml.train import TrainConfig, load_checkpoint, save_checkpoint
+from sslops.ml.train import load_checkpoint, save_checkpoint
+from sslops.stages.pretrain import schedule
 
 # Tests that run stages through the CLI (real MLflow store) are marked `integration` one by one; the rest are unit.
 
 
 def tiny(project, epochs: int = 3, views: int = 4) -> None:
     set_param(project.root, "augment", "views", views)
-    set_param(project.root, "pretrain", "epochs", epochs)
+    set_param(project.root, "pretrain", "images", epochs * 80)  # 80 synthetic train images: 5 steps of 16 per epoch
     set_param(project.root, "pretrain", "batch_size", 16)
     set_param(project.root, "pretrain", "backbone", TINY_BACKBONE)
     set_param(project.root, "pretrain", "simclr", {"proj_hidden": 16, "proj_dim": 8, "temperature": 0.2})
@@ -89,7 +90,7 @@ def test_on_the_fly_mode_without_cache(project):
         ("optimizer", "adam", "pretrain.optimizer in params.yaml: must be 'lars', 'sgd' or 'adamw', got 'adam'"),
         ("profile", "tpu", "pretrain.profile in params.yaml: 'tpu' is not one of pretrain.profiles: cpu, gpu"),
         ("amp", "fp8", "pretrain.amp in params.yaml: must be 'auto', 'bf16', 'fp16' or 'off', got 'fp8'"),
-        ("epochs", 0, "pretrain.epochs in params.yaml: must be greater than 0, got 0"),
+        ("images", 0, "pretrain.images in params.yaml: must be greater than 0, got 0"),
         ("learning_rate", 0.1, "pretrain.learning_rate in params.yaml: unknown key (known: profile, method, simclr,"),
     ],
 )
@@ -108,6 +109,39 @@ def test_gpu_profile_merges_over_defaults():
         "profiles": {"gpu": {"epochs": 200, "backbone": {"name": "resnet18"}}},
     }
     assert resolve_profile(params) == {"epochs": 200, "backbone": {"name": "resnet18", "width": 16}, "profile": "gpu"}
+
+
+def test_the_budget_is_in_images_so_a_small_dataset_gets_more_epochs(capsys):
+    """600,000 images are 10 epochs of Fashion-MNIST (234 steps of 256) and 469 of a 1,300-image folder (5 steps):
+    the same number of optimiser steps, not the same number of epochs (issue 13: 55 steps learned nothing)."""
+    cfg = Project(REPO).config("pretrain")
+    assert cfg.images == 600_000 and cfg.batch_size == 256  # the figures this test is about
+    fashion, small = schedule(cfg, 234, print), schedule(cfg, 5, print)
+    assert (fashion.epochs, fashion.warmup_epochs) == (10, pytest.approx(1.0))
+    assert (small.epochs, small.warmup_epochs) == (469, pytest.approx(46.9))
+    assert "warning" not in capsys.readouterr().out
+    schedule(cfg.model_copy(update={"images": 20_000}), 5, print)  # 16 epochs of 5 steps: below min_steps
+    assert "warning: 80 optimiser steps (16 epochs of 5) is below pretrain.min_steps (1000)" in capsys.readouterr().out
+
+
+def test_the_validation_split_is_carved_from_labelled_train_seeded_and_digested(tmp_path):
+    """The monitor and the promotion metric score held-out train images, never the test split."""
+    from conftest import write_idx_dataset
+    from sslops.data.formats import plan_dataset
+    from sslops.data.store import ImageStore, write_store
+    from sslops.stages.pretrain import validation_split
+
+    write_idx_dataset(tmp_path / "raw")
+    (tmp_path / "store").mkdir()
+    write_store(plan_dataset("idx", tmp_path / "raw", [], None, "unlabeled", 10**6), tmp_path / "store", progress=False)
+    store = ImageStore.open(tmp_path / "store")
+    a, b, other = (validation_split(store, 0.25, seed) for seed in (0, 0, 1))
+    train_rows = set(store.labelled("train")[0].tolist())
+    assert set(a.val_rows) | set(a.bank_rows) == train_rows and not set(a.val_rows) & set(a.bank_rows)
+    assert len(a.val_rows) == 20 and np.array_equal(a.val_rows, b.val_rows) and a.digest == b.digest
+    assert a.digest != other.digest  # another seed is other validation data: not comparable for promotion
+    with pytest.raises(SslopsError, match="leaves no labelled train images"):
+        validation_split(store, 0.999, 0)
 
 
 def test_checkpoint_of_another_configuration_is_ignored(tmp_path):
@@ -218,7 +252,7 @@ def test_numbers_written_without_a_dot_are_still_numbers(project):
     set_param(project.root, "pretrain", "weight_decay", "5e-4")
     assert "weight_decay: 5e-4\n" in project.params_file.read_text()  # YAML 1.1 reads it as the string '5e-4'
     assert project.section("pretrain")["weight_decay"] == "5e-4"
-    assert project.config("pretrain").to_core(TrainConfig).weight_decay == 5e-4
+    assert schedule(project.config("pretrain"), 5, print).weight_decay == 5e-4  # what pretrain trains with
     set_param(project.root, "pretrain", "base_lr", "fast")
     message = "pretrain.base_lr in params.yaml: must be a valid number, unable to parse string as a number, got 'fast'"
     with pytest.raises(SslopsError, match=message):

@@ -9,7 +9,7 @@ import mlflow
 import pytest
 import torch
 
-from conftest import mlflow_runs, set_param
+from conftest import mlflow_runs, set_param, write_idx_dataset
 from sslops.cli import main
 from sslops.stages.register import decide
 
@@ -36,8 +36,11 @@ def test_register_promotes_reuses_its_version_and_keeps_the_champion_without_imp
     record = json.loads((project.root / "mlflow" / "registered.json").read_text())
     assert record["version"] == 1 and record["tracking_uri"].endswith("mlflow.db")
     c = client(project)
-    v1 = c.get_model_version_by_alias("sslops-encoder", "champion")
-    assert str(v1.version) == "1" and str(c.get_model_version_by_alias("sslops-encoder", "candidate").version) == "1"
+    v1 = c.get_model_version_by_alias("sslops-encoder-fashion-mnist", "champion")
+    assert (
+        str(v1.version) == "1"
+        and str(c.get_model_version_by_alias("sslops-encoder-fashion-mnist", "candidate").version) == "1"
+    )
     pretrain_run = next(r for r in mlflow_runs(project.root) if r.info.run_name == "pretrain")
     assert v1.tags["pretrain.run_id"] == pretrain_run.info.run_id
     assert v1.tags["data.dvc_md5"] == pretrain_run.data.tags["data.dvc_md5"]
@@ -45,7 +48,7 @@ def test_register_promotes_reuses_its_version_and_keeps_the_champion_without_imp
     assert v1.tags["promotion.decision"] == "promoted"
 
     # The registered model loads through the registry and gives the pretrained encoder's features.
-    model = mlflow.pytorch.load_model("models:/sslops-encoder@champion")
+    model = mlflow.pytorch.load_model("models:/sslops-encoder-fashion-mnist@champion")
     weights = torch.load(project.root / "artifacts" / "pretrain" / "encoder.pt", weights_only=True)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
     state_dict = mlflow.artifacts.download_artifacts(
@@ -63,7 +66,7 @@ def test_register_promotes_reuses_its_version_and_keeps_the_champion_without_imp
     assert main(["register"]) == 0
     again = json.loads((project.metrics_dir / "register.json").read_text())
     assert (again["version"], again["champion_version"], again["reason"]) == (1, 1, "already champion")
-    assert [str(v.version) for v in c.search_model_versions("name='sslops-encoder'")] == ["1"]
+    assert [str(v.version) for v in c.search_model_versions("name='sslops-encoder-fashion-mnist'")] == ["1"]
 
     # Another encoder that does not beat the champion by more than min_improvement: `candidate` moves to the new
     # version and `champion` stays (the tie rule itself: test_promotion_rule).
@@ -73,9 +76,9 @@ def test_register_promotes_reuses_its_version_and_keeps_the_champion_without_imp
     reg2 = json.loads((project.metrics_dir / "register.json").read_text())
     assert reg2["version"] == 2 and not reg2["promoted"] and reg2["champion_version"] == 1
     assert reg2["reason"].endswith("by more than 1.0")
-    assert str(c.get_model_version_by_alias("sslops-encoder", "candidate").version) == "2"
-    assert str(c.get_model_version_by_alias("sslops-encoder", "champion").version) == "1"
-    assert c.get_model_version("sslops-encoder", "2").tags["promotion.decision"] == "kept"
+    assert str(c.get_model_version_by_alias("sslops-encoder-fashion-mnist", "candidate").version) == "2"
+    assert str(c.get_model_version_by_alias("sslops-encoder-fashion-mnist", "champion").version) == "1"
+    assert c.get_model_version("sslops-encoder-fashion-mnist", "2").tags["promotion.decision"] == "kept"
 
 
 @pytest.mark.integration
@@ -84,3 +87,23 @@ def test_register_without_its_pretrain_run_is_a_clear_error(pretrained, capsys, 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other.db'}")
     assert main(["register"]) == 2
     assert "does not hold the run that produced artifacts/pretrain" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_a_second_datasets_encoder_is_never_compared_with_the_first_datasets_champion(pretrained):
+    """Issue 13: an encoder of another dataset was refused because its accuracy, on other test images, did not beat
+    the Fashion-MNIST champion's. Each pretraining dataset now has its own registered model and champion."""
+    project = pretrained
+    assert main(["register"]) == 0
+    set_param(project.root, "register", "min_improvement", 1.0)  # any comparison at all would now refuse promotion
+    write_idx_dataset(project.root / "data" / "other", noise=200, seed=5)  # much harder data: a far lower score
+    set_param(project.root, "prepare", "root", "data/other")
+    for stage in ("prepare", "validate", "augment", "pretrain", "register"):
+        assert main([stage]) == 0, stage
+    reg = json.loads((project.metrics_dir / "register.json").read_text())
+    assert (reg["model_name"], reg["version"], reg["promoted"]) == ("sslops-encoder-other", 1, True)
+    assert reg["reason"] == "no champion yet"
+    c = client(project)
+    first = c.get_model_version_by_alias("sslops-encoder-fashion-mnist", "champion")
+    assert str(first.version) == "1" and first.tags["promotion.decision"] == "promoted"  # untouched
+    assert [str(v.version) for v in c.search_model_versions("name='sslops-encoder-fashion-mnist'")] == ["1"]

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from conftest import CLASSES, mlflow_runs, set_param
+from conftest import CLASSES, TASK, mlflow_runs, set_param, write_idx_dataset
 from sslops.cli import main
+from sslops.config import Project
 from sslops.data.idx import read_idx, write_idx
 
 pytestmark = pytest.mark.integration  # every test runs the stage through the CLI: real GX suites, real MLflow store
@@ -109,3 +110,23 @@ def test_undeclared_class_is_reported(project, capsys):
 def test_validate_before_prepare_is_a_clear_error(project, capsys):
     assert main(["validate"]) == 2
     assert "run the prepare stage first" in capsys.readouterr().err
+
+
+def test_a_task_whose_test_images_were_pretrained_on_fails(project, capsys):
+    """A downstream task's test images that the encoder saw in pretraining would inflate its transfer results."""
+    assert main(["prepare"]) == 0 and main(["validate"]) == 0
+    assert main(["prepare", "--task", TASK]) == 0 and main(["validate", "--task", TASK]) == 0  # same data, no leak
+    clean = json.loads((project.outputs(TASK).metrics / "validate.json").read_text())
+    assert clean["success"] and clean["test_in_pretraining"] == 0
+    other = project.root / "data" / "other"
+    write_idx_dataset(other, seed=7)
+    d = _data(project)
+    test = read_idx(other / "t10k-images-idx3-ubyte").copy()
+    test[:2] = read_idx(d / "train-images-idx3-ubyte")[:2]  # two images the encoder pretrains on
+    write_idx(other / "t10k-images-idx3-ubyte", test)
+    set_param(project.root, "tasks", "other", {**project.section("tasks")[TASK], "root": "data/other"})
+    assert main(["prepare", "--task", "other"]) == 0
+    capsys.readouterr()
+    assert main(["validate", "--task", "other"]) == 1
+    assert "expect_column_values_to_be_in_set(test_in_pretraining) unexpected=2" in capsys.readouterr().err
+    assert not Project(project.root).outputs("other").validated_marker.exists()  # finetune@other will not run

@@ -14,17 +14,22 @@ from sslops.ml.transfer import Classifier, balanced_subset, features, finetune, 
 
 def test_balanced_subset_is_balanced_nested_and_seeded():
     labels = np.repeat(np.arange(5), [300, 200, 200, 200, 100])  # imbalanced on purpose
-    small, large = balanced_subset(labels, 0.05, seed=3), balanced_subset(labels, 0.2, seed=3)
+    small, large = balanced_subset(labels, 0.05, None, seed=3), balanced_subset(labels, 0.2, None, seed=3)
     assert np.bincount(labels[small]).tolist() == [10] * 5  # 5 % of 1,000 = 50 = 10 per class
     assert set(small) <= set(large)
-    assert np.array_equal(small, balanced_subset(labels, 0.05, seed=3))
-    assert not np.array_equal(small, balanced_subset(labels, 0.05, seed=4))
-    assert np.bincount(labels[balanced_subset(labels, 0.5, 0)]).tolist() == [100, 100, 100, 100, 100]
-    counts = np.bincount(labels[balanced_subset(labels, 0.8, 0)]).tolist()
+    assert np.array_equal(small, balanced_subset(labels, 0.05, None, seed=3))
+    assert not np.array_equal(small, balanced_subset(labels, 0.05, None, seed=4))
+    assert np.bincount(labels[balanced_subset(labels, 0.5, None, 0)]).tolist() == [100, 100, 100, 100, 100]
+    counts = np.bincount(labels[balanced_subset(labels, 0.8, None, 0)]).tolist()
     assert counts == [160, 160, 160, 160, 100]  # a small class gives all
-    assert len(balanced_subset(labels, 1.0, 0)) == 1000
+    assert len(balanced_subset(labels, 1.0, None, 0)) == 1000
     with pytest.raises(ValueError, match="fraction"):
-        balanced_subset(labels, 0.0, 0)
+        balanced_subset(labels, 0.0, None, 0)
+    # Labels per class ("10/class"): the same per-class order, so nested with the fractions of the same seed.
+    ten = balanced_subset(labels, None, 10, seed=3)
+    assert np.bincount(labels[ten]).tolist() == [10] * 5 and set(ten) <= set(small)
+    with pytest.raises(ValueError, match="exactly one"):
+        balanced_subset(labels, 0.1, 10, 0)
 
 
 def test_scores_on_a_known_confusion():

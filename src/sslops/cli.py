@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from sslops.config import Project
 
 STAGES = ("prepare", "validate", "augment", "pretrain", "register", "finetune", "evaluate")
+TASK_STAGES = ("prepare", "validate", "finetune", "evaluate")  # also run per downstream task (--task NAME)
 
 
 def _quiet_third_parties() -> None:
@@ -35,15 +36,20 @@ def _run_stage(args: argparse.Namespace) -> int:
     checked = Project.discover()
     run = _stage_runner(args.command)
     checked.config(args.command)  # bad params fail before the lock file is touched, as before any other write
+    task = getattr(args, "task", None)
+    if task is not None:
+        checked.outputs(task)  # an unknown task is named before anything runs
     timeout = checked.config("flow").lock_timeout_s
-    with stage_lock(checked.root, timeout, f"sslops {args.command}", on_wait=print):
-        summary = run(Project(checked.root))  # params.yaml read again under the lock: a flow may have changed it
+    holder = f"sslops {args.command}" + (f" --task {task}" if task else "")
+    with stage_lock(checked.root, timeout, holder, on_wait=print):
+        project = Project(checked.root)  # params.yaml read again under the lock: a flow may have changed it
+        summary = run(project, task) if args.command in TASK_STAGES else run(project)
     if summary:  # torchrun ranks other than 0 return nothing to report
         print(json.dumps(summary, indent=2, default=str))
     return 0
 
 
-def _stage_runner(name: str) -> Callable[[Project], dict[str, Any]]:
+def _stage_runner(name: str) -> Callable[..., dict[str, Any]]:
     """The chosen stage's `run`, importing that stage only (a stage's imports are its start-up cost)."""
     match name:
         case "prepare":
@@ -66,11 +72,15 @@ def _stage_runner(name: str) -> Callable[[Project], dict[str, Any]]:
 
 
 def _fetch_data(args: argparse.Namespace) -> int:
+    from sslops.commands.digits import export_digits
     from sslops.commands.fetch import fetch_fashion_mnist
     from sslops.config import Project
 
-    target = Project.discover().path(args.target)
+    project = Project.discover()
+    target = project.path(args.target)
     print(f"Fashion-MNIST in {target}: {fetch_fashion_mnist(target)}")
+    digits = project.path(args.digits)
+    print(f"scikit-learn digits in {digits}: {export_digits(digits)}")
     return 0
 
 
@@ -104,7 +114,8 @@ def _embed(args: argparse.Namespace) -> int:
 
     project = _connect()
     max_pixels, recorded = project.config("prepare").max_pixels, project.register_record()
-    print(json.dumps(embed_folder(args.model, Path(args.images), Path(args.out), max_pixels, recorded), indent=2))
+    model = args.model or f"models:/{project.model_name}@champion"
+    print(json.dumps(embed_folder(model, Path(args.images), Path(args.out), max_pixels, recorded), indent=2))
     return 0
 
 
@@ -135,25 +146,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sslops", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for stage in STAGES:
-        sub.add_parser(stage, help=f"run the {stage} stage (as dvc.yaml does)").set_defaults(func=_run_stage)
-    fetch = sub.add_parser("fetch-data", help="put the verified Fashion-MNIST IDX files into data/")
-    fetch.add_argument("--target", default="data/fashion-mnist", help="folder to fill (default: %(default)s)")
+        parser_ = sub.add_parser(stage, help=f"run the {stage} stage (as dvc.yaml does)")
+        if stage in TASK_STAGES:
+            required = stage in ("finetune", "evaluate")
+            what = "the downstream task (a key of tasks: in params.yaml)" + (
+                "" if required else "; none: pretraining data"
+            )
+            parser_.add_argument("--task", required=required, metavar="NAME", help=what)
+        parser_.set_defaults(func=_run_stage)
+    fetch = sub.add_parser("fetch-data", help="put the verified Fashion-MNIST and scikit-learn digits into data/")
+    fetch.add_argument("--target", default="data/fashion-mnist", help="Fashion-MNIST's folder (default: %(default)s)")
+    fetch.add_argument("--digits", default="data/digits", help="the digits' folder (default: %(default)s)")
     fetch.set_defaults(func=_fetch_data)
     lin = sub.add_parser("lineage", help="trace a model version back to its data, or data forward to its models")
     lin.add_argument(
         "model",
         nargs="?",
         default="champion",
-        help="model ref: alias or version of register.model_name, name@alias or name/version (default: %(default)s)",
+        help="model ref: alias or version of <register.model_name>-<dataset>, name@alias or name/version "
+        "(default: %(default)s)",
     )
     lin.add_argument("--data", metavar="MD5", help="list every model version built on this data.dvc md5 instead")
     lin.add_argument("--json", action="store_true", help="machine-readable output")
     lin.set_defaults(func=_lineage)
     emb = sub.add_parser("embed", help="write embeddings of a folder of images from a registered encoder")
     emb.add_argument("images", help="folder of images (searched recursively)")
-    emb.add_argument(
-        "--model", default="models:/sslops-encoder@champion", help="MLflow model URI (default: %(default)s)"
-    )
+    emb.add_argument("--model", help="MLflow model URI (default: the champion of this project's registered model)")
     emb.add_argument(
         "--out", default="embeddings.npz", help="output .npz with `paths` and `embeddings` (default: %(default)s)"
     )
@@ -161,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep_ = sub.add_parser("repro", help="dvc repro under the project lock that Prefect flow runs take (make run)")
     rep_.add_argument("dvc_args", nargs=argparse.REMAINDER, help="passed on to `dvc repro`")
     rep_.set_defaults(func=_repro)
-    rep = sub.add_parser("report", help="print the results table of the last evaluate run")
+    rep = sub.add_parser("report", help="print one results table per downstream task (their last evaluate runs)")
     rep.add_argument("--readme", action="store_true", help="also rewrite the results section of README.md")
     rep.set_defaults(func=_report)
     return parser

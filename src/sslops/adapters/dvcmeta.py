@@ -47,16 +47,33 @@ def upstream_md5s(root: Path, stage: str) -> dict[str, str]:
     Upstream stages finish before `stage` starts under `dvc repro`, so their dvc.lock entries are current.
     """
     stages = _load(root / "dvc.yaml").get("stages") or {}
-    deps = [d if isinstance(d, str) else next(iter(d)) for d in (stages.get(stage) or {}).get("deps", [])]
+    listed = [d if isinstance(d, str) else next(iter(d)) for d in (stages.get(stage) or {}).get("deps") or []]
+    if not listed or any("${" in d for d in listed):
+        # Templated in dvc.yaml (`${prepare.root}`, a foreach stage such as `finetune@digits`): the stage's last
+        # lock entry names its deps as DVC resolved them.
+        listed = [d["path"] for d in (lock_entry(root, stage) or {}).get("deps", [])]
+    deps = listed
     produced: dict[str, str] = {}
     for name, entry in (_load(root / "dvc.lock").get("stages") or {}).items():
         if name != stage:
             produced.update({o["path"]: o["md5"] for o in entry.get("outs", []) if "md5" in o})
-    tracked = _load(root / "data.dvc").get("outs") or []
-    produced.update({o["path"]: o["md5"] for o in tracked if "md5" in o})
     result = {}
     for dep in deps:
         for path, md5 in produced.items():
-            if dep == path or dep.startswith(path.rstrip("/") + "/"):
+            if dep == path or dep.startswith(path.rstrip("/") + "/"):  # a file inside an upstream output folder
                 result[dep] = md5
+    # data.dvc's md5 covers the whole data/ folder: it names a dep only when the dep is that folder. A dataset
+    # subfolder's own md5 is the `data.md5` tag (`dep_md5`), taken from the lock of the stage that read it.
+    for out in _load(root / "data.dvc").get("outs") or []:
+        if out.get("path") in deps and "md5" in out:
+            result[out["path"]] = out["md5"]
     return result
+
+
+def dep_md5(root: Path, stage: str, path: str) -> str | None:
+    """The md5 dvc.lock records for dependency `path` of `stage` (e.g. `data/digits` of `task_prepare@digits`): the
+    dataset's own hash, not data.dvc's folder-wide one. Current for any stage that finished before the caller."""
+    for dep in (lock_entry(root, stage) or {}).get("deps", []):
+        if dep.get("path") == path:
+            return dep.get("md5")
+    return None

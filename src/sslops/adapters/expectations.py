@@ -40,8 +40,9 @@ class Check:
         return f"{self.expectation}({self.column})" if self.column else self.expectation
 
 
-def manifest_expectations(cfg: ValidateParams, classes: list[str], rows: int) -> list:
-    """Expectations over the annotated manifest of `rows` images, thresholds from params.yaml's `validate` section."""
+def manifest_expectations(cfg: ValidateParams, classes: list[str], rows: int, task: bool) -> list:
+    """Expectations over the annotated manifest of `rows` images, thresholds from params.yaml's `validate` section;
+    a downstream `task`'s test images must not be among the pretraining images either."""
     import great_expectations as gx
 
     E = gx.expectations
@@ -69,7 +70,8 @@ def manifest_expectations(cfg: ValidateParams, classes: list[str], rows: int) ->
     # A test image that is also in train inflates every test metric downstream: at most `max_leaked_test` of them.
     # GX tolerates a share (`mostly`), so the count becomes a share of the rows, half an image of slack for rounding.
     tolerance = {"mostly": max(0.0, 1.0 - (cfg.max_leaked_test + 0.5) / max(rows, 1))} if cfg.max_leaked_test else {}
-    exps.append(E.ExpectColumnValuesToBeInSet(column="test_in_train", value_set=[False], **tolerance))
+    for column in ("test_in_train", "test_in_pretraining") if task else ("test_in_train",):
+        exps.append(E.ExpectColumnValuesToBeInSet(column=column, value_set=[False], **tolerance))
     return exps
 
 

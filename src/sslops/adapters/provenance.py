@@ -15,6 +15,7 @@ from sslops.adapters import dvcmeta
 from sslops.config import params_hash
 
 PIPELINE_WRITES = ("dvc.lock", "metrics", "plots")
+TASK_PREFIXED = ("prepare", "validate")  # their task stages are `task_prepare@<task>`: the plain names are taken
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/sslops (or site-packages/sslops)
 
 
@@ -58,19 +59,29 @@ def git_state(root: Path) -> tuple[str | None, bool | None]:
     return commit, bool(status)
 
 
-def lineage_tags(root: Path, stage: str, stage_params: dict[str, Any]) -> dict[str, str]:
-    """The tags every stage run carries (README, Tracking and lineage)."""
+def dvc_stage(stage: str, task: str | None = None) -> str:
+    """The stage's name in dvc.yaml/dvc.lock: `prepare`, or for a task `task_prepare@digits`, `finetune@digits`."""
+    if task is None:
+        return stage
+    return f"{'task_' if stage in TASK_PREFIXED else ''}{stage}@{task}"
+
+
+def lineage_tags(root: Path, stage: str, stage_params: dict[str, Any], task: str | None = None) -> dict[str, str]:
+    """The tags every stage run carries (README, Tracking and lineage); dvc.lock's md5s of the stage's own deps
+    name the exact data it read (`dvc.dep.data/digits`), not only data.dvc's folder-wide md5."""
     commit, dirty = git_state(root)
     tags = {
         "sslops.stage": stage,
+        **({"sslops.task": task} if task else {}),
         "git.commit": commit or "unknown",
         "git.dirty": "unknown" if dirty is None else str(dirty).lower(),
         "data.dvc_md5": dvcmeta.data_md5(root) or "untracked",
         "params.hash": params_hash(stage_params),
     }
-    locked = dvcmeta.stage_md5(root, stage)
+    name = dvc_stage(stage, task)
+    locked = dvcmeta.stage_md5(root, name)
     if locked:
         tags["dvc.stage_md5"] = locked
-    for dep, md5 in dvcmeta.upstream_md5s(root, stage).items():
+    for dep, md5 in dvcmeta.upstream_md5s(root, name).items():
         tags[f"dvc.dep.{dep}"] = md5
     return tags

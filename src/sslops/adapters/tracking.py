@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sslops.adapters.provenance import lineage_tags
+from sslops.adapters import dvcmeta
+from sslops.adapters.provenance import dvc_stage, lineage_tags
 from sslops.config import Project, flatten
 
 if TYPE_CHECKING:
@@ -103,22 +104,38 @@ def _check_reachable(uri: str, timeout_s: float) -> None:
 
 @contextlib.contextmanager
 def stage_run(
-    project: Project, stage: str, params: dict[str, Any], system_metrics: bool = False
+    project: Project, stage: str, params: dict[str, Any], system_metrics: bool = False, task: str | None = None
 ) -> Iterator[mlflow.ActiveRun]:
     """Open the MLflow run of one stage execution, with flat params and lineage tags.
 
     An exception inside the block ends the run as FAILED, so failed stages stay visible in the UI.
     `system_metrics` records CPU/GPU/memory use alongside the run (for long stages such as pretrain).
+    `task` names the downstream task a task stage ran for: in the run's name (`finetune/digits`) and tag `sslops.task`.
     """
     import mlflow
 
     experiment_id = connect(project)
-    tags = {**lineage_tags(project.root, stage, params), **_orchestrator_tags()}
+    tags = {**lineage_tags(project.root, stage, params, task), **_dataset_tag(project, stage, task)}
+    tags |= _orchestrator_tags()
+    name = stage if task is None else f"{stage}/{task}"
     with mlflow.start_run(
-        experiment_id=experiment_id, run_name=stage, tags=tags, log_system_metrics=system_metrics
+        experiment_id=experiment_id, run_name=name, tags=tags, log_system_metrics=system_metrics
     ) as run:
         mlflow.log_params({k: _param_value(v) for k, v in flatten({stage: params}).items()})
         yield run
+
+
+def _dataset_tag(project: Project, stage: str, task: str | None) -> dict[str, str]:
+    """`data.md5`: the DVC md5 of the one dataset folder this run's data came from (the pretraining dataset, or the
+    task's), read from the lock entry of the prepare stage that read it. Not on the prepare runs themselves: DVC
+    writes their lock entry only after they finish."""
+    if stage == "prepare":
+        return {}
+    source, root = ("prepare", project.config("prepare").root)
+    if task is not None:
+        source, root = dvc_stage("prepare", task), project.config("tasks")[task].root
+    md5 = dvcmeta.dep_md5(project.root, source, root)
+    return {"data.md5": md5, "data.path": root} if md5 else {}
 
 
 @contextlib.contextmanager

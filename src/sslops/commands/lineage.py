@@ -46,7 +46,7 @@ def _run_summary(run: Any, metric_prefixes: tuple[str, ...] = ()) -> dict[str, A
 
 def model_chain(project: Project, ref: str) -> dict[str, Any]:
     """The full backward chain of one model version, plus the downstream runs that used it."""
-    name, which = parse_ref(ref, project.config("register").model_name)
+    name, which = parse_ref(ref, project.model_name)
     version = tracking.resolve_version(name, which)
     tags = version.tags
     run_id = tags.get("pretrain.run_id")
@@ -72,7 +72,9 @@ def model_chain(project: Project, ref: str) -> dict[str, Any]:
     for run in used_by:
         stage = run.data.tags.get("sslops.stage")
         if stage in ("finetune", "evaluate"):  # child runs of finetune carry the tags too; list the stage runs
-            downstream.append({"stage": stage, **_run_summary(run, ("headline.",) if stage == "evaluate" else ())})
+            task = {k: run.data.tags.get(t) for k, t in (("task", "sslops.task"), ("data_md5", "data.md5"))}
+            summary = _run_summary(run, ("headline.",) if stage == "evaluate" else ())
+            downstream.append({"stage": stage, **task, **summary})
     return {
         "model": {
             "name": name,
@@ -82,7 +84,13 @@ def model_chain(project: Project, ref: str) -> dict[str, Any]:
             "encoder_sha256": tags.get("encoder.sha256"),
             "promotion": {k.removeprefix("promotion."): v for k, v in tags.items() if k.startswith("promotion.")},
         },
-        "data": {"dvc_md5": ptags.get("data.dvc_md5"), "manifest_digest": digest},
+        "data": {
+            "path": ptags.get("data.path"),
+            "md5": ptags.get("data.md5"),
+            "dvc_md5": ptags.get("data.dvc_md5"),
+            "manifest_digest": digest,
+            "val_digest": ptags.get("monitor.val_digest"),
+        },
         "validation": None
         if validation is None
         else {
@@ -98,12 +106,13 @@ def model_chain(project: Project, ref: str) -> dict[str, Any]:
 
 
 def data_chain(project: Project, md5: str) -> dict[str, Any]:
-    """Every registered model version (of any sslops model) whose pretraining used data.dvc md5 `md5`."""
+    """Every registered model version (of any sslops model) whose pretraining used data.dvc md5 `md5`, or the
+    dataset folder with DVC md5 `md5` (`data/fashion-mnist`'s own hash in dvc.lock)."""
     tracking.connect(project)
     versions = []
     for model in tracking.client().search_registered_models():
         for v in tracking.search_versions(f"name = '{model.name}'"):
-            if v.tags.get("data.dvc_md5") == md5:
+            if md5 in (v.tags.get("data.dvc_md5"), v.tags.get("data.md5")):  # data.dvc's, or the dataset's own
                 versions.append(
                     {
                         "name": v.name,
@@ -129,7 +138,8 @@ def format_model_chain(chain: dict[str, Any]) -> str:
             f"{promo.get('reason', '')}"
         ),
         f"  registered by run {m['register_run_id']}; encoder sha256 {str(m['encoder_sha256'])[:16]}",
-        f"  data: data.dvc md5 {d['dvc_md5']}, manifest digest {d['manifest_digest']}",
+        f"  data: {d['path']} md5 {d['md5']} (data.dvc md5 {d['dvc_md5']}), manifest digest {d['manifest_digest']}",
+        f"  promotion metric scored on the validation split with digest {d['val_digest']}",
         "  validation: "
         + (
             "no validate run found for this manifest"
@@ -149,7 +159,10 @@ def format_model_chain(chain: dict[str, Any]) -> str:
             for k, val in run["metrics"].items()
             if k.endswith(("best_pretrained", "gain_vs_scratch_finetune"))
         )
-        lines.append(f"    {run['stage']:<9} run {run['run_id']} ({run['status']})" + (f": {head}" if head else ""))
+        task = f"task {run['task']} (data md5 {run['data_md5']})"
+        lines.append(
+            f"    {run['stage']:<9} {task} run {run['run_id']} ({run['status']})" + (f": {head}" if head else "")
+        )
     return "\n".join(lines)
 
 

@@ -56,6 +56,38 @@ def params_hash(params: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
+class DatasetOutputs:
+    """One dataset's outputs: the pretraining dataset's at the top of artifacts/, metrics/ and plots/; a downstream
+    task's in `tasks/<name>/` below each, so tasks never share a file and DVC reruns only the task that changed."""
+
+    task: str | None
+    artifacts: Path
+    metrics: Path
+    plots: Path
+
+    @property
+    def prepared(self) -> Path:
+        return self.artifacts / "prepared"
+
+    @property
+    def validation(self) -> Path:
+        return self.artifacts / "validation"
+
+    @property
+    def validated_marker(self) -> Path:
+        """Written by validate only when every expectation passed; downstream stages depend on it."""
+        return self.artifacts / "validated.json"
+
+    @property
+    def finetune(self) -> Path:
+        return self.artifacts / "finetune"
+
+    @property
+    def evaluate(self) -> Path:
+        return self.artifacts / "evaluate"
+
+
+@dataclass(frozen=True)
 class Project:
     """The project folder and the well-known paths inside it."""
 
@@ -110,22 +142,38 @@ class Project:
         return p if p.is_absolute() else self.root / p
 
     # Well-known outputs, shared by the stage that writes them and the stages that read them.
+    def outputs(self, task: str | None = None) -> DatasetOutputs:
+        """Where a dataset's stage outputs live: the pretraining dataset's (`task` None) or task `task`'s."""
+        if task is None:
+            return DatasetOutputs(None, self.root / "artifacts", self.metrics_dir, self.root / "plots")
+        names = self.config("tasks").names()
+        if task not in names:
+            raise SslopsError(f"unknown task '{task}': params.yaml's tasks are {', '.join(names)}.")
+        sub = Path("tasks") / task
+        return DatasetOutputs(task, self.root / "artifacts" / sub, self.metrics_dir / sub, self.root / "plots" / sub)
+
     @property
     def prepared_dir(self) -> Path:
-        return self.root / "artifacts" / "prepared"
+        """The pretraining dataset's store."""
+        return self.outputs().prepared
 
     @property
     def validation_dir(self) -> Path:
-        return self.root / "artifacts" / "validation"
+        return self.outputs().validation
 
     @property
     def validated_marker(self) -> Path:
-        """Written by validate only when every expectation passed; downstream stages depend on it."""
-        return self.root / "artifacts" / "validated.json"
+        return self.outputs().validated_marker
 
     @property
     def metrics_dir(self) -> Path:
         return self.root / "metrics"
+
+    @property
+    def model_name(self) -> str:
+        """The registered model of this pipeline: `register.model_name` scoped by the pretraining dataset's name, so
+        each dataset has its own versions and champion and no encoder is compared with another dataset's."""
+        return f"{self.config('register').model_name}-{self.config('prepare').name}"
 
     def register_record(self) -> dict[str, Any]:
         """metrics/register.json (in git): the version this project's register stage registered, with its sha256s.

@@ -15,10 +15,21 @@ it runs (tests/test_architecture.py derives each stage's deps from its imports).
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    StrictBool,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
+from pydantic.functional_validators import PlainValidator
 
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
@@ -29,6 +40,20 @@ Name = Annotated[str, Field(min_length=1)]
 Range = tuple[PositiveFloat, PositiveFloat]
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
 Method = Literal["simclr", "moco", "byol", "mim", "rotation"]
+Format = Literal["idx", "imagefolder", "cifar10"]
+
+
+def _budget(value: object) -> float | str:
+    """A label budget: a fraction of the labelled train split in (0, 1], or labels per class ("10/class")."""
+    if isinstance(value, str) and re.fullmatch(r"[1-9][0-9]*/class", value):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1:
+        return float(value)
+    raise ValueError("must be a fraction of the labels in (0, 1] or a number of labels per class such as '10/class'")
+
+
+Budget = Annotated[float | str, PlainValidator(_budget)]
+TaskName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")]  # a folder name and a DVC stage key
 METHOD_NAMES: tuple[str, ...] = get_args(Method)
 
 
@@ -57,23 +82,84 @@ class TrackingParams(Section):
     http_retries: NonNegativeInt  # a tracking server: retries of a failed request (MLflow backs off between them)
 
 
+def _inside_project(root: str) -> str:
+    """The raw data lives in the project's DVC-tracked data/ folder; an absolute path or `..` would read files
+    outside it (on a shared server: other people's data, through a flow run's overrides)."""
+    path = PurePosixPath(root)
+    if path.is_absolute() or ".." in path.parts:
+        raise ValueError(f"must be a folder inside the project (relative, without '..'), got {root!r}")
+    return root
+
+
+class ResizeKnobs(Section):
+    """`prepare.resize`: how images of other sizes are brought to one (`sslops.data.resize`)."""
+
+    side: PositiveInt | None  # null: keep one shared size; a mix of sizes gets the median shorter side
+    mode: Literal["crop", "pad"]
+
+
 class PrepareParams(Section):
-    format: Literal["idx", "imagefolder", "cifar10"]
+    """`prepare:` the pretraining dataset. Its labels, if any, are never read by pretraining itself."""
+
+    format: Format
     root: Annotated[str, Field(min_length=1)]  # inside the project (DVC tracks it); checked below
     classes: list[Name]  # empty: taken from the data (imagefolder folders, CIFAR's batches.meta)
     channels: Literal["auto", 1, 3]
     unlabeled_dir: Name
     max_pixels: PositiveInt  # imagefolder and `sslops embed`: larger images are refused before decoding
+    resize: ResizeKnobs
 
-    @field_validator("root")
+    _root = field_validator("root")(_inside_project)
+
+    @model_validator(mode="after")
+    def _side_within_max_pixels(self) -> PrepareParams:
+        """A resize target is an image size like any other: bounded by the same limit as the files read."""
+        if self.resize.side is not None and self.resize.side**2 > self.max_pixels:
+            raise ValueError(
+                f"resize.side {self.resize.side} makes images of {self.resize.side**2:,} pixels, more than "
+                f"max_pixels ({self.max_pixels:,})"
+            )
+        return self
+
+    @property
+    def name(self) -> str:
+        """The dataset's name: its folder under data/ (`data/fashion-mnist` -> `fashion-mnist`)."""
+        return PurePosixPath(self.root).name
+
+
+class TaskParams(Section):
+    """`tasks.<name>`: one labelled downstream task, prepared to the encoder's input (size, channels)."""
+
+    format: Format
+    root: Annotated[str, Field(min_length=1)]
+    classes: list[Name]
+    budgets: Annotated[list[Budget], Field(min_length=1)]
+
+    _root = field_validator("root")(_inside_project)
+
+    @field_validator("budgets")
     @classmethod
-    def _inside_project(cls, root: str) -> str:
-        """The raw data lives in the project's DVC-tracked data/ folder; an absolute path or `..` would read files
-        outside it (on a shared server: other people's data, through a flow run's overrides)."""
-        path = PurePosixPath(root)
-        if path.is_absolute() or ".." in path.parts:
-            raise ValueError(f"must be a folder inside the project (relative, without '..'), got {root!r}")
-        return root
+    def _distinct(cls, budgets: list[float | str]) -> list[float | str]:
+        """Each budget names its outputs and child runs: a repeat would overwrite the first one's."""
+        repeated = sorted({str(b) for b in budgets if budgets.count(b) > 1})
+        if repeated:
+            raise ValueError(f"each budget may appear once, {', '.join(repeated)} repeats")
+        return budgets
+
+
+class TasksParams(RootModel[Annotated[dict[TaskName, TaskParams], Field(min_length=1)]]):
+    """`tasks:` the downstream tasks by name; each gets its own prepare, validate, finetune and evaluate stages."""
+
+    model_config = ConfigDict(frozen=True)
+
+    def __getitem__(self, name: str) -> TaskParams:
+        return self.root[name]
+
+    def names(self) -> list[str]:
+        return list(self.root)
+
+    def record(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
 
 
 class ValidateParams(Section):
@@ -159,7 +245,7 @@ class RotationKnobs(Section):
 
 
 class BackboneKnobs(Section):
-    name: Literal["small_cnn", "resnet18", "resnet34", "resnet50"]
+    name: Literal["auto", "small_cnn", "resnet18", "resnet34", "resnet50"]  # auto: by image size (resolve_backbone)
     width: PositiveInt
     stem_width: PositiveInt | None
     pool: PositiveInt
@@ -188,13 +274,14 @@ class PretrainParams(Section):
     mim: MIMKnobs
     rotation: RotationKnobs
     backbone: BackboneKnobs
-    epochs: PositiveInt
+    images: PositiveInt  # the budget in images seen (2 views each); epochs follow from the dataset's size
+    min_steps: PositiveInt  # fewer optimiser steps than this is warned about (too short to learn much)
     batch_size: PositiveInt
     optimizer: Literal["lars", "sgd", "adamw"]
     base_lr: PositiveFloat
     weight_decay: NonNegativeFloat
     momentum: Annotated[float, Field(ge=0, lt=1)]
-    warmup_epochs: NonNegativeFloat
+    warmup_fraction: Annotated[float, Field(ge=0, lt=1)]  # of all steps
     final_lr_fraction: Probability
     amp: Literal["auto", "bf16", "fp16", "off"]
     channels_last: StrictBool | Literal["auto"]
@@ -202,6 +289,8 @@ class PretrainParams(Section):
     device: Device
     threads: PositiveInt | None
     seed: NonNegativeInt
+    val_fraction: Annotated[float, Field(gt=0, lt=1)]  # of labelled train, for the monitor and promotion metric
+    val_seed: NonNegativeInt  # the split's own seed: another pretraining seed is still scored on the same images
     knn: MonitorKnn
     probe: MonitorProbe
 
@@ -243,17 +332,13 @@ class Recipe(Section):
 
 
 class FinetuneParams(Section):
+    """`finetune:` the transfer protocols, shared by every task; each task names its own label budgets."""
+
     model: Name | NonNegativeInt  # `candidate` (the version in metrics/register.json), another alias, or a number
-    fractions: Annotated[list[Annotated[float, Field(gt=0, le=1)]], Field(min_length=1)]
     seed: NonNegativeInt
     device: Device
     probe: ProbeSearch
     recipe: Recipe
-
-    @property
-    def budgets(self) -> list[float]:
-        """The label fractions, ascending and without repeats."""
-        return sorted(set(self.fractions))
 
 
 class KnnClassifier(Section):
@@ -284,9 +369,10 @@ class FlowParams(Section):
         return self.mlflow_ui.rstrip("/")
 
 
-SECTIONS: dict[str, type[Section]] = {
+SECTIONS: dict[str, type[Section] | type[TasksParams]] = {
     "tracking": TrackingParams,
     "prepare": PrepareParams,
+    "tasks": TasksParams,
     "validate": ValidateParams,
     "augment": AugmentParams,
     "pretrain": PretrainParams,

@@ -1,7 +1,7 @@
 """Turn a raw params.yaml section into its typed config, or into one error message a person can act on.
 
 Each problem is named by its full key, the value found and what is allowed, e.g.
-`pretrain.epochs in params.yaml: must be greater than 0, got 0`, all problems of a section at once.
+`pretrain.images in params.yaml: must be greater than 0, got 0`, all problems of a section at once.
 """
 
 from __future__ import annotations

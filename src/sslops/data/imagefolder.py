@@ -1,8 +1,9 @@
 """ImageFolder trees: `<root>/<split>/<class>/*.png|jpg` plus an optional flat unlabeled folder.
 
-Sizes and modes come from image headers at plan time, so a wrong-sized, oversized or misplaced image is
-reported before any pixels are decoded; corrupt files are reported when their pixels are loaded. Colour modes are
-converted by the rule of `sslops.data.images`.
+Sizes and modes come from image headers at plan time, so an oversized or misplaced image is reported before any
+pixels are decoded; each image is planned at its own size, and `sslops.data.resize` brings a mix to one shape.
+Corrupt files are reported when their pixels are loaded. Colour modes are converted by the rule of
+`sslops.data.images`.
 """
 
 from __future__ import annotations
@@ -71,13 +72,6 @@ def plan_imagefolder(
     headers = []
     for _, path, _ in entries:
         headers.append(images.header(path, max_pixels))
-    first, expected = entries[0][1], headers[0][:2]
-    for (_, path, _), (h, w, _) in zip(entries, headers, strict=True):
-        if (h, w) != expected:
-            raise SslopsError(
-                f"{path}: image is {h}x{w} but {first} is {expected[0]}x{expected[1]}; all images must share "
-                "one size (resize them before adding the data)."
-            )
     gray = sum(images.is_gray(mode) for _, _, mode in headers)
     notes = ()
     if channels is None:
@@ -90,10 +84,10 @@ def plan_imagefolder(
             split=split,
             source=path.relative_to(root).as_posix(),
             count=1,
-            shape=(*expected, channels),
+            shape=(h, w, channels),
             labels=None if label is None else np.array([label], dtype=np.int64),
             load=functools.partial(_load, path, channels, max_pixels),
         )
-        for split, path, label in entries
+        for (split, path, label), (h, w, _) in zip(entries, headers, strict=True)
     ]
     return Plan(parts=parts, classes=names, notes=notes)

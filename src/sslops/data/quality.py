@@ -9,13 +9,17 @@ from __future__ import annotations
 import pandas as pd
 
 
-def annotate(manifest: pd.DataFrame) -> pd.DataFrame:
-    """The manifest plus `row`, `duplicate_in_split` and `test_in_train` columns."""
+def annotate(manifest: pd.DataFrame, pretrained: pd.Series | None = None) -> pd.DataFrame:
+    """The manifest plus `row`, `duplicate_in_split` and `test_in_train` columns; with `pretrained` (the sha256s of
+    the images the encoder was pretrained on) also `test_in_pretraining`: a downstream task's test image the encoder
+    has already seen inflates its transfer results just as a train/test leak does."""
     frame = manifest.copy()
     frame.insert(0, "row", range(len(frame)))
     frame["duplicate_in_split"] = frame.duplicated(["split", "sha256"], keep="first")
     train_hashes = frame.loc[frame["split"] == "train", "sha256"]
     frame["test_in_train"] = (frame["split"] == "test") & frame["sha256"].isin(train_hashes)
+    if pretrained is not None:
+        frame["test_in_pretraining"] = (frame["split"] == "test") & frame["sha256"].isin(pretrained)
     return frame
 
 

@@ -26,6 +26,7 @@ class Part:
     shape: tuple[int, int, int]
     labels: np.ndarray | None
     load: Callable[[], np.ndarray] = field(repr=False, compare=False)
+    source_size: tuple[int, int] | None = None  # (height, width) in the file, when `sslops.data.resize` changed it
 
 
 @dataclass(frozen=True)

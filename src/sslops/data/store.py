@@ -19,6 +19,7 @@ from sslops.data.sources import Plan
 from sslops.errors import SslopsError
 from sslops.outputs.atomic import ensure_space, reserve
 
+PRETRAIN_SPLITS = ("train", "unlabeled")  # the images pretraining learns from (their labels are never read)
 IMAGES = "images.npy"
 MANIFEST = "manifest.parquet"
 CLASSES = "classes.json"
@@ -32,6 +33,8 @@ MANIFEST_COLUMNS = {
     "height": "int64",
     "width": "int64",
     "channels": "int64",
+    "source_height": "int64",  # the size in the raw file, before `prepare.resize`
+    "source_width": "int64",
     "sha256": "string",
     "mean": "float64",
     "std": "float64",
@@ -54,7 +57,7 @@ def write_store(plan: Plan, out_dir: Path, progress: bool = True) -> pd.DataFram
     images = np.lib.format.open_memmap(out_dir / IMAGES, mode="w+", dtype=np.uint8, shape=(n, h, w, c))
     reserve(out_dir / IMAGES, (out_dir / IMAGES).stat().st_size)
     sha = np.empty(n, dtype=object)
-    columns: dict[str, list] = {"split": [], "source": [], "index": [], "label": []}
+    columns: dict[str, list] = {"split": [], "source": [], "index": [], "label": [], "source_size": []}
     row = 0
     with tqdm(total=n, desc="prepare", unit="img", disable=not progress, mininterval=1.0) as bar:
         for part in plan.parts:
@@ -70,6 +73,7 @@ def write_store(plan: Plan, out_dir: Path, progress: bool = True) -> pd.DataFram
             columns["source"] += [part.source] * part.count
             columns["index"] += range(part.count)  # position within the source file
             columns["label"] += [None] * part.count if part.labels is None else part.labels.tolist()
+            columns["source_size"] += [part.source_size or part.shape[:2]] * part.count
             row += part.count
             bar.update(part.count)
     images.flush()
@@ -92,6 +96,8 @@ def write_store(plan: Plan, out_dir: Path, progress: bool = True) -> pd.DataFram
             "height": h,
             "width": w,
             "channels": c,
+            "source_height": [hw[0] for hw in columns["source_size"]],
+            "source_width": [hw[1] for hw in columns["source_size"]],
             "sha256": sha,
             "mean": mean,
             "std": std,
@@ -106,6 +112,13 @@ def manifest_digest(manifest: pd.DataFrame) -> str:
     """A content digest of the whole manifest (every row and column), stable across runs and machines."""
     hashed = pd.util.hash_pandas_object(manifest, index=False).to_numpy()
     return hashlib.sha256(hashed.tobytes()).hexdigest()[:16]
+
+
+def rows_digest(manifest: pd.DataFrame, rows: np.ndarray) -> str:
+    """A digest of some images and their labels (sha256 and label per row, in row order): the identity of an
+    evaluation set, so scores are compared only when they were measured on the same images."""
+    picked = manifest.iloc[np.asarray(rows)][["sha256", "label"]].astype({"label": "Int64"})
+    return manifest_digest(picked.reset_index(drop=True))
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -21,7 +21,7 @@ from torch import nn
 class BackboneConfig:
     """Everything needed to rebuild an encoder before loading its state_dict."""
 
-    name: str  # small_cnn | resnet18 | resnet34 | resnet50
+    name: str  # small_cnn | resnet18 | resnet34 | resnet50 | auto (by image size: `resolve_backbone`)
     in_channels: int
     width: int  # small_cnn only
     small_stem: bool  # resnets: 3x3 stem without max-pool, for small images
@@ -78,6 +78,20 @@ def _resnet(name: str, in_channels: int, small_stem: bool) -> nn.Module:
 
 
 BACKBONES = ("small_cnn", "resnet18", "resnet34", "resnet50")
+SMALL_IMAGE_SIDE = 48  # `auto`: small_cnn up to this side, ResNet-18 with the standard stem above (docs/benchmarks.md)
+
+
+def resolve_backbone(cfg: BackboneConfig, side: int) -> BackboneConfig:
+    """`name: auto` made concrete for images of `side` px; any other name is kept as configured.
+
+    small_cnn keeps full resolution in its first conv, which suits 28-32 px but costs quadratically more at
+    64-224 px; there the standard ResNet stem (7x7 stride-2 conv and max-pool) cuts the side by 4 first.
+    """
+    if cfg.name != "auto":
+        return cfg
+    if side <= SMALL_IMAGE_SIDE:
+        return replace(cfg, name="small_cnn")
+    return replace(cfg, name="resnet18", small_stem=False)
 
 
 def build_backbone(cfg: BackboneConfig) -> nn.Module:
@@ -133,6 +147,29 @@ class Encoder(nn.Module):
     def untrained_copy(self) -> Encoder:
         """The same architecture and input normalisation at a fresh random initialisation (seed the RNG first)."""
         return Encoder(self.config, self.channel_mean, self.channel_std)
+
+
+PIXELS_MAX_SIDE = 32  # the raw-pixel baseline averages larger images down to this side
+
+
+class Pixels(nn.Module):
+    """The raw-pixel baseline as an encoder: the prepared pixels, flattened (a linear probe standardises them).
+
+    Images larger than `PIXELS_MAX_SIDE` are area-averaged down to it first: 224x224x3 pixels as features would
+    be 150,528 floats per image (36 GB for 60,000 images), and a linear model on raw pixels gains nothing from the
+    detail; at 28-32 px (the default data) the features are the prepared pixels exactly.
+    """
+
+    def __init__(self, height: int, width: int, channels: int):
+        super().__init__()
+        self.size = (min(height, PIXELS_MAX_SIDE), min(width, PIXELS_MAX_SIDE))
+        self.feature_dim = self.size[0] * self.size[1] * channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        if tuple(x.shape[-2:]) != self.size:
+            x = nn.functional.adaptive_avg_pool2d(x, self.size)
+        return x.flatten(1)
 
 
 def load_encoder_dir(folder: Path, sha256: str, spec_sha256: str | None = None) -> tuple[Encoder, dict]:

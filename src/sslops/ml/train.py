@@ -47,6 +47,11 @@ class TrainConfig:
     seed: int
 
 
+def epochs_for(images: int, batch_size: int, steps_per_epoch: int) -> int:
+    """Whole epochs that come closest to `images` images seen at `batch_size` (at least one)."""
+    return max(1, round(images / batch_size / steps_per_epoch))
+
+
 @dataclass
 class EpochStats:
     epoch: int

@@ -26,25 +26,28 @@ from sslops.ml.augment import AugmentConfig, BatchAugment
 from sslops.ml.models import Encoder
 
 
-def balanced_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Sorted indices of a class-balanced `fraction` of `labels` (the same count per class, at least one).
+def balanced_subset(labels: np.ndarray, fraction: float | None, per_class: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of a class-balanced subset of `labels`: `per_class` labels per class, or a `fraction` of all
+    labels spread evenly over the classes (at least one each); exactly one of the two is given.
 
     Balanced, not stratified: with 1 % of Fashion-MNIST every class gets 60 labels, so a result at a small
     budget measures representation quality rather than luck in the class mix (a class with fewer members
-    gives all it has). Nested across fractions for a seed (the 1 % subset lies inside the 10 % one) because
+    gives all it has). Nested across budgets for a seed (the 1 % subset lies inside the 10 % one) because
     each class's order is one fixed permutation. A fraction of 1 is the whole labelled set.
     """
-    if not 0 < fraction <= 1:
+    if (fraction is None) == (per_class is None):
+        raise ValueError("give exactly one of fraction and per_class")
+    if fraction is not None and not 0 < fraction <= 1:
         raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
     if fraction == 1:
         return np.arange(len(labels))  # 100 % means every label, whatever the class balance
     classes = np.unique(labels)
-    per_class = max(1, round(fraction * len(labels) / len(classes)))
+    count = per_class if per_class is not None else max(1, round(fraction * len(labels) / len(classes)))
     rng = np.random.default_rng(seed)
     picked = []
     for c in classes:
         members = np.flatnonzero(labels == c)
-        picked.append(members[rng.permutation(len(members))][:per_class])
+        picked.append(members[rng.permutation(len(members))][:count])
     return np.sort(np.concatenate(picked))
 
 

@@ -28,7 +28,7 @@ BACKUP_DIR = Path(".dvc") / "tmp" / "sslops-params-backup"  # .dvc/tmp is DVC's 
 
 
 def override_args(overrides: Mapping[str, Any]) -> list[str]:
-    """`{"pretrain.epochs": 50}` as `dvc exp run -S` would take it (`pretrain.epochs=50`), for people to read.
+    """`{"pretrain.images": 50}` as `dvc exp run -S` would take it (`pretrain.images=50`), for people to read.
 
     Nested mappings become dotted keys, because DVC's override grammar has no JSON objects.
     """

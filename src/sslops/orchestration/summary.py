@@ -26,10 +26,17 @@ class StageOutcome:
 
 
 def read_metrics(root: Path, order: list[str]) -> list[dict[str, Any]]:
-    """Numeric and boolean values of every metrics/*.json, as rows (stage, metric, value), in stage order."""
+    """Numeric and boolean values of every metrics/*.json and metrics/tasks/<task>/*.json, as rows (stage, metric,
+    value), pretraining stages first in stage order, then each task's; a task's stage reads `evaluate/<task>`."""
+    folder = root / "metrics"
+
+    def label(path: Path) -> str:
+        task = path.parent.relative_to(folder)
+        return path.stem if task == Path() else f"{path.stem}/{task.name}"
+
     files = sorted(
-        (root / "metrics").glob("*.json"),
-        key=lambda p: (order.index(p.stem) if p.stem in order else len(order), p.stem),
+        folder.rglob("*.json"),
+        key=lambda p: (p.parent != folder, order.index(p.stem) if p.stem in order else len(order), label(p)),
     )
     rows = []
     for path in files:
@@ -40,7 +47,7 @@ def read_metrics(root: Path, order: list[str]) -> list[dict[str, Any]]:
         if isinstance(data, dict):
             for key, value in flatten(data).items():
                 if isinstance(value, (int, float, bool)):
-                    rows.append({"stage": path.stem, "metric": key, "value": value})
+                    rows.append({"stage": label(path), "metric": key, "value": value})
     return rows
 
 

@@ -34,7 +34,10 @@ def view_pairs_grid(originals: np.ndarray, first: np.ndarray, second: np.ndarray
     plt.close(fig)
 
 
-def label_efficiency(rows: list[dict], path: Path) -> None:
+LINESTYLES = {"pretrained": "-", "scratch": "--", "pixels": ":"}
+
+
+def label_efficiency(rows: list[dict], path: Path, title: str) -> None:
     """Test accuracy against the number of labels (log x), one line per protocol and initialisation."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -47,13 +50,13 @@ def label_efficiency(rows: list[dict], path: Path) -> None:
             [100 * p[1] for p in pts],
             marker="o",
             color=colours.get(protocol),
-            linestyle="-" if init == "pretrained" else "--",
+            linestyle=LINESTYLES.get(init, "-."),
             label=f"{protocol}, {init}",
         )
     ax.set_xscale("log")
     ax.set_xlabel("labelled training images")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Label efficiency: pretrained (solid) vs random init (dashed)")
+    ax.set_title(f"{title}: pretrained (solid), random init (dashed), pixels (dotted)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -14,14 +14,12 @@ import numpy as np
 from sslops.adapters import tracking
 from sslops.config import Project
 from sslops.config.schema import AugmentParams
-from sslops.data.store import ImageStore, manifest_digest
+from sslops.data.store import PRETRAIN_SPLITS, ImageStore, manifest_digest
 from sslops.errors import SslopsError
 from sslops.outputs.atomic import atomic_dir, atomic_file, write_json
 
 if TYPE_CHECKING:
     from sslops.ml.cache import CachePlan
-
-PRETRAIN_SPLITS = ("train", "unlabeled")  # labels are never read by pretraining
 
 
 def require_validated(project: Project, store: ImageStore) -> None:

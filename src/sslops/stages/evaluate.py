@@ -1,11 +1,13 @@
-"""evaluate: score every model of the finetune stage on the test split, and draw the results.
+"""evaluate: score every model of one task's finetune stage on that task's test split, and draw the results.
 
-Per model: accuracy, macro-F1, per-class accuracy and the confusion matrix. Across models: the
-label-efficiency curve (accuracy against labels, pretrained vs scratch), a 2-D t-SNE map of test embeddings
+Runs per downstream task (`--task NAME`, dvc.yaml `evaluate@NAME`); the only stage that reads a test split.
+Per model: accuracy, macro-F1, per-class accuracy and the confusion matrix. Across models: the label-efficiency
+curve (accuracy against labels, pretrained vs scratch vs raw pixels), a 2-D t-SNE map of test embeddings
 (pretrained beside random init), the confusion matrix of the headline model (best pretrained protocol at the
-smallest label budget). Metrics go to metrics/evaluate.json (`dvc metrics show/diff`), curves to plots/
-(`dvc plots show`), everything to the MLflow run, and each finetune child run gets its own test scores.
-Metric names: `test.<metric>.frac_<f>.<protocol>.<init>`, e.g. `test.acc.frac_0.01.finetune.pretrained`.
+smallest label budget). Metrics go to metrics/tasks/NAME/evaluate.json (`dvc metrics show/diff`), curves to
+plots/tasks/NAME (`dvc plots show`); everything goes to the MLflow run, and each
+finetune child run gets its own test scores. Metric names: `test.<metric>.<budget>.<protocol>.<init>`, e.g.
+`test.acc.frac_0.01.finetune.pretrained` or `test.acc.per_class_10.linear.pixels`.
 `sslops report` prints the results as a table.
 """
 
@@ -23,7 +25,7 @@ from sslops.config import Project
 from sslops.config.schema import EvaluateParams
 from sslops.data.store import ImageStore
 from sslops.errors import SslopsError
-from sslops.ml.results import INITS, budget_key, headline
+from sslops.ml.results import headline
 from sslops.outputs import plots
 from sslops.outputs.atomic import atomic_dir, atomic_file, write_json
 
@@ -31,27 +33,34 @@ if TYPE_CHECKING:
     import torch
 
 FIGURES = ("label_efficiency.png", "confusion.png", "embedding_map.png", "label_efficiency.csv")
+MAPPED = ("pretrained", "scratch")  # the encoders drawn as t-SNE maps
 
 
-def run(project: Project) -> dict[str, Any]:
+def run(project: Project, task: str | None = None) -> dict[str, Any]:
     from sslops.ml.device import pick_device
     from sslops.ml.transfer import features
 
+    if task is None:
+        raise SslopsError("evaluate runs per downstream task: sslops evaluate --task NAME (dvc.yaml: evaluate@NAME).")
     cfg: EvaluateParams = project.config("evaluate")
-    folder = project.root / "artifacts" / "finetune"
+    out = project.outputs(task)
+    folder = out.finetune
     if not (folder / "index.json").is_file():
-        raise SslopsError(f"{folder / 'index.json'} is missing: run the finetune stage first (dvc repro finetune).")
+        raise SslopsError(
+            f"{folder / 'index.json'} is missing: run the finetune stage first (dvc repro finetune@{task})."
+        )
     index = json.loads((folder / "index.json").read_text())
     model = index["model"]
-    store = ImageStore.open(project.prepared_dir)
+    store = ImageStore.open(out.prepared)
     test_rows, test_labels = store.labelled("test")
     device = pick_device(cfg.device)
 
-    with tracking.stage_run(project, "evaluate", cfg.record()) as run:
+    with tracking.stage_run(project, "evaluate", cfg.record(), task=task) as run:
         tags = {
             "model.name": model["name"],
             "model.version": model["version"],
             "finetune.run_id": index["parent_run_id"],
+            "task": task,
         }
         tracking.set_tags({**tags, "pretrain.run_id": model["pretrain_run_id"]})
         started = time.perf_counter()
@@ -59,47 +68,56 @@ def run(project: Project) -> dict[str, Any]:
         test_feats = {init: features(enc, store.images[test_rows], device) for init, enc in encoders.items()}
         results = _score(cfg, folder, index, store, encoders, (test_rows, test_labels, test_feats), device)
         summary = headline(results)
-        out = project.root / "artifacts" / "evaluate"
-        with atomic_dir(out) as tmp:
-            record = {"model": model, "classes": store.classes, "results": results, "headline": summary}
+        with atomic_dir(out.evaluate) as tmp:
+            record = {"model": model, "task": task, "classes": store.classes, "results": results, "headline": summary}
             write_json(tmp / "results.json", record)
-        _draw(project.root / "plots", cfg, results, summary, store.classes, test_labels, test_feats)
+        _draw(out.plots, task, cfg, results, summary, store.classes, test_labels, test_feats)
         metrics = {**_metrics(results, summary), "seconds": round(time.perf_counter() - started, 1)}
-        write_json(project.metrics_dir / "evaluate.json", metrics)
+        write_json(out.metrics / "evaluate.json", metrics)
         tracking.log_metrics({k: v for k, v in metrics.items() if type(v) in (int, float)})  # not str, not bool
-        tracking.log_artifacts(out, "evaluation")
+        tracking.log_artifacts(out.evaluate, "evaluation")
         for name in FIGURES:
-            tracking.log_artifacts(project.root / "plots" / name, "evaluation")
+            tracking.log_artifacts(out.plots / name, "evaluation")
     print("results table: sslops report")
     gains = ("gain_vs_scratch_finetune", "gain_vs_best_scratch")
-    return {"run_id": run.info.run_id, **{f"{k}.{g}": round(v[g], 4) for k, v in summary.items() for g in gains}}
+    return {
+        "run_id": run.info.run_id,
+        "task": task,
+        **{f"{k}.{g}": round(v[g], 4) for k, v in summary.items() for g in gains},
+    }
 
 
 def _metrics(results: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
-    """metrics/evaluate.json: `test.<metric>.frac_<f>.<protocol>.<init>` and `headline.frac_<f>.<key>`."""
+    """metrics/tasks/NAME/evaluate.json: `test.<metric>.<budget>.<protocol>.<init>` and `headline.<budget>.<key>`."""
     metrics = {
-        f"test.{m}.{budget_key(r['fraction'])}.{r['protocol']}.{r['init']}": round(r[m], 5)
+        f"test.{m}.{r['budget']}.{r['protocol']}.{r['init']}": round(r[m], 5)
         for r in results
         for m in ("acc", "macro_f1")
     }
-    for frac, h in summary.items():
-        metrics.update({f"headline.{frac}.{k}": (round(v, 5) if isinstance(v, float) else v) for k, v in h.items()})
+    for budget, h in summary.items():
+        metrics.update({f"headline.{budget}.{k}": (round(v, 5) if isinstance(v, float) else v) for k, v in h.items()})
     return metrics
 
 
 def _encoders(finetuned: Path, model: dict[str, Any], device: torch.device) -> dict[str, torch.nn.Module]:
-    """The registered encoder (the exact version finetune used) and the scratch encoder finetune started from."""
+    """The registered encoder (the exact version finetune used), the scratch encoder finetune started from, and the
+    raw-pixel baseline."""
     import torch
 
-    from sslops.ml.models import load_encoder_dir
+    from sslops.ml.models import Pixels, load_encoder_dir
 
     recorded = {"model_name": model["name"], "version": model["version"]}  # what finetune used, by number
     recorded |= {k: model.get(k) for k in ("encoder_sha256", "encoder_spec_sha256")}
     with tracking.registered_encoder(model["name"], str(model["version"]), recorded) as (folder, _, digests):
-        pretrained = load_encoder_dir(folder, *digests)[0].to(device)
+        pretrained, spec = load_encoder_dir(folder, *digests)
     scratch = pretrained.untrained_copy()
     scratch.load_state_dict(torch.load(finetuned / "scratch-encoder.pt", map_location="cpu", weights_only=True))
-    return {"pretrained": pretrained, "scratch": scratch.to(device)}
+    height, width, channels = spec["image_shape"]
+    return {
+        "pretrained": pretrained.to(device),
+        "scratch": scratch.to(device),
+        "pixels": Pixels(height, width, channels),
+    }
 
 
 def _score(
@@ -148,7 +166,7 @@ def _score(
             classifier = Classifier(encoders["pretrained"].untrained_copy(), n_classes)
             classifier.load_state_dict(torch.load(state_file, map_location="cpu", weights_only=True))
             preds = predict(classifier.to(device), store.images[test_rows], device)
-        keep = {k: entry[k] for k in ("fraction", "labels", "init", "protocol", "run_id")}
+        keep = {k: entry[k] for k in ("budget", "budget_name", "labels", "init", "protocol", "run_id")}
         result = {**keep, **scores(test_labels, preds, n_classes)}
         results.append(result)
         tracking.log_metrics_to(entry["run_id"], {"test.acc": result["acc"], "test.macro_f1": result["macro_f1"]})
@@ -157,6 +175,7 @@ def _score(
 
 def _draw(
     figures: Path,
+    task: str,
     cfg: EvaluateParams,
     results: list[dict[str, Any]],
     summary: dict[str, Any],
@@ -165,13 +184,13 @@ def _draw(
     test_feats: dict[str, torch.Tensor],
 ) -> None:
     """The PNG figures and the DVC plot files: label efficiency, headline confusion matrix, embedding maps."""
-    smallest = min(r["fraction"] for r in results)
-    protocol = summary[budget_key(smallest)]["best_pretrained_protocol"]
+    smallest = next(iter(summary))  # headline's budgets come fewest labels first
+    protocol = summary[smallest]["best_pretrained_protocol"]
     best = next(
-        r for r in results if r["fraction"] == smallest and r["init"] == "pretrained" and r["protocol"] == protocol
+        r for r in results if r["budget"] == smallest and r["init"] == "pretrained" and r["protocol"] == protocol
     )
     with atomic_file(figures / "label_efficiency.png") as tmp:
-        plots.label_efficiency(results, tmp)
+        plots.label_efficiency(results, tmp, f"Task {task}")
     title = f"{best['protocol']}, pretrained, {best['labels']} labels: acc {100 * best['acc']:.1f}%"
     with atomic_file(figures / "confusion.png") as tmp:
         plots.confusion(np.asarray(best["confusion"]), classes, title, tmp)
@@ -181,7 +200,7 @@ def _draw(
         f"{init} encoder (t-SNE of {n_map} test images)": plots.tsne_2d(
             test_feats[init][pick].numpy(), cfg.seed, cfg.perplexity
         )
-        for init in INITS
+        for init in MAPPED
     }
     with atomic_file(figures / "embedding_map.png") as tmp:
         plots.embedding_maps(maps, test_labels[pick], classes, tmp)

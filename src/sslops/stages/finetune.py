@@ -1,12 +1,14 @@
-"""finetune: label-efficient transfer of the registered encoder, beside the same recipes from random init.
+"""finetune: label-efficient transfer of the registered encoder to one downstream task (`--task NAME`).
 
 The encoder comes from the MLflow registry (`finetune.model`: `candidate`, the version this project's register stage
 wrote to metrics/register.json; or an alias or version number), never from a file path, so every result below names
-the model version it used; its files are checked against the sha256s recorded at registration. For each label
-fraction (class-balanced subsets of train, nested, fixed seed) and each initialisation (pretrained,
-scratch = the same architecture at random init) it fits the three protocols of `sslops.ml.transfer`:
-linear probe, kNN and LP-FT fine-tuning. One parent MLflow run, one child run per
-(fraction, init, protocol). The trained heads and networks go to artifacts/finetune for `evaluate`.
+the model version it used; its files are checked against the sha256s recorded at registration. The task's images
+were prepared to the encoder's input (task_prepare). For each of the task's label budgets (`tasks.NAME.budgets`:
+fractions or labels per class; class-balanced subsets of train, nested, fixed seed) and each initialisation
+(pretrained; scratch = the same architecture at random init; pixels = the prepared pixels themselves) it fits the
+protocols of `sslops.ml.transfer`: linear probe, kNN and LP-FT fine-tuning (not for pixels). One parent MLflow run
+per task, one child run per (budget, init, protocol). The trained heads and networks go to
+artifacts/tasks/NAME/finetune for `evaluate`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 
 from sslops.adapters import tracking
 from sslops.config import Project
-from sslops.config.schema import FinetuneParams
+from sslops.config.schema import Budget, FinetuneParams
 from sslops.data.store import ImageStore
 from sslops.errors import SslopsError
 from sslops.outputs.atomic import atomic_dir
@@ -32,50 +34,73 @@ if TYPE_CHECKING:
     from sslops.ml.models import Encoder
 
 
-def run(project: Project) -> dict[str, Any]:
+def run(project: Project, task: str | None = None) -> dict[str, Any]:
     import torch
 
     from sslops.ml.device import pick_device
-    from sslops.ml.models import load_encoder_dir
+    from sslops.ml.models import Pixels, load_encoder_dir
 
+    if task is None:
+        raise SslopsError("finetune runs per downstream task: sslops finetune --task NAME (dvc.yaml: finetune@NAME).")
     cfg: FinetuneParams = project.config("finetune")
-    name = project.config("register").model_name
+    budgets = project.config("tasks")[task].budgets
+    name, out = project.model_name, project.outputs(task)
     device = pick_device(cfg.device)
-    store = ImageStore.open(project.prepared_dir)
+    store = ImageStore.open(out.prepared)
     train = store.labelled("train")
     record = project.register_record()
     ref = _model_ref(record, cfg, name)
-    with tracking.stage_run(project, "finetune", cfg.record()) as parent:
+    with tracking.stage_run(project, "finetune", {**cfg.record(), "budgets": budgets}, task=task) as parent:
         with tracking.registered_encoder(name, ref, record) as (folder, version, digests):
-            pretrained, _ = load_encoder_dir(folder, *digests)
+            pretrained, spec = load_encoder_dir(folder, *digests)
+        _check_input(spec, store, task)
         pretrain_run = version.tags.get("pretrain.run_id", "unknown")
         model_tags = {"model.name": name, "model.version": version.version, "model.ref": cfg.model}
-        model_tags["pretrain.run_id"] = pretrain_run
+        model_tags |= {"pretrain.run_id": pretrain_run, "task": task}
         tracking.set_tags(model_tags)
-        print(f"fine-tuning {name} version {version.version} (ref '{cfg.model}') on {device}")
+        print(f"fine-tuning {name} version {version.version} (ref '{cfg.model}') on task {task}, {device}")
         torch.manual_seed(cfg.seed)  # the scratch encoder: same architecture and normalisation, seeded init
-        encoders = {"pretrained": pretrained, "scratch": pretrained.untrained_copy()}
-        out = project.root / "artifacts" / "finetune"
-        with atomic_dir(out) as tmp:
+        encoders = {
+            "pretrained": pretrained,
+            "scratch": pretrained.untrained_copy(),
+            "pixels": Pixels(*spec_shape(spec)),
+        }
+        with atomic_dir(out.finetune) as tmp:
             torch.save(encoders["scratch"].state_dict(), tmp / "scratch-encoder.pt")
             entries = [
                 entry
                 for init, encoder in encoders.items()
-                for entry in _fit_init(tmp, cfg, store, train, init, encoder.to(device), model_tags, device)
+                for entry in _fit_init(tmp, cfg, budgets, store, train, init, encoder.to(device), model_tags, device)
             ]
             model = {"name": name, "version": int(version.version), "run_id": version.run_id}
             model |= {"pretrain_run_id": pretrain_run, "encoder_sha256": digests.weights}
             model |= {"encoder_spec_sha256": digests.spec}
-            index = {"model": model, "parent_run_id": parent.info.run_id, "seed": cfg.seed}
+            index = {"model": model, "task": task, "parent_run_id": parent.info.run_id, "seed": cfg.seed}
             index |= {"n_classes": int(train[1].max()) + 1, "entries": entries}
             (tmp / "index.json").write_text(json.dumps(index, indent=2))
-        tracking.log_artifacts(out / "index.json")
-    return {"model": f"{name}/{version.version}", "models_trained": len(entries), "fractions": cfg.budgets}
+        tracking.log_artifacts(out.finetune / "index.json")
+    return {"model": f"{name}/{version.version}", "task": task, "models_trained": len(entries), "budgets": budgets}
+
+
+def spec_shape(spec: dict[str, Any]) -> tuple[int, int, int]:
+    """(height, width, channels) the encoder was trained on, from its encoder.json."""
+    height, width, channels = spec["image_shape"]
+    return int(height), int(width), int(channels)
+
+
+def _check_input(spec: dict[str, Any], store: ImageStore, task: str) -> None:
+    """The task's images must be what the encoder takes: task_prepare fits them to the pretraining input."""
+    if tuple(store.images.shape[1:]) != spec_shape(spec):
+        raise SslopsError(
+            f"task {task}'s images are {'x'.join(map(str, store.images.shape[1:]))} but the encoder takes "
+            f"{'x'.join(map(str, spec_shape(spec)))}: prepare the task again (dvc repro task_prepare@{task})."
+        )
 
 
 def _fit_init(
     folder: Path,
     cfg: FinetuneParams,
+    budgets: list[Budget],
     store: ImageStore,
     train: tuple[np.ndarray, np.ndarray],
     init: str,
@@ -83,7 +108,7 @@ def _fit_init(
     model_tags: dict[str, Any],
     device: torch.device,
 ) -> list[dict[str, Any]]:
-    """Every label budget from one initialisation: the train features once, then `_fit_budget` per fraction."""
+    """Every label budget from one initialisation: the train features once, then `_fit_budget` per budget."""
     from sslops.ml.transfer import features
 
     started = time.perf_counter()
@@ -91,8 +116,8 @@ def _fit_init(
     print(f"{init}: features of {len(train[0])} train images in {time.perf_counter() - started:.1f}s")
     return [
         entry
-        for frac in cfg.budgets
-        for entry in _fit_budget(folder, cfg, store, (*train, train_feats), encoder, (frac, init, model_tags), device)
+        for budget in budgets
+        for entry in _fit_budget(folder, cfg, store, (*train, train_feats), encoder, (budget, init, model_tags), device)
     ]
 
 
@@ -116,39 +141,42 @@ def _fit_budget(
     store: ImageStore,
     train: tuple[np.ndarray, np.ndarray, torch.Tensor],
     encoder: Encoder,
-    run: tuple[float, str, dict[str, Any]],
+    run: tuple[Budget, str, dict[str, Any]],
     device: torch.device,
 ) -> list[dict[str, Any]]:
-    """The three protocols at one label budget for one init, each in its own child run; returns their index entries.
+    """The protocols at one label budget for one init, each in its own child run; returns their index entries.
 
-    `train` is (rows, labels, features) of the labelled train images; `run` is (fraction, init, model tags).
+    `train` is (rows, labels, features) of the labelled train images; `run` is (budget, init, model tags).
     """
     import torch
 
-    from sslops.ml.results import budget_key
+    from sslops.ml.results import budget_key, budget_name, parse_budget
     from sslops.ml.transfer import Classifier, FinetuneConfig, balanced_subset, finetune, fit_linear_probe
 
-    (train_rows, train_labels, train_feats), (fraction, init, model_tags) = train, run
+    (train_rows, train_labels, train_feats), (budget, init, model_tags) = train, run
     n_classes = int(train_labels.max()) + 1
-    subset = balanced_subset(train_labels, fraction, cfg.seed)
+    subset = balanced_subset(train_labels, *parse_budget(budget), cfg.seed)
     x, y = train_feats[subset], torch.as_tensor(train_labels[subset])
-    tag = budget_key(fraction)
-    base = {"fraction": fraction, "labels": len(subset), "init": init, **model_tags}
+    tag = budget_key(budget)
+    base = {"budget": tag, "budget_name": budget_name(budget), "labels": len(subset), "init": init, **model_tags}
     entries = []
 
     def record(protocol: str, file: str) -> None:
         entries.append({**base, "protocol": protocol, "file": file, "run_id": tracking.active_run_id()})
 
-    with tracking.child_run(f"{tag}/{init}/linear", {**base, "protocol": "linear"}):
+    with tracking.child_run(f"{model_tags['task']}/{tag}/{init}/linear", {**base, "protocol": "linear"}):
         started = time.perf_counter()
         probe, wd = fit_linear_probe(x, y, n_classes, cfg.probe.weight_decays, cfg.seed, cfg.probe.iterations)
         torch.save(probe.state_dict(), folder / f"linear-{init}-{tag}.pt")
         tracking.log_metrics({"weight_decay": wd, "seconds": time.perf_counter() - started})
         record("linear", f"linear-{init}-{tag}.pt")
-    with tracking.child_run(f"{tag}/{init}/knn", {**base, "protocol": "knn"}):
+    with tracking.child_run(f"{model_tags['task']}/{tag}/{init}/knn", {**base, "protocol": "knn"}):
         np.save(folder / f"knn-{init}-{tag}.npy", train_rows[subset])  # a kNN classifier is its memory bank
         record("knn", f"knn-{init}-{tag}.npy")
-    with tracking.child_run(f"{tag}/{init}/finetune", {**base, "protocol": "finetune"}):
+    if init == "pixels":  # nothing to fine-tune: the baseline is what a classifier gets from the pixels alone
+        print(f"  {init} {tag}: probe wd {wd:g}")
+        return entries
+    with tracking.child_run(f"{model_tags['task']}/{tag}/{init}/finetune", {**base, "protocol": "finetune"}):
         model = Classifier(copy.deepcopy(encoder), n_classes)
         model.head.load_state_dict(probe.state_dict())  # LP-FT: start from the probe
         stats = finetune(

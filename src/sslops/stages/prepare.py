@@ -1,41 +1,91 @@
-"""prepare: read the raw data/ folder into the canonical store + manifest (artifacts/prepared)."""
+"""prepare: read one raw dataset under data/ into the canonical store + manifest.
+
+Without a task: the pretraining dataset (`prepare:` in params.yaml) into artifacts/prepared, brought to one size
+by `prepare.resize`; its shape is written to artifacts/prepared/input.json, the encoder's input. With `--task NAME`:
+the labelled task `tasks.NAME` into artifacts/tasks/NAME/prepared, fitted to that input (size and channels), so
+"raw pixels" and every transfer protocol of the task see exactly what the encoder sees.
+"""
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 from sslops.adapters import tracking
 from sslops.config import Project
-from sslops.config.schema import PrepareParams
+from sslops.config.schema import PrepareParams, TaskParams
+from sslops.data import resize
 from sslops.data.formats import plan_dataset
+from sslops.data.sources import Plan
 from sslops.data.store import MANIFEST, manifest_digest, write_store
+from sslops.errors import SslopsError
 from sslops.outputs.atomic import atomic_dir, write_json
 
+INPUT = "input.json"  # in the pretraining store: the encoder's input shape, which every task is prepared to
 
-def run(project: Project) -> dict[str, Any]:
+
+def encoder_input(prepared: Path) -> resize.Fit:
+    """The shape the pretraining dataset was prepared to (artifacts/prepared/input.json)."""
+    try:
+        spec = json.loads((prepared / INPUT).read_text())
+    except (OSError, ValueError):
+        raise SslopsError(
+            f"{prepared / INPUT} is missing or unreadable: prepare the pretraining dataset first (dvc repro prepare)."
+        ) from None
+    return resize.Fit(spec["height"], spec["width"], spec["channels"], spec["mode"])
+
+
+def run(project: Project, task: str | None = None) -> dict[str, Any]:
     cfg: PrepareParams = project.config("prepare")
-    with tracking.stage_run(project, "prepare", cfg.record()):
+    out = project.outputs(task)
+    with tracking.stage_run(project, "prepare", _record(project, task), task=task):
         start = time.perf_counter()
-        channels = None if cfg.channels == "auto" else cfg.channels
-        plan = plan_dataset(
-            cfg.format, project.path(cfg.root), list(cfg.classes), channels, cfg.unlabeled_dir, cfg.max_pixels
-        )
+        if task is None:
+            plan = _plan(project, cfg, cfg, None if cfg.channels == "auto" else cfg.channels)
+            plan, fitted = resize.fit_plan(plan, resize.target(plan, cfg.resize.side, cfg.resize.mode))
+        else:
+            fit = encoder_input(project.prepared_dir)
+            plan = _plan(project, project.config("tasks")[task], cfg, fit.channels)
+            plan, fitted = resize.fit_plan(plan, fit)
         for note in plan.notes:
             print(f"prepare: {note}")
-        with atomic_dir(project.prepared_dir) as tmp:
+        with atomic_dir(out.prepared) as tmp:
             manifest = write_store(plan, tmp)
+            if task is None:
+                height, width, channels = plan.parts[0].shape
+                shape = {"height": height, "width": width, "channels": channels, "mode": cfg.resize.mode}
+                write_json(tmp / INPUT, shape)
         counts = manifest["split"].value_counts().to_dict()
         digest = manifest_digest(manifest)
         summary = {
             "images": len(manifest),
             **{f"images_{split}": int(counts.get(split, 0)) for split in ("train", "test", "unlabeled")},
             "classes": len(plan.classes),
+            "shape": list(plan.parts[0].shape),
+            "resized": fitted["resized"],
             "seconds": round(time.perf_counter() - start, 2),
             "manifest_digest": digest,
         }
-        tracking.log_manifest(manifest, project.prepared_dir / MANIFEST, digest, context="prepare")
-        tracking.log_metrics({k: v for k, v in summary.items() if k != "manifest_digest"})
-        tracking.set_tags({"data.manifest_digest": digest})
-        write_json(project.metrics_dir / "prepare.json", summary)
+        tracking.log_manifest(manifest, out.prepared / MANIFEST, digest, context="prepare")
+        tracking.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        tracking.set_tags({"data.manifest_digest": digest, "data.shape": "x".join(map(str, summary["shape"]))})
+        write_json(out.metrics / "prepare.json", summary)
     return summary
+
+
+def _plan(project: Project, source: PrepareParams | TaskParams, cfg: PrepareParams, channels: int | None) -> Plan:
+    """The raw dataset `source` names, planned (read lazily); `cfg` gives the limits shared by every dataset."""
+    return plan_dataset(
+        source.format, project.path(source.root), list(source.classes), channels, cfg.unlabeled_dir, cfg.max_pixels
+    )
+
+
+def _record(project: Project, task: str | None) -> dict[str, Any]:
+    """What the run logs as params: the pretraining dataset's section, or the task's entry plus the shared limits."""
+    cfg = project.config("prepare")
+    if task is None:
+        return cfg.record()
+    limits = {"max_pixels": cfg.max_pixels, "unlabeled_dir": cfg.unlabeled_dir}
+    return {"task": task, **project.config("tasks")[task].record(), **limits}

@@ -1,5 +1,11 @@
 """pretrain: self-supervised training of the encoder on the augmentation cache (or on-the-fly views).
 
+The training itself never reads a label. The budget is `pretrain.images` (images seen), so the number of epochs
+follows from the dataset's size and a small dataset gets a schedule that fits it; fewer optimiser steps than
+`pretrain.min_steps` is warned about. The monitor (kNN after every epoch, a linear probe after the last, which the
+register stage promotes on) scores a seeded validation split carved from the labelled train images
+(`pretrain.val_fraction`), never the test split: test is touched only by the evaluate stage.
+
 Runs as `python -m sslops pretrain` on CPU/one GPU, or `torchrun --nproc_per_node=N -m sslops pretrain`
 for DDP. Only rank 0 logs to MLflow and writes outputs. Resumes from artifacts/checkpoints/ when the
 checkpoint's fingerprint (params, cache, data, code, torch) matches; writes the encoder state_dict as the output.
@@ -12,6 +18,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +28,7 @@ from sslops.adapters import tracking
 from sslops.adapters.provenance import code_digest, file_digest
 from sslops.config import Project, params_hash
 from sslops.config.schema import AugmentParams, PretrainParams
-from sslops.data.store import ImageStore, manifest_digest
+from sslops.data.store import ImageStore, manifest_digest, rows_digest
 from sslops.errors import SslopsError
 from sslops.outputs.atomic import atomic_dir, atomic_file, write_json
 
@@ -29,7 +36,7 @@ if TYPE_CHECKING:
     import torch
 
     from sslops.ml.methods import Method
-    from sslops.ml.train import Batches, EpochStats
+    from sslops.ml.train import Batches, EpochStats, TrainConfig
 
 
 def run(project: Project) -> dict[str, Any]:
@@ -46,7 +53,7 @@ def _run(project: Project) -> dict[str, Any]:
     import torch
 
     from sslops.ml.device import amp_name, pick_device
-    from sslops.ml.train import TrainConfig, pretrain, world
+    from sslops.ml.train import pretrain, world
 
     cfg: PretrainParams = project.config("pretrain")
     augment: AugmentParams = project.config("augment")
@@ -63,20 +70,23 @@ def _run(project: Project) -> dict[str, Any]:
     data_digest = manifest_digest(store.manifest)
     fingerprint = checkpoint_fingerprint(cfg, augment, world_size, data_digest, amp, views)
     checkpoint = project.root / "artifacts" / "checkpoints" / "pretrain.pt"
-    on_epoch = _monitor(store, method, cfg, device)
+    train = schedule(cfg, steps_per_epoch, warn=print if rank == 0 else lambda _: None)
+    split = validation_split(store, cfg.val_fraction, cfg.val_seed)
+    on_epoch = _monitor(store, method, cfg, split, train.epochs, device)
 
     run_ctx = tracking.stage_run(project, "pretrain", cfg.record(), system_metrics=True) if rank == 0 else None
     with run_ctx or contextlib.nullcontext():
         started = time.perf_counter()
         setup = {"device": str(device), "amp": amp, "world_size": world_size}
         if rank == 0:
-            tags = {f"pretrain.{k}": v for k, v in setup.items()}
-            tracking.set_tags({**tags, "augment.cache_views": views, "data.manifest_digest": data_digest})
-        train = cfg.to_core(TrainConfig)
+            tags = {f"pretrain.{k}": v for k, v in setup.items()} | {"pretrain.epochs": train.epochs}
+            tags |= {"augment.cache_views": views, "data.manifest_digest": data_digest}
+            tracking.set_tags({**tags, "monitor.val_digest": split.digest, "monitor.val_images": len(split.val_rows)})
         history = pretrain(method, batches, steps_per_epoch, train, device, checkpoint, fingerprint, on_epoch)
         if rank != 0:
             return {}
         summary = {**_summary(history), "seconds": round(time.perf_counter() - started, 1), **setup}
+        summary |= {"val_images": len(split.val_rows), "val_digest": split.digest}
         out = _write_encoder(project.root / "artifacts" / "pretrain", method, cfg, store)
         _write_curve(project.root / "plots" / "pretrain.csv", history)
         write_json(project.metrics_dir / "pretrain.json", summary)
@@ -180,54 +190,92 @@ def _view_source(
 def _build_method(store: ImageStore, rows: np.ndarray, cfg: PretrainParams, augment: AugmentParams) -> Method:
     """The configured method around a fresh encoder whose input normalisation fits the pretraining images."""
     from sslops.ml.methods import METHOD_CONFIGS, build_method
-    from sslops.ml.models import BackboneConfig, Encoder
+    from sslops.ml.models import BackboneConfig, Encoder, resolve_backbone
 
     sample = store.images[np.sort(np.random.default_rng(0).choice(rows, min(len(rows), 10000), replace=False))]
     pixels = sample.reshape(-1, sample.shape[-1]).astype(np.float64) / 255
     mean, std = pixels.mean(0).tolist(), np.maximum(pixels.std(0), 1e-3).tolist()
     height, width, channels = store.images.shape[1:]
     image_shape = (channels, augment.size or height, augment.size or width)  # what the views look like
-    encoder = Encoder(cfg.backbone.to_core(BackboneConfig, in_channels=int(channels)), mean, std)
+    backbone = resolve_backbone(cfg.backbone.to_core(BackboneConfig, in_channels=int(channels)), min(image_shape[1:]))
+    encoder = Encoder(backbone, mean, std)
     try:
         return build_method(cfg.method_knobs.to_core(METHOD_CONFIGS[cfg.method]), encoder, image_shape)
     except ValueError as exc:  # knobs that do not fit the data, e.g. a mim.patch that does not divide the image
         raise SslopsError(f"pretrain.{cfg.method} in params.yaml: {exc}") from None
 
 
-def _knn_sets(store: ImageStore, bank_size: int | None, seed: int) -> tuple[np.ndarray, ...]:
-    """Labelled bank from train (subsampled to `bank_size` when set) and every labelled test image as queries."""
-    bank_rows, bank_labels = store.labelled("train")
-    query_rows, query_labels = store.labelled("test")
-    if bank_size and bank_size < len(bank_rows):
-        pick = np.sort(np.random.default_rng(seed).choice(len(bank_rows), bank_size, replace=False))
-        bank_rows, bank_labels = bank_rows[pick], bank_labels[pick]
-    return bank_rows, bank_labels, query_rows, query_labels
+def schedule(cfg: PretrainParams, steps_per_epoch: int, warn: Callable[[str], None]) -> TrainConfig:
+    """The training config with epochs derived from the budget in images seen (`pretrain.images`).
+
+    A fixed budget in images (optimiser steps at a given batch) rather than epochs: 10 epochs are 2,340 steps on
+    Fashion-MNIST but 50 on a folder of 1,300 images, far too few to learn anything. Warmup is a share of the steps.
+    """
+    from sslops.ml.train import TrainConfig, epochs_for
+
+    epochs = epochs_for(cfg.images, cfg.batch_size, steps_per_epoch)
+    steps = epochs * steps_per_epoch
+    if steps < cfg.min_steps:
+        warn(
+            f"pretrain: warning: {steps} optimiser steps ({epochs} epochs of {steps_per_epoch}) is below "
+            f"pretrain.min_steps ({cfg.min_steps}): too short to learn much. Raise pretrain.images (now "
+            f"{cfg.images:,}) or lower pretrain.batch_size."
+        )
+    return cfg.to_core(TrainConfig, epochs=epochs, warmup_epochs=cfg.warmup_fraction * epochs)
+
+
+@dataclass(frozen=True)
+class ValidationSplit:
+    """The monitor's data: a seeded share of the labelled train images (queries) and the rest (kNN bank, probe)."""
+
+    bank_rows: np.ndarray
+    bank_labels: np.ndarray
+    val_rows: np.ndarray
+    val_labels: np.ndarray
+    digest: str  # of the validation images and labels: promotion compares only versions scored on the same
+
+
+def validation_split(store: ImageStore, fraction: float, seed: int) -> ValidationSplit:
+    """Carve `fraction` of the labelled train images, seeded, as the validation split; the test split is not read."""
+    rows, labels = store.labelled("train")
+    n_val = max(1, round(fraction * len(rows)))
+    if n_val >= len(rows):
+        raise SslopsError(f"pretrain.val_fraction {fraction} leaves no labelled train images for the kNN bank.")
+    val = np.zeros(len(rows), dtype=bool)
+    val[np.random.default_rng(seed).permutation(len(rows))[:n_val]] = True
+    digest = rows_digest(store.manifest, rows[val])
+    return ValidationSplit(rows[~val], labels[~val], rows[val], labels[val], digest)
 
 
 def _monitor(
-    store: ImageStore, method: Method, cfg: PretrainParams, device: torch.device
+    store: ImageStore, method: Method, cfg: PretrainParams, split: ValidationSplit, epochs: int, device: torch.device
 ) -> Callable[[EpochStats], dict[str, float]]:
-    """The rank-0 hook after each epoch: kNN accuracy (a cheap subsampled bank, the whole train set at the end),
-    plus, after the last epoch, the linear probe on all train labels that the register stage promotes on."""
+    """The rank-0 hook after each epoch: kNN accuracy on the validation split (a subsampled bank, the whole bank at
+    the end), plus, after the last epoch, the linear probe that the register stage promotes on."""
     from sslops.ml.knn import knn_accuracy
     from sslops.ml.transfer import features, probe_accuracy
 
-    monitor_sets = _knn_sets(store, cfg.knn.monitor_bank_size, cfg.seed)
-    final_sets = _knn_sets(store, None, cfg.seed)
+    bank_rows, bank_labels = split.bank_rows, split.bank_labels
+    small = cfg.knn.monitor_bank_size
+    if small and small < len(bank_rows):
+        pick = np.sort(np.random.default_rng(cfg.seed).choice(len(bank_rows), small, replace=False))
+        small_bank = (bank_rows[pick], bank_labels[pick])
+    else:
+        small_bank = (bank_rows, bank_labels)
 
     def on_epoch(stats: EpochStats) -> dict[str, float]:
-        last = stats.epoch == cfg.epochs - 1
-        bank_rows, bank_labels, query_rows, query_labels = final_sets if last else monitor_sets
-        bank = features(method.encoder, store.images[bank_rows], device)
-        queries = features(method.encoder, store.images[query_rows], device)
-        extra = {"knn_acc": knn_accuracy(bank, bank_labels, queries, query_labels, cfg.knn.k, cfg.knn.temperature)}
+        last = stats.epoch == epochs - 1
+        rows, labels = (bank_rows, bank_labels) if last else small_bank
+        bank = features(method.encoder, store.images[rows], device)
+        queries = features(method.encoder, store.images[split.val_rows], device)
+        extra = {"knn_acc": knn_accuracy(bank, labels, queries, split.val_labels, cfg.knn.k, cfg.knn.temperature)}
         if last:
             extra["linear_acc"] = probe_accuracy(
-                bank, bank_labels, queries, query_labels, cfg.probe.weight_decay, cfg.probe.iterations, cfg.seed
+                bank, labels, queries, split.val_labels, cfg.probe.weight_decay, cfg.probe.iterations, cfg.seed
             )
         print(
-            f"epoch {stats.epoch + 1}: loss {stats.loss:.4f}  "
-            + "  ".join(f"{k} {v:.4f}" for k, v in extra.items())
+            f"epoch {stats.epoch + 1}/{epochs}: loss {stats.loss:.4f}  "
+            + "  ".join(f"val {k} {v:.4f}" for k, v in extra.items())
             + f"  {stats.images_per_s:.0f} img/s"
         )
         tracking.log_metrics(

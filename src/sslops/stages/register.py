@@ -1,9 +1,14 @@
 """register: put the pretrained encoder into the MLflow model registry and decide on promotion.
 
 Logs the encoder as an MLflow PyTorch model (signature + input example) and as a plain state_dict, registers
-a new version of `register.model_name`, points alias `candidate` at it, and moves alias `champion` only when
-the new version beats the current champion on `register.metric` by more than `register.min_improvement`
-(a tie keeps the old champion). Aliases only: MLflow's registry stages are deprecated.
+a new version of `<register.model_name>-<dataset>` (one registered model per pretraining dataset, e.g.
+`sslops-encoder-fashion-mnist`), points alias `candidate` at it, and moves alias `champion` only when the new
+version beats the current champion on `register.metric` by more than `register.min_improvement` (a tie keeps the
+old champion). The metric is the pretrain run's score on its validation split, so two versions are compared only
+when that split is the same data (tag `monitor.val_digest`); otherwise nothing is comparable: the stage says so
+and the champion stays (no score is evidence against it, and an override of the split must not be a way to take
+the alias); move it by hand if the new data supersedes the old. Aliases only: MLflow's registry stages are
+deprecated.
 
 Besides metrics/register.json (in git), the stage's record mlflow/registered.json lives in the store's own
 folder, so a fresh clone or a reset store makes DVC register again rather than skip.
@@ -28,11 +33,14 @@ CANDIDATE, CHAMPION = tracking.CANDIDATE, tracking.CHAMPION
 # Lineage copied from the pretrain run onto the model version, so a version answers for itself.
 LINEAGE_TAGS = (
     "data.dvc_md5",
+    "data.md5",
+    "data.path",
     "data.manifest_digest",
     "git.commit",
     "git.dirty",
     "params.hash",
     "dvc.dep.artifacts/augment",
+    "monitor.val_digest",
 )
 
 
@@ -52,6 +60,7 @@ def decide(new_value: float, champion_value: float | None, min_improvement: floa
 
 def run(project: Project) -> dict[str, Any]:
     cfg: RegisterParams = project.config("register")
+    name = project.model_name
     encoder_dir = project.root / "artifacts" / "pretrain"
     sha, pretrain_run, value = _pretrain_run(project, encoder_dir, cfg.metric)
     spec_sha = file_digest(encoder_dir / "encoder.json")
@@ -59,8 +68,8 @@ def run(project: Project) -> dict[str, Any]:
         lineage = {k: v for k, v in pretrain_run.data.tags.items() if k in LINEAGE_TAGS}
         tags = {"pretrain.run_id": pretrain_run.info.run_id, "encoder.sha256": sha}
         tracking.set_tags({**tags, **{f"pretrain.{k}": v for k, v in lineage.items()}})
-        champion, champion_value = _champion(cfg)
-        version = tracking.version_with_sha(cfg.model_name, sha, spec_sha)
+        champion, champion_value, incomparable = _champion(cfg, name, lineage.get("monitor.val_digest"))
+        version = tracking.version_with_sha(name, sha, spec_sha)
         if version is None:
             info = tracking.log_encoder(*_load_encoder(encoder_dir, sha), encoder_dir)
             version_tags = {
@@ -71,23 +80,26 @@ def run(project: Project) -> dict[str, Any]:
                 tracking.FORMAT_TAG: tracking.MODEL_FORMAT,
             }
             promotion = {"promotion.metric": cfg.metric, "promotion.value": value}
-            version = tracking.register_version(info.model_uri, cfg.model_name, {**version_tags, **promotion})
+            version = tracking.register_version(info.model_uri, name, {**version_tags, **promotion})
         else:  # a rerun (e.g. after a kill between registering and setting the aliases): same weights, same version
-            print(f"{cfg.model_name} version {version.version} already holds these weights (sha256 {sha[:12]}...)")
+            print(f"{name} version {version.version} already holds these weights (sha256 {sha[:12]}...)")
         is_champion = champion is not None and champion.version == version.version
-        promote, reason = (
-            (False, "already champion") if is_champion else decide(value, champion_value, cfg.min_improvement)
-        )
-        tracking.set_alias(cfg.model_name, CANDIDATE, version.version)
+        if is_champion:
+            promote, reason = False, "already champion"
+        elif incomparable:  # no evidence either way: the champion stays, and the reason says how to move it
+            promote, reason = False, incomparable
+        else:
+            promote, reason = decide(value, champion_value, cfg.min_improvement)
+        tracking.set_alias(name, CANDIDATE, version.version)
         if promote:
-            tracking.set_alias(cfg.model_name, CHAMPION, version.version)
+            tracking.set_alias(name, CHAMPION, version.version)
         champion_version = version.version if promote or is_champion else champion.version
         decision = {"promotion.decision": "promoted" if promote else "kept", "promotion.reason": reason}
-        tracking.set_version_tags(cfg.model_name, version.version, decision)
+        tracking.set_version_tags(name, version.version, decision)
         summary = {
-            "model_name": cfg.model_name,
+            "model_name": name,
             "version": int(version.version),
-            "model_uri": f"models:/{cfg.model_name}/{version.version}",
+            "model_uri": f"models:/{name}/{version.version}",
             "encoder_sha256": sha,
             "encoder_spec_sha256": spec_sha,
             "run_id": run.info.run_id,
@@ -99,15 +111,13 @@ def run(project: Project) -> dict[str, Any]:
             "promoted": promote,
             "reason": reason,
         }
-        tracking.set_tags(
-            {"model.name": cfg.model_name, "model.version": version.version, "promotion.decision": promote}
-        )
+        tracking.set_tags({"model.name": name, "model.version": version.version, "promotion.decision": promote})
         write_json(project.metrics_dir / "register.json", summary)
         # A record kept beside the store it describes: a fresh clone or a deleted mlflow/ has no record,
         # so DVC reruns this stage instead of trusting metrics/register.json about a registry that is gone.
         write_json(registry_record(project), {**summary, "tracking_uri": tracking.tracking_uri(project)})
     print(
-        f"registered {cfg.model_name} version {version.version} ({cfg.metric} {value:.4f}); alias {CANDIDATE} -> "
+        f"registered {name} version {version.version} ({cfg.metric} {value:.4f}); alias {CANDIDATE} -> "
         f"{version.version}; {CHAMPION} -> {champion_version}: {reason}"
     )
     return summary
@@ -148,16 +158,25 @@ def _load_encoder(encoder_dir: Path, sha256: str) -> tuple[Any, Any]:
     return encoder, np.zeros((2, channels, height, width), dtype=np.float32)  # raw pixels 0..255, NCHW
 
 
-def _champion(cfg: RegisterParams) -> tuple[Any, float | None]:
-    """The current champion version and its promotion value; an error when it was promoted on another metric."""
-    champion = tracking.version_by_alias(cfg.model_name, CHAMPION)
+def _champion(cfg: RegisterParams, name: str, val_digest: str | None) -> tuple[Any, float | None, str | None]:
+    """(champion, its promotion value, why it cannot be compared or None): a champion scored on other validation
+    data cannot be compared with this version; one promoted on another metric is an error."""
+    champion = tracking.version_by_alias(name, CHAMPION)
     if champion is None:
-        return None, None
+        return None, None, None
+    if champion.tags.get("monitor.val_digest") != val_digest:
+        other = champion.tags.get("monitor.val_digest", "not recorded")
+        reason = (
+            f"not compared: champion version {champion.version} was scored on other validation data (digest "
+            f"{other}; this version: {val_digest}), so it stays champion; if this data supersedes it: "
+            f"MlflowClient().set_registered_model_alias('{name}', 'champion', <version>)"
+        )
+        return champion, None, reason
     if champion.tags.get("promotion.metric") == cfg.metric and "promotion.value" in champion.tags:
-        return champion, float(champion.tags["promotion.value"])
+        return champion, float(champion.tags["promotion.value"]), None
     raise SslopsError(
-        f"champion version {champion.version} of {cfg.model_name} was promoted on "
+        f"champion version {champion.version} of {name} was promoted on "
         f"'{champion.tags.get('promotion.metric')}', not on register.metric '{cfg.metric}': the two "
         "cannot be compared. Keep the metric, or choose the champion by hand "
-        f"(MlflowClient().set_registered_model_alias('{cfg.model_name}', 'champion', <version>))."
+        f"(MlflowClient().set_registered_model_alias('{name}', 'champion', <version>))."
     )

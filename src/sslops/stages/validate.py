@@ -1,6 +1,8 @@
-"""validate: Great Expectations over the manifest; a failed expectation stops the pipeline.
+"""validate: Great Expectations over a prepared dataset's manifest; a failed expectation stops the pipeline.
 
-Writes metrics/validate.json (shown by `dvc metrics show`) and Data Docs under artifacts/validation,
+The pretraining dataset and every downstream task (`--task NAME`) get their own suite run, Data Docs and gate, with
+the thresholds of `validate:` and the task's own classes. Writes metrics/validate.json (a task's under
+metrics/tasks/NAME/) (shown by `dvc metrics show`) and Data Docs under artifacts/validation,
 logs both to MLflow, and on failure prints a short table of what failed with a few example rows.
 """
 
@@ -8,15 +10,18 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sslops.adapters import expectations, tracking
 from sslops.config import Project
 from sslops.config.schema import ValidateParams
 from sslops.data import quality
-from sslops.data.store import CLASSES, MANIFEST, manifest_digest
+from sslops.data.store import CLASSES, MANIFEST, PRETRAIN_SPLITS, manifest_digest
 from sslops.errors import DataValidationError, SslopsError
 from sslops.outputs.atomic import atomic_dir, write_json
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def failure_report(failed: list[expectations.Check]) -> str:
@@ -32,26 +37,29 @@ def failure_report(failed: list[expectations.Check]) -> str:
     return "\n".join(lines)
 
 
-def run(project: Project) -> dict[str, Any]:
+def run(project: Project, task: str | None = None) -> dict[str, Any]:
     cfg: ValidateParams = project.config("validate")
-    classes = list(project.config("prepare").classes)
-    manifest_path = project.prepared_dir / MANIFEST
+    source = project.config("prepare") if task is None else project.config("tasks")[task]
+    classes, out = list(source.classes), project.outputs(task)
+    manifest_path = out.prepared / MANIFEST
     if not manifest_path.is_file():
-        raise SslopsError(f"{manifest_path} is missing: run the prepare stage first (dvc repro prepare).")
-    with tracking.stage_run(project, "validate", cfg.record()):
+        raise SslopsError(f"{manifest_path} is missing: run the prepare stage first (dvc repro).")
+    with tracking.stage_run(project, "validate", cfg.record(), task=task):
         start = time.perf_counter()
         import pandas as pd
 
         manifest = pd.read_parquet(manifest_path)
-        declared = classes or json.loads((project.prepared_dir / CLASSES).read_text())
+        declared = classes or json.loads((out.prepared / CLASSES).read_text())
+        pretrained = None if task is None else _pretraining_hashes(project)
+        checks = expectations.manifest_expectations(cfg, declared, len(manifest), task is not None)
         frames = {
-            "manifest": (quality.annotate(manifest), expectations.manifest_expectations(cfg, declared, len(manifest))),
+            "manifest": (quality.annotate(manifest, pretrained), checks),
             "class_balance": (
                 quality.class_balance(manifest, declared),
                 expectations.balance_expectations(cfg, declared),
             ),
         }
-        with atomic_dir(project.validation_dir) as tmp:
+        with atomic_dir(out.validation) as tmp:
             checks = expectations.run_suites(frames, tmp / "data_docs", cfg.examples)
             failed = [c for c in checks if not c.success]
             summary = {
@@ -61,25 +69,38 @@ def run(project: Project) -> dict[str, Any]:
                 "failed_expectations": [c.title for c in failed],
                 "duplicate_in_split": int(frames["manifest"][0]["duplicate_in_split"].sum()),
                 "test_in_train": int(frames["manifest"][0]["test_in_train"].sum()),
+                **(
+                    {}
+                    if task is None
+                    else {"test_in_pretraining": int(frames["manifest"][0]["test_in_pretraining"].sum())}
+                ),
                 "min_class_share": round(float(frames["class_balance"][0]["share"].min()), 6),
                 "manifest_digest": manifest_digest(manifest),
                 "seconds": round(time.perf_counter() - start, 2),
             }
             write_json(tmp / "results.json", [c.__dict__ for c in checks])
-        write_json(project.metrics_dir / "validate.json", summary)
+        write_json(out.metrics / "validate.json", summary)
         tracking.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         tracking.set_tags(
             {"validation.success": summary["success"], "data.manifest_digest": summary["manifest_digest"]}
         )
-        tracking.log_artifacts(project.validation_dir, "validation")
+        tracking.log_artifacts(out.validation, "validation")
         if not failed:
             # The gate for downstream stages: stable for the same data, so a change to validation
             # thresholds alone does not make DVC rebuild the augmentation cache.
-            write_json(project.validated_marker, {"manifest_digest": summary["manifest_digest"], "success": True})
+            write_json(out.validated_marker, {"manifest_digest": summary["manifest_digest"], "success": True})
         else:
-            project.validated_marker.unlink(missing_ok=True)
+            out.validated_marker.unlink(missing_ok=True)
             raise DataValidationError(
                 f"data validation failed; downstream stages will not run. Data Docs: "
-                f"{project.validation_dir / 'data_docs' / 'index.html'}\n{failure_report(failed)}"
+                f"{out.validation / 'data_docs' / 'index.html'}\n{failure_report(failed)}"
             )
     return summary
+
+
+def _pretraining_hashes(project: Project) -> pd.Series:
+    """sha256 of every image pretraining learns from (the pretraining store's train and unlabeled splits)."""
+    import pandas as pd
+
+    manifest = pd.read_parquet(project.prepared_dir / MANIFEST, columns=["split", "sha256"])
+    return manifest.loc[manifest["split"].isin(PRETRAIN_SPLITS), "sha256"]

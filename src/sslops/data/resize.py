@@ -1,0 +1,105 @@
+"""The resize policy of prepare: images of any size and colour mode brought to one shape.
+
+The canonical store holds one array of one shape, so a folder of photos of mixed sizes needs a rule, and a
+downstream task needs its images at the encoder's input. The rule (`prepare.resize` in params.yaml):
+
+- `side: N` makes every image N x N. `mode: crop` scales the shorter side to N and cuts the centre square (the
+  evaluation transform of ImageNet practice: nothing is distorted, the borders of the longer side are lost);
+  `mode: pad` scales the longer side to N and pads the rest with black (nothing is lost, the object shrinks).
+- `side: null` keeps images as they are when they all share one size; when they do not, the median shorter side
+  is used (so a few thumbnails or a few huge photos do not decide the size) and a note says so.
+- A downstream task is fitted to an exact (height, width, channels): the encoder's input.
+
+Resampling is Pillow's bicubic (antialiased when shrinking); colour conversion follows `sslops.data.images`
+(ITU-R 601-2 luma for grayscale; grayscale to RGB repeats the channel).
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+from PIL import Image
+
+from sslops.data.sources import Part, Plan
+
+MODES = ("crop", "pad")
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The shape every image is brought to, and how (`crop` or `pad`, see the module docstring)."""
+
+    height: int
+    width: int
+    channels: int
+    mode: str
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.height, self.width, self.channels)
+
+
+def fit_image(pixels: np.ndarray, fit: Fit) -> np.ndarray:
+    """One uint8 (H, W, C) image brought to `fit.shape` by the module's rule."""
+    img = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels, "L" if pixels.shape[2] == 1 else "RGB")
+    img = img.convert("L" if fit.channels == 1 else "RGB")
+    height, width = pixels.shape[:2]
+    if (height, width) != (fit.height, fit.width):
+        pick = max if fit.mode == "crop" else min  # crop: cover the target; pad: fit inside it
+        scale = pick(fit.height / height, fit.width / width)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        img = img.resize(size, Image.Resampling.BICUBIC)
+        left, top = (size[0] - fit.width) // 2, (size[1] - fit.height) // 2
+        if fit.mode == "crop":
+            img = img.crop((left, top, left + fit.width, top + fit.height))
+        else:
+            canvas = Image.new(img.mode, (fit.width, fit.height))
+            canvas.paste(img, (-left, -top))
+            img = canvas
+    return np.asarray(img, dtype=np.uint8).reshape(fit.shape)
+
+
+def _fitted(load: Callable[[], np.ndarray], fit: Fit) -> np.ndarray:
+    pixels = load()
+    out = np.empty((len(pixels), *fit.shape), dtype=np.uint8)
+    for i, image in enumerate(pixels):
+        out[i] = fit_image(image, fit)
+    return out
+
+
+def target(plan: Plan, side: int | None, mode: str) -> Fit | None:
+    """The fit `prepare.resize` asks for on this plan, or None when every image already shares one shape."""
+    shapes = {p.shape for p in plan.parts}
+    channels = max(s[2] for s in shapes)  # readers already agree on channels; max is the safe pick if not
+    if side is not None:
+        return Fit(side, side, channels, mode)
+    if len(shapes) == 1:
+        return None
+    shorter = statistics.median_low([min(p.shape[:2]) for p in plan.parts for _ in range(p.count)])
+    return Fit(shorter, shorter, channels, mode)
+
+
+def fit_plan(plan: Plan, fit: Fit | None) -> tuple[Plan, dict[str, object]]:
+    """`plan` with every part that is not already `fit.shape` resized on load; and what was done, for the record."""
+    if fit is None:
+        return plan, {"resized": 0}
+    parts, resized = [], 0
+    for part in plan.parts:
+        if part.shape == fit.shape:
+            parts.append(part)
+            continue
+        resized += part.count
+        load = functools.partial(_fitted, part.load, fit)
+        parts.append(replace(part, shape=fit.shape, load=load, source_size=part.source_size or part.shape[:2]))
+    record = {"resized": resized, "height": fit.height, "width": fit.width, "channels": fit.channels, "mode": fit.mode}
+    notes = plan.notes
+    if resized:
+        sizes = sorted({p.shape[:2] for p in plan.parts})
+        seen = ", ".join(f"{h}x{w}" for h, w in sizes[:4]) + (f" and {len(sizes) - 4} more" if len(sizes) > 4 else "")
+        notes += (f"{resized} of {plan.total} images ({seen}) resized to {fit.height}x{fit.width}x{fit.channels} "
+                  f"({fit.mode})",)
+    return Plan(parts=parts, classes=plan.classes, notes=notes), record
