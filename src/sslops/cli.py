@@ -166,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="model ref: alias or version of <register.model_name>-<dataset>, name@alias or name/version "
         "(default: %(default)s)",
     )
-    lin.add_argument("--data", metavar="MD5", help="list every model version built on this data.dvc md5 instead")
+    lin.add_argument(
+        "--data", metavar="MD5", help="list every model version built on this data.dvc or dataset-folder md5 instead"
+    )
     lin.add_argument("--json", action="store_true", help="machine-readable output")
     lin.set_defaults(func=_lineage)
     emb = sub.add_parser("embed", help="write embeddings of a folder of images from a registered encoder")
