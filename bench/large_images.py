@@ -51,7 +51,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pretrain_throughput import ROOT, augment_recipe, default_params
 
+from sslops.config import Project
 from sslops.data import images as image_files
 from sslops.ml.augment import AugmentConfig, BatchAugment
 from sslops.ml.cache import build_cache
@@ -64,19 +66,13 @@ from sslops.ml.views import ViewCache, cached_pairs, on_the_fly_pairs
 Pair = tuple[torch.Tensor, torch.Tensor]
 Stream = Callable[[int], Iterator[Pair]]  # first epoch -> an endless iterator of (view1, view2) batches
 
-# SimCLR's recipe (Chen et al., 2020, App. A) without blur, as params.yaml `augment:` has it. Both the pipeline's
-# BatchAugment and the torchvision loop are built from this one object, so they run the same augmentation.
-RECIPE = dataclasses.replace(
-    AugmentConfig.crop_flip(crop_scale=(0.2, 1.0), flip_p=0.5),
-    jitter_p=0.8,
-    brightness=0.4,
-    contrast=0.4,
-    saturation=0.4,
-    hue=0.1,
-    grayscale_p=0.2,
-)
-HEAD = SimCLRConfig(proj_hidden=512, proj_dim=128, temperature=0.2)  # params.yaml's `pretrain.simclr`
-MAX_PIXELS = 25_000_000  # params.yaml's prepare.max_pixels: the reader refuses larger files before decoding
+# params.yaml's augmentation recipe (`augment:`, SimCLR's), SimCLR head and image size limit: what `make run` uses.
+# Both the pipeline's BatchAugment and the torchvision loop are built from RECIPE, so they run the same
+# augmentation (the torchvision side has no blur or rotation: params.yaml's blur_p and rotation are 0).
+_PARAMS, _AUGMENT = default_params()
+RECIPE = augment_recipe(_AUGMENT)
+HEAD = _PARAMS.simclr.to_core(SimCLRConfig)
+MAX_PIXELS = Project(ROOT).config("prepare").max_pixels  # the reader refuses larger files before decoding
 
 
 # ---------------------------------------------------------------------------------------------------- the data

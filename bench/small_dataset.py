@@ -66,6 +66,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from sslops.env import TELEMETRY_OFF  # no telemetry from the tools this starts
+
 REPO = Path(__file__).resolve().parents[1]
 TASK = "digits-photos"
 DATA = f"data/{TASK}"
@@ -75,14 +77,6 @@ TEST_PER_CLASS = 50  # the same 500 test images as the repository's `digits` tas
 BUDGETS: list[str | float] = ["10/class", 1.0]
 COPIED = ("dvc.yaml", ".dvcignore", ".gitignore")
 GIT = ("git", "-c", "user.name=sslops-bench", "-c", "user.email=bench@sslops.invalid")
-# No telemetry from the tools this starts (as sslops.env.TELEMETRY_OFF; spelled out so --help imports nothing).
-TELEMETRY_OFF = {
-    "GX_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DVC_NO_ANALYTICS": "1",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-}
 
 
 # ---------------------------------------------------------------------------------------------------- the data
