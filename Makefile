@@ -54,7 +54,9 @@ ui: $(STAMP)  ## open the MLflow UI on http://$(HOST):$(MLFLOW_PORT)
 	mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow/mlflow.db" --host $(HOST) --port $(MLFLOW_PORT)
 
 prefect-server: $(STAMP)  ## start a local Prefect server and UI on http://$(HOST):$(PREFECT_PORT) (SQLite in .prefect/)
-	PREFECT_HOME="$(CURDIR)/.prefect" prefect server start --host $(HOST) --port $(PREFECT_PORT)
+	# The UI finds its API through these settings, not through --port: without them it calls port 4200.
+	PREFECT_HOME="$(CURDIR)/.prefect" PREFECT_SERVER_API_HOST=$(HOST) PREFECT_SERVER_API_PORT=$(PREFECT_PORT) \
+	PREFECT_UI_API_URL="http://$(HOST):$(PREFECT_PORT)/api" prefect server start --host $(HOST) --port $(PREFECT_PORT)
 
 serve: setup  ## serve the Prefect deployment ssl-pipeline/scheduled (schedule: flow.cron in params.yaml)
 	PREFECT_API_URL="$${PREFECT_API_URL:-http://$(HOST):$(PREFECT_PORT)/api}" python flows/ssl_pipeline.py

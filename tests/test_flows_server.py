@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import mlflow_runs
+from conftest import REPO, mlflow_runs
 from test_flows import make_flow_repo
 from test_pipeline_dvc import sh
 
@@ -167,3 +167,36 @@ def test_served_deployment_runs_an_override_as_a_dvc_experiment(tmp_path: Path, 
         if "sslops.stage" in r.data.tags:  # stage runs are listed; finetune's child runs are nested in theirs
             assert r.info.run_id in markdown
     assert {r.data.params["pretrain.seed"] for r in runs if r.info.run_name == "pretrain"} == {"1"}
+
+
+def test_make_prefect_server_on_another_port_serves_a_ui_that_calls_that_port(tmp_path: Path):
+    """The flows README offers `make prefect-server PREFECT_PORT=4301` for a busy port; the UI it served called the
+    API on 4200 ("Can't connect to Server API"), because `--port` does not reach the UI's settings."""
+    port = free_port()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("PREFECT_API_URL", None)  # the UI would take it over the server's own address
+    with open(tmp_path / "make.log", "w") as log:
+        make = subprocess.Popen(
+            ["make", "-s", "-C", str(REPO), "prefect-server", f"PREFECT_PORT={port}"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # make, the shell and the server: one process group to stop
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_until(
+                lambda: urllib.request.urlopen(f"{base}/api/health", timeout=2).status == 200,
+                (OSError,),
+                90,
+                f"make prefect-server (log: {log.name})",
+                [make],
+            )
+            settings = json.loads(urllib.request.urlopen(f"{base}/ui-settings", timeout=5).read())
+            assert settings["api_url"] == f"{base}/api"
+        finally:
+            os.killpg(make.pid, signal.SIGINT)
+            try:
+                make.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(make.pid, signal.SIGKILL)
