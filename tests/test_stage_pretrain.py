@@ -229,7 +229,7 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(project, tmp_p
 
 
 @pytest.mark.integration
-def test_torchrun_two_cpu_processes(project):
+def test_torchrun_two_cpu_processes_and_two_nodes_train_the_same_model(project):
     tiny(project, epochs=2)
     assert main(["prepare"]) == 0 and main(["validate"]) == 0 and main(["augment"]) == 0
     torchrun = Path(sys.executable).parent / "torchrun"
@@ -246,6 +246,48 @@ def test_torchrun_two_cpu_processes(project):
     runs = [r for r in mlflow_runs(project.root) if r.info.run_name == "pretrain"]
     assert len(runs) == 1 and runs[0].data.tags["pretrain.world_size"] == "2"  # only rank 0 logs
     assert np.isfinite(summary["loss"])
+
+    # The same training as two nodes of one process each, meeting through a c10d rendezvous (as on two machines;
+    # here both on loopback): the same loss and weights (BatchNorm statistics are per rank in both), and its
+    # checkpoint resumes.
+    single = load_encoder(project.root / "artifacts" / "pretrain").state_dict()
+    shutil.rmtree(project.root / "artifacts" / "checkpoints")  # else the finished 2-process run is resumed
+    port = _free_port()
+    nodes = [
+        str(torchrun),
+        "--nnodes=2",
+        "--nproc_per_node=1",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=127.0.0.1:{port}",
+        "--rdzv-id=sslops-test",
+        "-m",
+        "sslops",
+        "pretrain",
+    ]
+    # torchrun gives each process one thread when it starts several per node; a node of one process keeps all the
+    # cores. One thread each here, as in the single-node run: another thread count sums in another order.
+    env = {**_env(project.root), "OMP_NUM_THREADS": "1"}
+    for attempt in ("fresh", "resume"):
+        procs = [
+            subprocess.Popen(nodes, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for _ in range(2)
+        ]
+        logs = [proc.communicate(timeout=600)[0] for proc in procs]
+        assert [proc.returncode for proc in procs] == [0, 0], "\n".join(log[-2000:] for log in logs)
+        two_nodes = json.loads((project.metrics_dir / "pretrain.json").read_text())
+        assert (two_nodes["world_size"], two_nodes["steps"]) == (2, summary["steps"])
+        assert two_nodes["loss"] == pytest.approx(summary["loss"], abs=1e-5)
+        weights = load_encoder(project.root / "artifacts" / "pretrain").state_dict()
+        assert all(torch.allclose(weights[k].float(), single[k].float(), atol=1e-5) for k in single)
+        assert ("resuming from" in "".join(logs)) == (attempt == "resume")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_numbers_written_without_a_dot_are_still_numbers(project):
