@@ -36,6 +36,20 @@ def test_stage_run_logs_flat_params_tags_and_artifact_location(project, monkeypa
 
 
 @pytest.mark.integration  # a real MLflow store
+def test_the_experiment_opens_on_its_training_runs_in_the_mlflow_ui(project):
+    """MLflow 3's UI shows an experiment without a kind as a GenAI (traces) overview: sslops' experiment declares
+    that it holds model development runs, also when an older store created it without the tag."""
+    import mlflow
+
+    experiment_id = tracking.connect(project)
+    client = mlflow.MlflowClient()
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    client.delete_experiment_tag(experiment_id, "mlflow.experimentKind")  # as a store from before this change
+    assert tracking.connect(project) == experiment_id
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+@pytest.mark.integration  # a real MLflow store
 def test_prefect_flow_run_id_is_tagged(project, monkeypatch):
     monkeypatch.setenv(tracking.PREFECT_RUN_ENV, "flow-run-123")
     with tracking.stage_run(project, "demo", {}):

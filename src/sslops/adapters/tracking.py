@@ -39,18 +39,25 @@ def tracking_uri(project: Project) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or default_uri(project)
 
 
+# MLflow 3's UI opens an experiment without this tag on its GenAI (traces) overview; with it, on the training runs.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def _experiment_id(project: Project) -> str:
     import mlflow
 
     name = project.config("tracking").experiment
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
+        if not EXPERIMENT_KIND.items() <= experiment.tags.items():  # created before sslops set the kind
+            for key, value in EXPERIMENT_KIND.items():
+                mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     location = None
     if mlflow.get_tracking_uri() == default_uri(project):
         # A SQLite store's artifact root would otherwise default to ./mlruns of the current directory.
         location = (project.root / "mlflow" / "artifacts").as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    return mlflow.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
 
 
 def connect(project: Project) -> str:
