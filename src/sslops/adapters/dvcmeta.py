@@ -47,12 +47,11 @@ def upstream_md5s(root: Path, stage: str) -> dict[str, str]:
     Upstream stages finish before `stage` starts under `dvc repro`, so their dvc.lock entries are current.
     """
     stages = _load(root / "dvc.yaml").get("stages") or {}
-    listed = [d if isinstance(d, str) else next(iter(d)) for d in (stages.get(stage) or {}).get("deps") or []]
-    if not listed or any("${" in d for d in listed):
+    deps = [d if isinstance(d, str) else next(iter(d)) for d in (stages.get(stage) or {}).get("deps") or []]
+    if not deps or any("${" in d for d in deps):
         # Templated in dvc.yaml (`${prepare.root}`, a foreach stage such as `finetune@digits`): the stage's last
         # lock entry names its deps as DVC resolved them.
-        listed = [d["path"] for d in (lock_entry(root, stage) or {}).get("deps", [])]
-    deps = listed
+        deps = [d["path"] for d in (lock_entry(root, stage) or {}).get("deps", [])]
     produced: dict[str, str] = {}
     for name, entry in (_load(root / "dvc.lock").get("stages") or {}).items():
         if name != stage:

@@ -172,6 +172,12 @@ class Pixels(nn.Module):
         return x.flatten(1)
 
 
+def input_shape(spec: dict) -> tuple[int, int, int]:
+    """(height, width, channels) of the images an encoder was trained on, from its encoder.json."""
+    height, width, channels = spec["image_shape"]
+    return int(height), int(width), int(channels)
+
+
 def load_encoder_dir(folder: Path, sha256: str, spec_sha256: str | None = None) -> tuple[Encoder, dict]:
     """(encoder, spec) from a folder holding encoder.json (how to rebuild it) and encoder.pt (its state_dict).
 

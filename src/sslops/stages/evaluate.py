@@ -104,7 +104,7 @@ def _encoders(finetuned: Path, model: dict[str, Any], device: torch.device) -> d
     raw-pixel baseline."""
     import torch
 
-    from sslops.ml.models import Pixels, load_encoder_dir
+    from sslops.ml.models import Pixels, input_shape, load_encoder_dir
 
     recorded = {"model_name": model["name"], "version": model["version"]}  # what finetune used, by number
     recorded |= {k: model.get(k) for k in ("encoder_sha256", "encoder_spec_sha256")}
@@ -112,12 +112,7 @@ def _encoders(finetuned: Path, model: dict[str, Any], device: torch.device) -> d
         pretrained, spec = load_encoder_dir(folder, *digests)
     scratch = pretrained.untrained_copy()
     scratch.load_state_dict(torch.load(finetuned / "scratch-encoder.pt", map_location="cpu", weights_only=True))
-    height, width, channels = spec["image_shape"]
-    return {
-        "pretrained": pretrained.to(device),
-        "scratch": scratch.to(device),
-        "pixels": Pixels(height, width, channels),
-    }
+    return {"pretrained": pretrained.to(device), "scratch": scratch.to(device), "pixels": Pixels(*input_shape(spec))}
 
 
 def _score(

@@ -38,7 +38,7 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
     import torch
 
     from sslops.ml.device import pick_device
-    from sslops.ml.models import Pixels, load_encoder_dir
+    from sslops.ml.models import Pixels, input_shape, load_encoder_dir
 
     if task is None:
         raise SslopsError("finetune runs per downstream task: sslops finetune --task NAME (dvc.yaml: finetune@NAME).")
@@ -63,7 +63,7 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
         encoders = {
             "pretrained": pretrained,
             "scratch": pretrained.untrained_copy(),
-            "pixels": Pixels(*spec_shape(spec)),
+            "pixels": Pixels(*input_shape(spec)),
         }
         with atomic_dir(out.finetune) as tmp:
             torch.save(encoders["scratch"].state_dict(), tmp / "scratch-encoder.pt")
@@ -82,18 +82,14 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
     return {"model": f"{name}/{version.version}", "task": task, "models_trained": len(entries), "budgets": budgets}
 
 
-def spec_shape(spec: dict[str, Any]) -> tuple[int, int, int]:
-    """(height, width, channels) the encoder was trained on, from its encoder.json."""
-    height, width, channels = spec["image_shape"]
-    return int(height), int(width), int(channels)
-
-
 def _check_input(spec: dict[str, Any], store: ImageStore, task: str) -> None:
     """The task's images must be what the encoder takes: task_prepare fits them to the pretraining input."""
-    if tuple(store.images.shape[1:]) != spec_shape(spec):
+    from sslops.ml.models import input_shape
+
+    if tuple(store.images.shape[1:]) != input_shape(spec):
         raise SslopsError(
             f"task {task}'s images are {'x'.join(map(str, store.images.shape[1:]))} but the encoder takes "
-            f"{'x'.join(map(str, spec_shape(spec)))}: prepare the task again (dvc repro task_prepare@{task})."
+            f"{'x'.join(map(str, input_shape(spec)))}: prepare the task again (dvc repro task_prepare@{task})."
         )
 
 

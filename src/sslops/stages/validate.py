@@ -1,9 +1,9 @@
 """validate: Great Expectations over a prepared dataset's manifest; a failed expectation stops the pipeline.
 
 The pretraining dataset and every downstream task (`--task NAME`) get their own suite run, Data Docs and gate, with
-the thresholds of `validate:` and the task's own classes. Writes metrics/validate.json (a task's under
-metrics/tasks/NAME/) (shown by `dvc metrics show`) and Data Docs under artifacts/validation,
-logs both to MLflow, and on failure prints a short table of what failed with a few example rows.
+the thresholds of `validate:` and the task's own classes. Writes metrics/validate.json (shown by `dvc metrics show`)
+and Data Docs under artifacts/validation (a task's under metrics/tasks/NAME and artifacts/tasks/NAME), logs both
+to MLflow, and on failure prints a short table of what failed with a few example rows.
 """
 
 from __future__ import annotations
