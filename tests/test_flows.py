@@ -242,6 +242,13 @@ def test_user_errors_are_final_and_other_failures_retryable():
     ]
     failure = orch.stage_failure("pretrain", 255, crash)
     assert failure.retryable and "MemoryError" in str(failure)
+    # A shared service that failed (ServiceUnavailable) is said as `unavailable:`: a later attempt may succeed.
+    down = [
+        "sslops prepare: unavailable: the MLflow tracking server http://127.0.0.1:5001 answers but cannot serve",
+        "ERROR: failed to reproduce 'prepare': failed to run: python -m sslops prepare, exited with 3",
+    ]
+    failure = orch.stage_failure("prepare", 255, down)
+    assert failure.retryable and "cannot serve" in str(failure)
 
 
 @pytest.mark.integration  # real DVC
@@ -465,8 +472,8 @@ def test_flow_runs_each_stage_in_dvc_order_then_skips_what_is_up_to_date(harness
         r for r in runs if "sslops.stage" in r.data.tags
     ):  # stage runs; finetune's children are nested in theirs
         assert (
-            f"[{run.info.run_id}](http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id})"
-            in markdown
+            f"[{run.info.run_id}](http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+            "?workflowType=machine_learning)" in markdown
         )
     assert "| pretrain | ran |" in markdown and "| pretrain | knn_acc |" in markdown
     register = root / "metrics" / "register.json"

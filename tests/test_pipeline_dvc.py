@@ -100,7 +100,17 @@ def test_dvc_repro_end_to_end(tmp_path: Path):
     assert {runs[n].data.tags["data.md5"] for n in ("validate", "pretrain", f"finetune/{TASK}")} == {own_md5}
     assert runs[f"evaluate/{TASK}"].data.tags["sslops.task"] == TASK
     assert runs["validate"].data.tags["dvc.dep.artifacts/prepared"] == prepared_md5
-    assert runs["prepare"].inputs.dataset_inputs[0].dataset.name == "manifest"
+    # Every stage run declares the folders it read as MLflow datasets, by DVC md5 (the UI's Datasets column);
+    # prepare also its manifest, row by row.
+    declared = {n: {d.dataset.name: d.dataset.digest for d in r.inputs.dataset_inputs} for n, r in runs.items()}
+    assert "manifest" in declared["prepare"]
+    assert declared["prepare"]["data"] == data_md5.removesuffix(".dir")
+    assert declared["validate"] == {
+        "artifacts/prepared": prepared_md5.removesuffix(".dir"),
+        "data/fashion-mnist": own_md5.removesuffix(".dir"),
+    }
+    assert {"artifacts/augment", "artifacts/prepared"} <= set(declared["pretrain"])
+    assert all(declared[n] for n in RUNS), declared
     assert runs["validate"].data.tags["data.manifest_digest"] == runs["prepare"].data.tags["data.manifest_digest"]
 
     again = sh("dvc", "repro", cwd=root)

@@ -75,6 +75,8 @@ def test_finetune_evaluate_report_lineage_and_embed(registered, capsys, tmp_path
     assert evaluate.data.tags["finetune.run_id"] == index["parent_run_id"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == index["parent_run_id"]]
     assert len(children) == len(combos) and all("test.acc" in r.data.metrics for r in children)
+    parent = next(r for r in runs if r.info.run_id == index["parent_run_id"])
+    assert {r.info.experiment_id for r in children} == {parent.info.experiment_id}  # not MLflow's Default one
     assert {r.info.run_name for r in children} >= {f"{TASK}/frac_0.25/pretrained/finetune", f"{TASK}/frac_1/pixels/knn"}
 
     # `sslops report` prints one results table per task.

@@ -46,6 +46,21 @@ def test_register_promotes_reuses_its_version_and_keeps_the_champion_without_imp
     assert v1.tags["data.dvc_md5"] == pretrain_run.data.tags["data.dvc_md5"]
     assert float(v1.tags["promotion.value"]) == pretrain_run.data.metrics["final.linear_acc"]
     assert v1.tags["promotion.decision"] == "promoted"
+    # What a teammate sees in the UI: a model card on the version, a summary on the model, and the logged model
+    # attached to the run that trained it, with that run's final metrics.
+    card = v1.description
+    assert card.startswith("### Model card: sslops-encoder-fashion-mnist v1")
+    linear = 100 * pretrain_run.data.metrics["final.linear_acc"]
+    for fact in ("| Data | `data/fashion-mnist`", "| Method | simclr,", "small_cnn, input 12x12x1", f"{linear:.2f} %"):
+        assert fact in card, (fact, card)
+    assert pretrain_run.info.run_id in card and "sslops lineage sslops-encoder-fashion-mnist/1" in card
+    assert "alias `champion`" in c.get_registered_model("sslops-encoder-fashion-mnist").description.replace(
+        "Alias", "alias"
+    )
+    assert v1.run_id == pretrain_run.info.run_id
+    logged = c.get_logged_model(v1.source.removeprefix("models:/"))  # the version's source is the logged model
+    assert logged.source_run_id == pretrain_run.info.run_id
+    assert {m.key: m.value for m in logged.metrics}["final.linear_acc"] == pretrain_run.data.metrics["final.linear_acc"]
 
     # The registered model loads through the registry and gives the pretrained encoder's features.
     model = mlflow.pytorch.load_model("models:/sslops-encoder-fashion-mnist@champion")

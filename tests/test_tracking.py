@@ -57,6 +57,25 @@ def test_prefect_flow_run_id_is_tagged(project, monkeypatch):
     assert mlflow_runs(project.root)[0].data.tags["prefect.flow_run_id"] == "flow-run-123"
 
 
+@pytest.mark.integration  # a real MLflow store
+def test_a_stage_closes_the_runs_its_checkout_left_running_and_no_others(project):
+    """A run cut off by a killed process or a vanished server stays RUNNING; the next run of the same stage from the
+    same checkout (under the project lock, so nothing else of it is alive) marks it and its children KILLED."""
+    import mlflow
+
+    experiment_id = tracking.connect(project)
+    client = mlflow.MlflowClient()
+    ours = {"sslops.stage": "demo", tracking.CHECKOUT_TAG: tracking.checkout_id(project.root)}
+    cut_off = client.create_run(experiment_id, tags=ours, run_name="demo")
+    child = client.create_run(experiment_id, tags={"mlflow.parentRunId": cut_off.info.run_id}, run_name="child")
+    elsewhere = client.create_run(experiment_id, tags={**ours, tracking.CHECKOUT_TAG: "another-machine"})
+    other_task = client.create_run(experiment_id, tags={**ours, "sslops.task": "digits"})
+    with tracking.stage_run(project, "demo", {}) as run:
+        assert run.data.tags[tracking.CHECKOUT_TAG] == ours[tracking.CHECKOUT_TAG]
+    status = [client.get_run(r.info.run_id).info.status for r in (cut_off, child, elsewhere, other_task)]
+    assert status == ["KILLED", "KILLED", "RUNNING", "RUNNING"]
+
+
 def test_flatten_and_params_hash_are_order_independent():
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
     assert params_hash({"x": 1, "y": 2}) == params_hash({"y": 2, "x": 1}) != params_hash({"x": 1, "y": 3})
@@ -88,3 +107,20 @@ def test_git_state_reports_dirty_code_but_not_pipeline_outputs(tmp_path: Path):
     assert len(commit) == 40 and dirty is False
     (tmp_path / "code.py").write_text("v2")
     assert git_state(tmp_path)[1] is True
+
+
+def test_a_tracking_server_that_fails_says_whether_credentials_or_the_server_are_to_blame():
+    from sslops.adapters.tracking import _server_failure, shown_uri
+    from sslops.errors import ServiceUnavailable, SslopsError
+
+    refused = _server_failure(
+        "http://h:5001",
+        "API request to /api/2.0/mlflow/experiments/get-by-name failed with "
+        "error code 401 != 200. Response body: 'You are not authenticated.'",
+    )
+    assert type(refused) is SslopsError and "MLFLOW_TRACKING_PASSWORD" in str(refused)  # the user's to fix
+    down = _server_failure(
+        "http://h:5001", "Max retries exceeded (Caused by ResponseError('too many 500 error responses'))"
+    )
+    assert isinstance(down, ServiceUnavailable) and down.exit_code == 3 and "database" in str(down)
+    assert shown_uri("https://bob:secret@mlflow.example:443/x") == "https://mlflow.example:443/x"

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sslops.env import TELEMETRY_OFF
-from sslops.errors import SslopsError
+from sslops.errors import ServiceUnavailable, SslopsError
 
 if TYPE_CHECKING:
     from sslops.config import Project
@@ -192,6 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except ServiceUnavailable as exc:
+        print(f"sslops {args.command}: unavailable: {exc}", file=sys.stderr)
+        return exc.exit_code
     except SslopsError as exc:
         print(f"sslops {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

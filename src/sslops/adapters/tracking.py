@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -70,7 +71,8 @@ def connect(project: Project) -> str:
     import mlflow
 
     uri = tracking_uri(project)
-    if uri.startswith(("http://", "https://")):
+    server = uri.startswith(("http://", "https://"))
+    if server:
         cfg = project.config("tracking")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(math.ceil(cfg.http_timeout_s)))  # whole seconds
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(cfg.http_retries))
@@ -78,7 +80,37 @@ def connect(project: Project) -> str:
     else:
         (project.root / "mlflow").mkdir(exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    return _experiment_id(project)
+    if not server:
+        return _experiment_id(project)
+    try:
+        return _experiment_id(project)  # the stage's first request that needs the server's database
+    except mlflow.MlflowException as exc:
+        raise _server_failure(shown_uri(uri), str(exc)) from None
+
+
+def _server_failure(shown: str, message: str) -> Exception:
+    """A tracking server that answers but refuses or fails the first request, as one error that says which:
+    credentials (the user's to fix) or the server and its database (unavailable: a later run may succeed)."""
+    from sslops.errors import ServiceUnavailable, SslopsError
+
+    detail = " ".join(message.split())[:300]
+    if re.search(r"\b40[13]\b", message):
+        return SslopsError(
+            f"the MLflow tracking server {shown} refused this stage's credentials ({detail}). Set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (`make stack` writes them to .stack/client.env)."
+        )
+    return ServiceUnavailable(
+        f"the MLflow tracking server {shown} answers but cannot serve requests ({detail}). Its backend database "
+        "may be down: check the server's log and its database (`make stack-status` for the team stack)."
+    )
+
+
+def shown_uri(uri: str) -> str:
+    """The URI without any user:password part: what may be printed, logged or written into a file in git."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 def _check_reachable(uri: str, timeout_s: float) -> None:
@@ -93,8 +125,7 @@ def _check_reachable(uri: str, timeout_s: float) -> None:
 
     from sslops.errors import SslopsError
 
-    parts = urlsplit(uri)
-    shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    parts, shown = urlsplit(uri), shown_uri(uri)
     if parts.scheme in getproxies() and not proxy_bypass(parts.hostname or ""):
         return  # reached through a proxy, as MLflow's client does: only its bounded retries can tell
     try:
@@ -118,18 +149,103 @@ def stage_run(
     An exception inside the block ends the run as FAILED, so failed stages stay visible in the UI.
     `system_metrics` records CPU/GPU/memory use alongside the run (for long stages such as pretrain).
     `task` names the downstream task a task stage ran for: in the run's name (`finetune/digits`) and tag `sslops.task`.
+
+    A tracking server that stops answering mid-stage (restarted, its database down) fails the stage as
+    `ServiceUnavailable`, which a Prefect flow retries; the run it could not close stays RUNNING on the server, and
+    the next run of the same stage from this checkout marks it KILLED (`_close_abandoned`), so a stage's history
+    never shows two live runs.
     """
     import mlflow
 
+    from sslops.errors import ServiceUnavailable
+
     experiment_id = connect(project)
+    checkout = checkout_id(project.root)
+    _close_abandoned(experiment_id, checkout, stage, task)
     tags = {**lineage_tags(project.root, stage, params, task), **_dataset_tag(project, stage, task)}
-    tags |= _orchestrator_tags()
+    tags |= {**_orchestrator_tags(), CHECKOUT_TAG: checkout}
     name = stage if task is None else f"{stage}/{task}"
-    with mlflow.start_run(
-        experiment_id=experiment_id, run_name=name, tags=tags, log_system_metrics=system_metrics
-    ) as run:
-        mlflow.log_params({k: _param_value(v) for k, v in flatten({stage: params}).items()})
-        yield run
+    try:
+        with mlflow.start_run(
+            experiment_id=experiment_id, run_name=name, tags=tags, log_system_metrics=system_metrics
+        ) as run:
+            mlflow.log_params({k: _param_value(v) for k, v in flatten({stage: params}).items()})
+            _declare_inputs(project.root, tags, context=name)
+            yield run
+    except mlflow.MlflowException as exc:
+        uri = tracking_uri(project)
+        if not (uri.startswith(("http://", "https://")) and OUTAGE.search(str(exc))):
+            raise
+        detail = " ".join(str(exc).split())[:300]
+        raise ServiceUnavailable(
+            f"the MLflow tracking server {shown_uri(uri)} stopped answering during the stage ({detail}). DVC has not "
+            "recorded the stage: run it again once the server is back (a Prefect flow retries it by itself)."
+        ) from None
+
+
+# What a client sees of a server that is restarting or whose database is down, as opposed to a refused request.
+OUTAGE = re.compile(r"Max retries exceeded|Connection (refused|aborted|reset)|error code 5\d\d|too many 5\d\d")
+CHECKOUT_TAG = "sslops.checkout"
+
+
+def checkout_id(root: Path) -> str:
+    """Which checkout on which machine ran a stage: 16 hex digits of sha256(host:path), tag `sslops.checkout`."""
+    import hashlib
+    import socket
+
+    return hashlib.sha256(f"{socket.gethostname()}:{root.resolve()}".encode()).hexdigest()[:16]
+
+
+def _close_abandoned(experiment_id: str, checkout: str, stage: str, task: str | None) -> None:
+    """Mark KILLED the runs of this stage (and their child runs) that this checkout left RUNNING.
+
+    A stage runs under the project lock, so no other run of it from this checkout can be alive now: a RUNNING one
+    was cut off (a killed process or machine, a tracking server that went away before the run could be closed).
+    Runs of other checkouts on a shared server are never touched.
+    """
+    registry = client()
+    found = registry.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{CHECKOUT_TAG}` = '{checkout}' and tags.`sslops.stage` = '{stage}' "
+        "and attributes.status = 'RUNNING'",
+    )
+    for run in found:
+        if run.data.tags.get("sslops.task") != task:
+            continue
+        children = registry.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{run.info.run_id}' and attributes.status = 'RUNNING'",
+        )
+        for abandoned in [*children, run]:
+            registry.set_terminated(abandoned.info.run_id, status="KILLED")
+        print(f"marked the unfinished {run.info.run_name} run {run.info.run_id} of this checkout KILLED")
+
+
+def _declare_inputs(root: Path, tags: dict[str, str], context: str) -> None:
+    """Declare the folders a stage run read as its MLflow dataset inputs, each named by its path in the project and
+    identified by DVC's md5 of it (the UI's Datasets column): the raw dataset folder (`data.path`/`data.md5`; for
+    a prepare run, which DVC has not locked yet, the whole data/ folder of data.dvc) and every upstream stage output
+    (`dvc.dep.<path>`). The prepare run also logs its manifest, with its rows (`log_manifest`)."""
+    import warnings
+
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    folders = {k.removeprefix("dvc.dep."): v for k, v in tags.items() if k.startswith("dvc.dep.")}
+    if "data.path" in tags:
+        folders[tags["data.path"]] = tags["data.md5"]
+    elif tags.get("data.dvc_md5", "untracked") != "untracked":
+        folders["data"] = tags["data.dvc_md5"]
+    if not folders:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # MLflow's hint that a local path is ambiguous as a source
+        datasets = [
+            MetaDataset(resolve_dataset_source(str(root / path)), name=path, digest=md5.removesuffix(".dir"))
+            for path, md5 in sorted(folders.items())
+        ]
+    mlflow.log_inputs(datasets=datasets, contexts=[context] * len(datasets), tags_list=[None] * len(datasets))
 
 
 def _dataset_tag(project: Project, stage: str, task: str | None) -> dict[str, str]:
@@ -147,13 +263,18 @@ def _dataset_tag(project: Project, stage: str, task: str | None) -> dict[str, st
 
 @contextlib.contextmanager
 def child_run(name: str, tags: dict[str, Any]) -> Iterator[mlflow.ActiveRun]:
-    """A run nested under the active stage run (the MLflow UI groups them).
+    """A run nested under the active stage run (the MLflow UI groups them), in the stage run's experiment.
 
+    MLflow puts a nested run in the *active* experiment, which is the Default one (id 0) unless set: the parent's
+    experiment is passed explicitly, or the child runs would land where the UI does not show them beside their
+    parent and where a tracking server's users may not write (basic auth: READ on Default).
     Plain `tags` (no dot in the key) are also logged as params."""
     import mlflow
 
     all_tags = {**{k: str(v) for k, v in tags.items()}, **_orchestrator_tags()}
-    with mlflow.start_run(run_name=name, nested=True, tags=all_tags) as run:
+    parent = mlflow.active_run()
+    experiment_id = parent.info.experiment_id if parent is not None else None
+    with mlflow.start_run(run_name=name, nested=True, tags=all_tags, experiment_id=experiment_id) as run:
         mlflow.log_params({k: _param_value(v) for k, v in tags.items() if "." not in k})
         yield run
 
@@ -277,8 +398,12 @@ def stage_runs_tagged(project: Project, key: str, value: str) -> list[mlflow.ent
     return [r for r in runs if "sslops.stage" in r.data.tags]
 
 
-def log_encoder(model: Any, input_example: Any, state_dir: Path) -> mlflow.models.model.ModelInfo:
+def log_encoder(model: Any, input_example: Any, state_dir: Path, trained_by: str) -> mlflow.models.model.ModelInfo:
     """Log an encoder as a pickle-free MLflow model plus its plain state_dict files (`state_dict/`).
+
+    The logged model belongs to the run that trained it (`trained_by`, the pretrain run): MLflow links it to that
+    run and to the run's final metrics (`final.*`, logged at step 0), so the UI's model page shows where the weights
+    came from. The state_dict files go to the active (register) run, which the version's `register.run_id` names.
 
     The model is exported with torch.export (MLflow's `pt2` format; dynamic batch dimension, from an example of
     two images), so users and `mlflow models serve` load it with MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false and
@@ -302,6 +427,7 @@ def log_encoder(model: Any, input_example: Any, state_dir: Path) -> mlflow.model
         input_example=input_example,
         serialization_format=MODEL_FORMAT,
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        run_id=trained_by,
     )
 
 
@@ -338,6 +464,13 @@ def resolve_version(name: str, ref: str) -> mlflow.entities.model_registry.Model
             "run the register stage first (dvc repro register; `dvc repro -f register` if DVC thinks it is up to date, "
             f"e.g. after pointing MLFLOW_TRACKING_URI at another store). ({exc.message})"
         ) from None
+
+
+def describe_version(name: str, version: str, card: str, model_summary: str) -> None:
+    """The model card as the version's description, and a one-paragraph summary as the registered model's."""
+    registry = client()
+    registry.update_model_version(name, version, description=card)
+    registry.update_registered_model(name, description=model_summary)
 
 
 def set_alias(name: str, alias: str, version: str) -> None:

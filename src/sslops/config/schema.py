@@ -305,9 +305,14 @@ class PretrainParams(Section):
 
 
 class RegisterParams(Section):
+    """`register:` the model registry: name, promotion rule, and where the stage records what it registered."""
+
     model_name: Name
     metric: Literal["linear_acc", "knn_acc"]
     min_improvement: NonNegativeFloat
+    record_path: Annotated[str, Field(pattern=r"\.json$")]  # a DVC output (dvc.yaml: ${register.record_path})
+
+    _record_path = field_validator("record_path")(_inside_project)
 
 
 class ProbeSearch(Section):
@@ -355,9 +360,10 @@ class EvaluateParams(Section):
 
 
 class FlowParams(Section):
-    """`flow:` the Prefect deployment over the stages: schedule, retries and lock wait."""
+    """`flow:` the Prefect deployments over the stages: schedule, work pool, retries and lock wait."""
 
     cron: Name
+    work_pool: Name
     timezone: Name
     retries: NonNegativeInt
     retry_delay_s: NonNegativeFloat

@@ -69,7 +69,8 @@ def mlflow_runs(project: Project, flow_run_id: str, ui_base: str) -> list[dict[s
             "stage": r.info.run_name,
             "run_id": r.info.run_id,
             "status": r.info.status,
-            "url": f"{ui_base}/#/experiments/{r.info.experiment_id}/runs/{r.info.run_id}",
+            # The model-training view: MLflow 3.17's UI would otherwise open a browser's first link in its GenAI view.
+            "url": f"{ui_base}/#/experiments/{r.info.experiment_id}/runs/{r.info.run_id}?workflowType=machine_learning",
         }
         for r in tracking.stage_runs_tagged(project, "prefect.flow_run_id", flow_run_id)
     ]
