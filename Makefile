@@ -16,7 +16,8 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup data run test test-fast lint format ui prefect-server serve clean
+.PHONY: help setup data run test test-fast test-stack lint format ui prefect-server serve deploy stack stack-down \
+	stack-status clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -24,7 +25,7 @@ help:  ## list the commands
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,stack]'
 	touch $@
 
 setup: $(STAMP) data  ## create .venv (pip, locked versions) and get the default data
@@ -36,8 +37,11 @@ run: setup  ## run the pipeline on the default data (dvc repro under the project
 	sslops repro
 	sslops report
 
-test: setup  ## run the whole test suite, end-to-end tests included
-	pytest
+test: setup  ## run the whole test suite, end-to-end tests included (the team stack's: make test-stack)
+	pytest -m "not stack"
+
+test-stack: setup  ## the team stack end to end: two clones, a worker, faults, the UIs in Chromium (needs Debian's postgresql, chromium)
+	pytest -m stack
 
 test-fast: $(STAMP)  ## unit tests only: no real MLflow, GX, DVC or Prefect (under 2 minutes)
 	pytest -m "not integration and not slow"
@@ -60,6 +64,18 @@ prefect-server: $(STAMP)  ## start a local Prefect server and UI on http://$(HOS
 
 serve: setup  ## serve the Prefect deployment ssl-pipeline/scheduled (schedule: flow.cron in params.yaml)
 	PREFECT_API_URL="$${PREFECT_API_URL:-http://$(HOST):$(PREFECT_PORT)/api}" python flows/ssl_pipeline.py
+
+deploy: setup  ## register deployment ssl-pipeline/pool on work pool flow.work_pool (for its workers; see make stack)
+	python flows/ssl_pipeline.py deploy
+
+stack: $(STAMP)  ## start the team stack on this machine: PostgreSQL, MLflow (auth), Prefect (auth, pool, worker), DVC remote
+	python scripts/stack.py up
+
+stack-down:  ## stop every process of the team stack (its data stays in .stack/)
+	python scripts/stack.py down
+
+stack-status:  ## which parts of the team stack are running
+	python scripts/stack.py status
 
 clean:  ## remove stage outputs (the DVC cache keeps them: `dvc checkout` restores)
 	rm -rf artifacts metrics

@@ -4,15 +4,19 @@ A thin shell over sslops.orchestration: DVC keeps the DAG and decides what is st
 schedule, retries, logs and a summary per run. Nothing here caches stage work a second time. The knobs of the
 deployment are params.yaml's `flow:` section, read as the typed, validated FlowParams like every other section.
 
-    python flows/ssl_pipeline.py      # = make serve: deployment ssl-pipeline/scheduled on flow.cron
+    python flows/ssl_pipeline.py          # = make serve: deployment ssl-pipeline/scheduled, run by this process
+    python flows/ssl_pipeline.py deploy   # = make deploy: deployment ssl-pipeline/pool, run by flow.work_pool's workers
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, cast
+from uuid import UUID
 
 from prefect import Task, flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -27,7 +31,11 @@ from sslops import orchestration as orch
 from sslops.config import ROOT_ENV, Project, find_root
 from sslops.config.schema import FlowParams
 
-DEPLOYMENT = "scheduled"
+DEPLOYMENT = "scheduled"  # served by `make serve`
+POOL_DEPLOYMENT = "pool"  # registered by `make deploy`, run by a work pool's workers
+ENTRYPOINT = "flows/ssl_pipeline.py:ssl_pipeline"
+NOTIFY_ENV = "SSLOPS_NOTIFY_URL"  # make deploy: a webhook that hears of every failed run of ssl-pipeline/pool
+NOTIFY_BLOCK = "ssl-pipeline-failures"
 
 
 def _retry_unless_user_error(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -137,22 +145,93 @@ def _flow_config(project: Project) -> FlowParams:
     return cast(FlowParams, project.config("flow"))
 
 
-def serve() -> None:
-    """Serve the flow as deployment `ssl-pipeline/scheduled` on the cron schedule in params.yaml (`flow:`).
+def _require_api() -> Project:
+    """The project, once PREFECT_API_URL is known to be set.
 
-    Refuses to run without PREFECT_API_URL: Prefect would otherwise serve against a temporary server
-    that vanishes with this process, and the deployment would never show in the UI.
+    Without it Prefect would serve or deploy against a temporary server that vanishes with this process, and the
+    deployment would never show in the UI.
     """
     if not PREFECT_API_URL.value():
         raise SystemExit(
-            "PREFECT_API_URL is not set: start a server (make prefect-server) and export "
-            "PREFECT_API_URL=http://127.0.0.1:4200/api, or point it at a shared server."
+            "PREFECT_API_URL is not set: start a server (make prefect-server, or make stack and "
+            "`source .stack/client.env`) and export PREFECT_API_URL=http://127.0.0.1:4200/api, or point it at a "
+            "shared server."
         )
-    project = Project(find_root())
+    return Project(find_root())
+
+
+def serve() -> None:
+    """Serve the flow as deployment `ssl-pipeline/scheduled` on the cron schedule in params.yaml (`flow:`)."""
+    project = _require_api()
     config = _flow_config(project)
     os.environ[ROOT_ENV] = str(project.root)  # the project of every run of this deployment, fixed here
     ssl_pipeline.serve(name=DEPLOYMENT, schedules=[Cron(config.cron, timezone=config.timezone)])
 
 
+def deploy() -> None:
+    """Register deployment `ssl-pipeline/pool` on the work pool `flow.work_pool`, on `flow.cron`, and return.
+
+    The runs are executed by the pool's workers (`prefect worker start --pool ...`; `make stack` starts one), which
+    load the flow from this checkout (a `set_working_directory` pull step) with SSLOPS_ROOT fixed to it: a worker
+    must run on the machine that holds this checkout, its data and its DVC cache. Deploying again updates the
+    deployment (schedule, parameters) in place.
+    """
+    project = _require_api()
+    config = _flow_config(project)
+    deployment_id = ssl_pipeline.from_source(str(project.root), ENTRYPOINT).deploy(
+        name=POOL_DEPLOYMENT,
+        work_pool_name=config.work_pool,
+        schedules=[Cron(config.cron, timezone=config.timezone)],
+        parameters={"overrides": {}},
+        job_variables={"env": {ROOT_ENV: str(project.root)}},
+        description=f"The sslops DVC pipeline of {project.root}, run by the workers of work pool {config.work_pool}.",
+        print_next_steps=False,
+    )
+    print(f"deployment ssl-pipeline/{POOL_DEPLOYMENT} ({deployment_id}) on work pool {config.work_pool!r}")
+    url = os.environ.get(NOTIFY_ENV)
+    if url:
+        _notify_on_failure(deployment_id, url)
+        print(f"a failed run of ssl-pipeline/{POOL_DEPLOYMENT} posts to the webhook in ${NOTIFY_ENV}")
+
+
+def _notify_on_failure(deployment_id: UUID, url: str) -> None:
+    """A webhook notification block and an automation: every failed run of the deployment (scheduled or not) posts
+    its name, state message and UI link to `url`. Deploying again replaces both. The URL comes from the environment
+    of whoever deploys (a chat webhook URL is a secret), is stored in the block, and is never a run parameter."""
+    from prefect.automations import Automation
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.events.actions import SendNotification
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    block = CustomWebhookNotificationBlock(
+        name="ssl-pipeline failures", url=url, method="POST", json_data={"text": "{{subject}}\n{{body}}"}
+    )
+    block_id = block.save(NOTIFY_BLOCK, overwrite=True)
+    name = f"ssl-pipeline/{POOL_DEPLOYMENT}: notify on failure"
+    with contextlib.suppress(ValueError):  # not there yet
+        Automation.read(name=name).delete()
+    Automation(
+        name=name,
+        description=f"Posts to the webhook block {NOTIFY_BLOCK!r} when a run of ssl-pipeline/{POOL_DEPLOYMENT} fails.",
+        trigger=EventTrigger(
+            expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
+            match_related={"prefect.resource.id": f"prefect.deployment.{deployment_id}"},
+            posture=Posture.Reactive,
+            threshold=1,
+        ),
+        actions=[
+            SendNotification(
+                block_document_id=block_id,
+                subject="ssl-pipeline run {{ flow_run.name }} {{ flow_run.state.name }}",
+                body="{{ flow_run.state.message }}\n{{ flow_run|ui_url }}",
+            )
+        ],
+    ).create()
+
+
 if __name__ == "__main__":
-    serve()
+    commands = {"serve": serve, "deploy": deploy}
+    command = sys.argv[1] if len(sys.argv) > 1 else "serve"
+    if command not in commands or len(sys.argv) > 2:
+        raise SystemExit(f"usage: python {sys.argv[0]} [{'|'.join(commands)}]")
+    commands[command]()
