@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,8 +48,6 @@ MLFLOW_PIPELINE_USER = "pipeline"
 DATABASES = ("mlflow", "mlflow_auth", "prefect")
 SERVICES = ("worker", "prefect", "mlflow")  # started in reverse, stopped in this order; postgres last
 START_TIMEOUT_S = 180
-# MLflow 3.17's UI shows a GenAI home unless a browser chose "Model training"; this address opens on the runs.
-RUNS_VIEW = "#/experiments?workflowType=machine_learning"
 
 
 class StackError(RuntimeError):
@@ -84,7 +83,7 @@ class Stack:
     @property
     def pool(self) -> str:
         """$STACK_POOL, else `flow.work_pool` of the project in the working directory (what `make deploy` uses)."""
-        return os.environ.get("STACK_POOL") or work_pool()
+        return work_pool()
 
     @property
     def mlflow_url(self) -> str:
@@ -115,14 +114,24 @@ class Stack:
         return f"postgresql+{driver}://{PG_USER}:{password}@{self.host}:{self.pg_port}/{database}"
 
 
-def work_pool() -> str:
-    """`flow.work_pool` of the project in the working directory: the pool `make deploy` registers the deployment on."""
+def project_setting(section: str, key: str, env: str) -> str | None:
+    """$env, else params.yaml's `section.key` of the project in the working directory, else None (not a project)."""
+    if os.environ.get(env):
+        return os.environ[env]
     params = Path.cwd() / "params.yaml"
     if not params.exists():
-        raise StackError(f"no params.yaml in {Path.cwd()}: run this in the project, or set STACK_POOL")
+        return None
     import yaml  # the project's venv has it; the rest of this script needs only the standard library
 
-    return str(yaml.safe_load(params.read_text())["flow"]["work_pool"])
+    return str(yaml.safe_load(params.read_text())[section][key])
+
+
+def work_pool() -> str:
+    """`flow.work_pool` of the project in the working directory: the pool `make deploy` registers the deployment on."""
+    pool = project_setting("flow", "work_pool", "STACK_POOL")
+    if pool is None:
+        raise StackError(f"no params.yaml in {Path.cwd()}: run this in the project, or set STACK_POOL")
+    return pool
 
 
 # --- credentials -------------------------------------------------------------------------------------------------
@@ -406,6 +415,28 @@ def start_mlflow(stack: Stack, creds: dict[str, str]) -> str:
     return "started"
 
 
+def runs_address(stack: Stack, creds: dict[str, str]) -> str | None:
+    """The MLflow UI address of the project's runs, creating its experiment (owned by the pipeline user) if needed.
+
+    MLflow 3.17's UI opens an experiment in its GenAI view (a traces overview) unless the browser chose "Model
+    training"; an address with the experiment's id and `workflowType=machine_learning` opens on the runs.
+    """
+    name = project_setting("tracking", "experiment", "STACK_EXPERIMENT")
+    if name is None:
+        return None
+    auth = (MLFLOW_PIPELINE_USER, creds["SSLOPS_STACK_MLFLOW_PASSWORD"])
+    api = f"{stack.mlflow_url}/api/2.0/mlflow/experiments"
+    kind = [{"key": "mlflow.experimentKind", "value": "custom_model_development"}]  # as the stages create it
+    status, body = http(f"{api}/create", {"name": name, "tags": kind}, auth)
+    if status != 200:
+        status, body = http(f"{api}/get-by-name?experiment_name={urllib.parse.quote(name)}", auth=auth)
+    if status != 200:
+        raise StackError(f"could not find or create the MLflow experiment {name!r}: HTTP {status} {body[:300]}")
+    found = json.loads(body)
+    experiment_id = found.get("experiment_id") or found["experiment"]["experiment_id"]
+    return f"{stack.mlflow_url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 # --- Prefect -----------------------------------------------------------------------------------------------------
 
 
@@ -569,7 +600,10 @@ def up(stack: Stack) -> int:
 
 
 def print_urls(stack: Stack) -> None:
-    print(f"  MLflow   {stack.mlflow_url}  (users admin, {MLFLOW_PIPELINE_USER}); runs: {stack.mlflow_url}/{RUNS_VIEW}")
+    print(f"  MLflow   {stack.mlflow_url}  (users admin, {MLFLOW_PIPELINE_USER})")
+    runs = runs_address(stack, credentials(stack))
+    if runs:
+        print(f"  runs     {runs}")
     print(f"  Prefect  {stack.prefect_url}  (work pool {stack.pool!r}, one worker)")
     print(f"  Postgres {stack.host}:{stack.pg_port}  (role {PG_USER}; databases {', '.join(DATABASES)})")
     print(f"  DVC      {stack.remote}")

@@ -38,6 +38,7 @@ from test_pipeline_dvc import GIT, RUNS
 pytestmark = [pytest.mark.stack, pytest.mark.integration, pytest.mark.slow]
 
 STACK = REPO / "scripts" / "stack.py"
+OUTAGE_S = 30  # the MLflow restart test keeps the server down this long
 CHROMIUM = "/usr/bin/chromium"  # Debian's; playwright downloads no browser here
 POOL = "sslops-test"
 
@@ -100,6 +101,7 @@ def stack() -> Iterator[Stack]:
         "STACK_MLFLOW_PORT": str(free_port()),
         "STACK_PREFECT_PORT": str(free_port()),
         "STACK_POOL": POOL,
+        "STACK_EXPERIMENT": "sslops",  # tracking.experiment of the test project
     }
     started = time.monotonic()
     s = Stack(folder / "stack", env, {}, 0.0)
@@ -296,7 +298,7 @@ def test_the_team_finds_runs_and_the_model_card_in_real_browsers(team: Team, tmp
     shots = Path(os.environ.get("SSLOPS_SCREENSHOTS") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     client = team.stack.client
-    runs_url = next(word for word in team.stack.run("up").stdout.split() if "workflowType=machine_learning" in word)
+    runs_url = next(word for word in team.stack.run("up").stdout.split() if "/runs?workflowType=" in word)
     with credentials(team.stack):
         champion = team.mlflow().get_model_version_by_alias(team.model_name(), "champion")
     with sync_playwright() as p:
@@ -304,7 +306,6 @@ def test_the_team_finds_runs_and_the_model_card_in_real_browsers(team: Team, tmp
         login = {"username": client["MLFLOW_TRACKING_USERNAME"], "password": client["MLFLOW_TRACKING_PASSWORD"]}
         page = browser.new_page(http_credentials=login, viewport={"width": 1400, "height": 900})
         page.goto(runs_url)
-        page.get_by_role("link", name="sslops", exact=True).click()
         for name in ("pretrain", "register", f"evaluate/{TASK}"):
             expect(page.get_by_role("link", name=name, exact=True)).to_be_visible(timeout=30_000)
         assert "/runs" in page.url and "overview" not in page.url
@@ -318,6 +319,8 @@ def test_the_team_finds_runs_and_the_model_card_in_real_browsers(team: Team, tmp
         prefect.goto(client["PREFECT_API_URL"].removesuffix("/api") + "/deployments")
         prefect.get_by_placeholder("admin:pass").fill(client["PREFECT_API_AUTH_STRING"])
         prefect.get_by_role("button", name="Login").click()
+        expect(prefect.get_by_placeholder("admin:pass")).to_be_hidden(timeout=30_000)
+        prefect.goto(client["PREFECT_API_URL"].removesuffix("/api") + "/deployments")  # now with the auth string
         expect(prefect.get_by_text("ssl-pipeline").first).to_be_visible(timeout=30_000)
         expect(prefect.get_by_text("pool", exact=True).first).to_be_visible()
         prefect.screenshot(path=shots / "prefect-deployments.png")
@@ -338,13 +341,16 @@ def test_the_pool_runs_one_pipeline_at_a_time(team: Team):
         time.sleep(2)
     assert all(r.state.is_completed() for r in runs), [r.state for r in runs]
     earlier, later = sorted(runs, key=lambda r: r.start_time)
-    assert later.start_time >= earlier.end_time, (earlier.start_time, earlier.end_time, later.start_time)
+    gap = (later.start_time - earlier.end_time).total_seconds()
+    print(f"two runs started together: the second started {gap:.1f} s after the first ended")
+    assert gap >= 0, (earlier.start_time, earlier.end_time, later.start_time)
 
 
 def test_an_mlflow_restart_mid_pipeline_records_nothing_twice(team: Team):
-    """The tracking server restarts while pretrain logs its epochs, in a run on the worker. Measured: what the stage
-    and the flow did; checked: one finished run per stage for the new inputs, the cut-off one marked KILLED, and
-    one model version per encoder."""
+    """The tracking server goes down for 30 s and comes back while pretrain logs its epochs, in a run on the worker
+    (a restart shorter than MLflow's client retries, about 15 s, goes unnoticed: measured once at 15.8 s). Checked:
+    the flow retries the stage and completes, one finished pretrain run and the cut-off one marked KILLED, one model
+    version per encoder."""
     from prefect.deployments import run_deployment
 
     stack = team.stack
@@ -355,20 +361,21 @@ def test_an_mlflow_restart_mid_pipeline_records_nothing_twice(team: Team):
     wait_for(lambda: team.stage_runs(**{"sslops.stage": "pretrain", "prefect.flow_run_id": str(run.id)}),
              600, "pretrain of the run to start")  # fmt: skip
     time.sleep(3)  # inside the epochs
-    restarted = time.monotonic()
+    stopped = time.monotonic()
     stack.run("down", "mlflow")
+    time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - stopped)))  # longer than the client's retries (about 15 s)
     stack.run("up")
-    restart_s = time.monotonic() - restarted
+    outage_s = time.monotonic() - stopped
     wait_for(lambda: team.flow_run(run.id).state.is_final(), 900, "the run to end")
     state = team.flow_run(run.id).state
     pretrain = team.stage_runs(**{"sslops.stage": "pretrain", "prefect.flow_run_id": str(run.id)})
-    print(f"MLflow restarted in {restart_s:.1f} s mid-pretrain; flow run {state.type.value}; pretrain runs: "
+    print(f"MLflow down for {outage_s:.1f} s mid-pretrain; flow run {state.type.value}; pretrain runs: "
           f"{sorted(r.info.status for r in pretrain)}")  # fmt: skip
     assert state.is_completed(), state.message
-    assert sorted(r.info.status for r in pretrain) in (["FINISHED"], ["FINISHED", "KILLED"])
-    worker_log = (stack.dir / "logs" / "worker.log").read_text()
-    if len(pretrain) == 2:  # the stage failed as unavailable, without a traceback, and the flow retried it
-        assert "sslops pretrain: unavailable: the MLflow tracking server" in worker_log
+    # The stage failed as unavailable (one line, no traceback), the flow retried it once the server was back, and
+    # the retry closed the cut-off run.
+    assert sorted(r.info.status for r in pretrain) == ["FINISHED", "KILLED"]
+    assert "sslops pretrain: unavailable: the MLflow tracking server" in (stack.dir / "logs" / "worker.log").read_text()
     with credentials(stack):
         versions = team.mlflow().search_model_versions(f"name = '{team.model_name()}'")
     shas = [v.tags["encoder.sha256"] for v in versions]
