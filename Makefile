@@ -55,6 +55,7 @@ format: $(STAMP)  ## ruff: fix what can be fixed and format the tree
 	ruff format .
 
 ui: $(STAMP)  ## open the MLflow UI on http://$(HOST):$(MLFLOW_PORT)
+	@echo "the runs: http://$(HOST):$(MLFLOW_PORT)/#/experiments/1/runs?workflowType=machine_learning"
 	mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow/mlflow.db" --host $(HOST) --port $(MLFLOW_PORT)
 
 prefect-server: $(STAMP)  ## start a local Prefect server and UI on http://$(HOST):$(PREFECT_PORT) (SQLite in .prefect/)

@@ -393,6 +393,7 @@ def start_mlflow(stack: Stack, creds: dict[str, str]) -> str:
     artifacts.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
+        "MLFLOW_BACKEND_STORE_URI": stack.db_url("psycopg2", "mlflow", pw),  # not an argument: `ps` shows those
         "MLFLOW_AUTH_CONFIG_PATH": str(ini),
         "MLFLOW_AUTH_ADMIN_PASSWORD": creds["SSLOPS_STACK_MLFLOW_ADMIN_PASSWORD"],
         "MLFLOW_FLASK_SERVER_SECRET_KEY": creds["SSLOPS_STACK_FLASK_SECRET"],
@@ -401,7 +402,6 @@ def start_mlflow(stack: Stack, creds: dict[str, str]) -> str:
         stack,
         "mlflow",
         [str(BIN / "mlflow"), "server", "--host", stack.host, "--port", str(stack.mlflow_port),
-         "--backend-store-uri", stack.db_url("psycopg2", "mlflow", pw),
          "--serve-artifacts", "--artifacts-destination", str(artifacts),
          "--app-name", "basic-auth", "--workers", "2"],
         env,

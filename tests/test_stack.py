@@ -154,6 +154,11 @@ def test_stack_comes_up_once_and_refuses_strangers(stack: Stack):
         assert listening.stdout.strip() and all(
             line.split()[3].startswith("127.0.0.1:") for line in listening.stdout.splitlines()
         ), listening.stdout
+    # No secret in a command line (`ps` shows them to every user) or a log.
+    creds = (stack.dir / "credentials.env").read_text().splitlines()
+    secrets = [line.partition("=")[2].rpartition(":")[2] for line in creds]  # the Prefect one is admin:<secret>
+    exposed = [*stack.processes(), *(log.read_text() for log in (stack.dir / "logs").glob("*.log"))]
+    assert not [s for s in secrets if any(s in text for text in exposed)]
     # A port someone else holds is named before anything starts.
     taken = {**stack.env, "STACK_DIR": str(stack.dir.parent / "other"), "STACK_MLFLOW_PORT": stack.env["STACK_PG_PORT"]}
     clash = subprocess.run([sys.executable, str(STACK), "up"], cwd=stack.dir, env=taken, capture_output=True, text=True)
