@@ -83,6 +83,12 @@ def test_register_promotes_reuses_its_version_and_keeps_the_champion_without_imp
     assert (again["version"], again["champion_version"], again["reason"]) == (1, 1, "already champion")
     assert [str(v.version) for v in c.search_model_versions("name='sslops-encoder-fashion-mnist'")] == ["1"]
 
+    # Trained again bit for bit (a forced rerun of pretrain): the same version, and its card still names the pretrain
+    # run that first produced the weights, as the version's tags do.
+    assert main(["pretrain"]) == 0 and main(["register"]) == 0
+    assert json.loads((project.metrics_dir / "register.json").read_text())["version"] == 1
+    assert pretrain_run.info.run_id in c.get_model_version("sslops-encoder-fashion-mnist", "1").description
+
     # Another encoder that does not beat the champion by more than min_improvement: `candidate` moves to the new
     # version and `champion` stays (the tie rule itself: test_promotion_rule).
     set_param(project.root, "pretrain", "seed", 1)

@@ -116,7 +116,10 @@ def run(project: Project) -> dict[str, Any]:
         }
         tracking.set_tags({"model.name": name, "model.version": version.version, "promotion.decision": promote})
         spec, data = json.loads((encoder_dir / "encoder.json").read_text()), project.config("prepare").root
-        card = model_card(name, version.version, spec, pretrain_run, summary, data)
+        # The card tells the version's own lineage: the pretrain run that first produced these weights (a rerun
+        # that trained them again bit for bit finds the version, whose tags name that first run).
+        trained = tracking.client().get_run(version.tags.get("pretrain.run_id") or pretrain_run.info.run_id)
+        card = model_card(name, version.version, spec, trained, summary, data)
         tracking.describe_version(name, version.version, card, model_summary(data))
         write_json(project.metrics_dir / "register.json", summary)
         # A record kept beside the store it describes: a fresh clone or a deleted mlflow/ has no record,
