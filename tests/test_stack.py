@@ -109,11 +109,8 @@ def stack() -> Iterator[Stack]:
         up = s.run("up")
         s.up_s = time.monotonic() - started
         print(up.stdout)
-        client = yaml.safe_load("\n".join(
-            line.removeprefix("export ").replace("=", ": ", 1)
-            for line in (s.dir / "client.env").read_text().splitlines()
-        ))  # fmt: skip
-        s.client = {k: str(v) for k, v in client.items()}
+        lines = (s.dir / "client.env").read_text().splitlines()  # export KEY=VALUE, as a shell sources it
+        s.client = dict(line.removeprefix("export ").split("=", 1) for line in lines)
         yield s
     finally:
         s.run("down", check=False)
