@@ -123,7 +123,7 @@ def _check_reachable(uri: str, timeout_s: float) -> None:
     from urllib.parse import urlsplit
     from urllib.request import getproxies, proxy_bypass
 
-    from sslops.errors import SslopsError
+    from sslops.errors import ServiceUnavailable
 
     parts, shown = urlsplit(uri), shown_uri(uri)
     if parts.scheme in getproxies() and not proxy_bypass(parts.hostname or ""):
@@ -133,7 +133,7 @@ def _check_reachable(uri: str, timeout_s: float) -> None:
         with socket.create_connection((parts.hostname or "", port), timeout=timeout_s):
             return
     except (OSError, ValueError) as exc:
-        raise SslopsError(
+        raise ServiceUnavailable(
             f"the MLflow tracking server {shown} does not answer ({exc}). Check that it runs (make stack, or "
             "`mlflow server`), the host and port in MLFLOW_TRACKING_URI, and the network; unset MLFLOW_TRACKING_URI "
             "to use the project's own store."
