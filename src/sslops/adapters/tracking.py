@@ -80,11 +80,11 @@ def connect(project: Project) -> str:
     else:
         (project.root / "mlflow").mkdir(exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    if not server:
-        return _experiment_id(project)
     try:
-        return _experiment_id(project)  # the stage's first request that needs the server's database
+        return _experiment_id(project)  # for a server: the stage's first request that needs its database
     except mlflow.MlflowException as exc:
+        if not server:
+            raise
         raise _server_failure(shown_uri(uri), str(exc)) from None
 
 
