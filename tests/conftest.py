@@ -77,6 +77,8 @@ TRAIN = {
 }
 BACKBONE = {"name": "small_cnn", "in_channels": 1, "width": 16, "small_stem": True, "pool": 1, "stem_width": None}
 FINETUNE = {
+    "optimizer": "sgd",
+    "head": "probe",
     "epochs": 30,
     "max_steps": 300,
     "batch_size": 128,

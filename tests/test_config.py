@@ -58,6 +58,23 @@ BAD = [
     ("finetune", {"recipe__batch_size": 0}, "finetune.recipe.batch_size in params.yaml: must be greater than 0, got 0"),
     ("finetune", {"knn": {"k": 200}}, "finetune.knn in params.yaml: unknown key (known: model, seed"),
     ("finetune", {"fractions": [0.1]}, "finetune.fractions in params.yaml: unknown key"),  # now tasks.NAME.budgets
+    (
+        "finetune",
+        {"trials__fast": {"lr": -1}},
+        "finetune.trials.fast.lr in params.yaml: must be greater than 0, got -1",
+    ),
+    (
+        "finetune",
+        {"trials__fast": {"lr_x": 1}},
+        "finetune.trials.fast.lr_x in params.yaml: unknown key (known: optimizer,",
+    ),
+    (
+        "finetune",
+        {"chosen": {"digits": {"per_class_10": {"scratch": "fast"}}}},
+        "finetune in params.yaml: chosen.digits.per_class_10.scratch names trial 'fast', not one of finetune.trials",
+    ),
+    ("finetune", {"search__trial": "fast"}, "search.trial names trial 'fast', not one of finetune.trials (base,"),
+    ("finetune", {"search__holdout": 1}, "finetune.search.holdout in params.yaml: must be less than 1, got 1"),
     ("tasks", {"digits__budgets": [0.0]}, "tasks.digits.budgets.0 in params.yaml: must be a fraction of the labels in"),
     ("tasks", {"digits__budgets": ["10 per class"]}, "such as '10/class', got '10 per class'"),
     (
@@ -161,7 +178,10 @@ def test_core_dataclasses_are_filled_from_params_only() -> None:
     assert project.config("augment").to_core(AugmentConfig).crop_scale == tuple(PARAMS["augment"]["crop_scale"])
     assert pretrain.to_core(TrainConfig, epochs=1, warmup_epochs=0).base_lr == PARAMS["pretrain"]["base_lr"]
     assert pretrain.backbone.to_core(BackboneConfig, in_channels=1).stem_width == 16
-    assert finetune.recipe.to_core(FinetuneConfig, seed=finetune.seed).max_steps == 300
+    assert (
+        finetune.recipe.to_core(FinetuneConfig, seed=finetune.seed).max_steps
+        == PARAMS["finetune"]["recipe"]["max_steps"]
+    )
     for name, cls in METHOD_CONFIGS.items():
         assert getattr(pretrain, name).to_core(cls) == cls(**PARAMS["pretrain"][name])
 

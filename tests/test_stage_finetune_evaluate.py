@@ -4,6 +4,7 @@ commands that read their results: report, lineage and embed. (register itself: t
 from __future__ import annotations
 
 import json
+import re
 
 import mlflow
 import numpy as np
@@ -37,6 +38,7 @@ def test_finetune_evaluate_report_lineage_and_embed(registered, capsys, tmp_path
     pretrain_run = next(r for r in mlflow_runs(project.root) if r.info.run_name == "pretrain")
 
     set_param(project.root, "tasks", TASK, {**project.section("tasks")[TASK], "budgets": ["2/class", 0.25, 1.0]})
+    set_param(project.root, "finetune", "chosen", {TASK: {"frac_0.25": {"pretrained": "lpft"}}})
     run_task(stages=("prepare", "validate", "finetune"))
     out_dir = project.outputs(TASK)
     index = json.loads((out_dir.finetune / "index.json").read_text())
@@ -47,6 +49,15 @@ def test_finetune_evaluate_report_lineage_and_embed(registered, capsys, tmp_path
     assert combos == {(b, i, p) for b in budgets for i in inits for p in protocols if (i, p) != ("pixels", "finetune")}
     labels = {e["budget"]: e["labels"] for e in index["entries"]}
     assert labels == {"per_class_2": 8, "frac_0.25": 20, "frac_1": 80}  # 2 x 4 classes; 25 % of 80; all
+    # finetune.draws (3) label subsets below 100 %, each its own bank; 100 % is one subset
+    draws = {b: sorted({e["draw"] for e in index["entries"] if e["budget"] == b}) for b in budgets}
+    assert draws == {"per_class_2": [0, 1, 2], "frac_0.25": [0, 1, 2], "frac_1": [0]}
+    banks = [np.load(out_dir.finetune / f"knn-scratch-frac_0.25-d{d}.npy") for d in range(3)]
+    assert not np.array_equal(banks[0], banks[1]) and len(banks[0]) == len(banks[1]) == 20
+    # each budget and init fine-tunes with its chosen trial (finetune.chosen), else the base recipe
+    trials = {(e["budget"], e["init"]): e["trial"] for e in index["entries"] if e["protocol"] == "finetune"}
+    assert trials.pop(("frac_0.25", "pretrained")) == "lpft" and set(trials.values()) == {"base"}
+    assert json.loads((out_dir.metrics / "finetune.json").read_text())["models"] == len(index["entries"]) == 56
 
     capsys.readouterr()
     assert main(["evaluate", "--task", TASK]) == 0
@@ -74,16 +85,21 @@ def test_finetune_evaluate_report_lineage_and_embed(registered, capsys, tmp_path
     assert evaluate.data.tags["model.version"] == "2" and evaluate.data.tags["sslops.task"] == TASK
     assert evaluate.data.tags["finetune.run_id"] == index["parent_run_id"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == index["parent_run_id"]]
-    assert len(children) == len(combos) and all("test.acc" in r.data.metrics for r in children)
+    assert len(children) == len(index["entries"]) and all("test.acc" in r.data.metrics for r in children)
     parent = next(r for r in runs if r.info.run_id == index["parent_run_id"])
     assert {r.info.experiment_id for r in children} == {parent.info.experiment_id}  # not MLflow's Default one
-    assert {r.info.run_name for r in children} >= {f"{TASK}/frac_0.25/pretrained/finetune", f"{TASK}/frac_1/pixels/knn"}
+    lpft = next(r for r in children if r.info.run_name == f"{TASK}/frac_0.25/d2/pretrained/finetune")
+    assert lpft.data.params["trial"] == "lpft" and lpft.data.params["recipe_optimizer"] == "sgd"
+    assert f"{TASK}/frac_1/d0/pixels/knn" in {r.info.run_name for r in children}
+    assert 0 <= metrics["test.acc_std.frac_0.25.finetune.scratch"] <= 0.5
 
     # `sslops report` prints one results table per task.
     assert main(["report"]) == 0
     out = capsys.readouterr().out
-    assert f"**Task `{TASK}`**" in out and "| protocol | init | 2/class (8 labels) | 25 % (20 labels) |" in out
-    assert "best pretrained − best on raw pixels" in out
+    assert f"**Task `{TASK}`**" in out
+    assert "| protocol | init | 2/class (8 labels, 3 draws) | 25 % (20 labels, 3 draws) | 100 % (80 labels) |" in out
+    assert "best pretrained − best scratch (best against best)" in out and "best pretrained − best on raw pixels" in out
+    assert re.search(r"\| linear \| scratch \| \d+\.\d\d % ± \d+\.\d\d \| [^|]+ \| \d+\.\d\d % \|", out)
 
     # Lineage from the alias back to data and forward to downstream runs; reverse from the data md5.
     assert main(["lineage", "candidate", "--json"]) == 0
@@ -104,6 +120,25 @@ def test_finetune_evaluate_report_lineage_and_embed(registered, capsys, tmp_path
     emb = np.load(tmp_path / "emb.npz")
     feature_dim = json.loads((project.root / "artifacts" / "pretrain" / "encoder.json").read_text())["feature_dim"]
     assert list(emb["paths"]) == ["a.png", "sub/b.jpg"] and emb["embeddings"].shape == (2, feature_dim)
+
+    # The recipe search's mode: every subset's trial is scored on its held-out labels, and nothing reaches evaluate.
+    set_param(project.root, "finetune", "search", {"trial": "lr3e-3", "holdout": 0.25})
+    assert main(["finetune", "--task", TASK]) == 0
+    searched = json.loads((out_dir.finetune / "index.json").read_text())
+    assert searched["search"] == "lr3e-3"
+    assert {(e["init"], e["protocol"], e["trial"]) for e in searched["entries"]} == {
+        ("pretrained", "finetune", "lr3e-3"),
+        ("scratch", "finetune", "lr3e-3"),
+    }
+    assert {e["held_out"] for e in searched["entries"] if e["budget"] == "frac_0.25"} == {5}  # 25 % of 20 labels
+    scores = json.loads((out_dir.metrics / "finetune.json").read_text())
+    for b in budgets:
+        for i in ("pretrained", "scratch"):
+            assert 0 <= scores[f"holdout.acc.{b}.{i}"] <= 1 and scores[f"holdout.acc_std.{b}.{i}"] >= 0
+    assert scores["holdout.acc_std.frac_1.scratch"] == 0  # one subset at 100 %
+    capsys.readouterr()
+    assert main(["evaluate", "--task", TASK]) == 2
+    assert "holds a recipe search's trial 'lr3e-3'" in capsys.readouterr().err
 
 
 @pytest.mark.integration
@@ -131,5 +166,8 @@ def test_bad_recipe_keys_are_named(project):
     section = project.section("finetune")
     with pytest.raises(SslopsError, match="finetune.recipe.lr in params.yaml: must be a valid number"):
         parse_section("finetune", {**section, "recipe": {**section["recipe"], "lr": "fast"}})
-    with pytest.raises(SslopsError, match=r"finetune.recipe.lr_scale in params.yaml: unknown key \(known: epochs,"):
+    with pytest.raises(
+        SslopsError, match=r"finetune.recipe.lr_scale in params.yaml: unknown key \(known: optimizer,"
+    ) as err:
         parse_section("finetune", {**section, "recipe": {**section["recipe"], "lr_scale": 1}})
+    assert "trials" not in str(err.value)  # said once, not again for every trial built on the recipe

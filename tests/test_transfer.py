@@ -55,7 +55,8 @@ def test_linear_probe_picks_penalty_on_heldout_and_separates_features():
         assert (probe.eval()(x).argmax(1) == y).float().mean() > 0.95
 
 
-def test_finetune_learns_and_is_deterministic():
+@pytest.mark.parametrize("optimizer, lr", [("sgd", 0.05), ("adamw", 3e-3)])
+def test_finetune_learns_and_is_deterministic(optimizer, lr):
     images, labels = synthetic_images(96, size=12, seed=1)
     labels = labels.astype(np.int64)
 
@@ -66,7 +67,7 @@ def test_finetune_learns_and_is_deterministic():
             model,
             images,
             labels,
-            finetune_config(epochs=15, max_steps=60, batch_size=32, lr=0.05),
+            finetune_config(optimizer=optimizer, epochs=15, max_steps=60, batch_size=32, lr=lr),
             torch.device("cpu"),
             pretrained=False,
         )
@@ -97,3 +98,34 @@ def test_finetune_skips_a_last_batch_of_one():
         pretrained=True,
     )
     assert stats["steps"] == 6  # the step budget (2 epochs x 3 batches) is spent on full batches only
+
+
+def _row(budget: str, draw: int, init: str, protocol: str, acc: float) -> dict:
+    row = {"budget": budget, "budget_name": budget, "labels": 600, "draw": draw, "init": init, "protocol": protocol}
+    return {**row, "acc": acc, "macro_f1": acc}
+
+
+def test_headline_compares_best_against_best_over_the_draws():
+    """Means over three label draws pick each side's best protocol; a gain's spread is that of the paired
+    per-draw differences (hand-computed below)."""
+    from sslops.ml.results import aggregate, headline
+
+    accs = {  # draws 0, 1, 2
+        ("pretrained", "linear"): (0.80, 0.82, 0.84),  # mean 0.82: best pretrained
+        ("pretrained", "finetune"): (0.83, 0.79, 0.80),  # mean 0.8067, though best in draw 0
+        ("scratch", "linear"): (0.76, 0.77, 0.78),  # mean 0.77
+        ("scratch", "finetune"): (0.78, 0.78, 0.81),  # mean 0.79: best scratch
+        ("pixels", "linear"): (0.70, 0.70, 0.70),
+    }
+    rows = [_row("frac_0.01", d, i, p, a[d]) for (i, p), a in accs.items() for d in range(3)]
+    top = {(r["init"], r["protocol"]): r for r in aggregate(rows)}
+    assert top[("pretrained", "linear")]["acc"] == pytest.approx(0.82)
+    assert top[("pretrained", "linear")]["acc_std"] == pytest.approx(0.02)  # sample std of 0.80, 0.82, 0.84
+    assert (top[("scratch", "finetune")]["acc_min"], top[("scratch", "finetune")]["acc_max"]) == (0.78, 0.81)
+    h = headline(rows)["frac_0.01"]
+    assert (h["best_pretrained_protocol"], h["best_scratch_protocol"], h["draws"]) == ("linear", "finetune", 3)
+    # paired differences linear/pretrained - finetune/scratch: 0.02, 0.04, 0.03 -> mean 0.03, sample std 0.01
+    assert h["gain_vs_best_scratch"] == pytest.approx(0.03)
+    assert h["gain_vs_best_scratch_std"] == pytest.approx(0.01)
+    assert h["gain_vs_scratch_finetune"] == pytest.approx(0.03)  # the best scratch is the scratch fine-tune here
+    assert h["gain_vs_pixels"] == pytest.approx(0.12) and h["gain_vs_pixels_std"] == pytest.approx(0.02)

@@ -157,7 +157,7 @@ def format_model_chain(chain: dict[str, Any]) -> str:
         head = ", ".join(
             f"{k.removeprefix('headline.')}={val:.4f}"
             for k, val in run["metrics"].items()
-            if k.endswith(("best_pretrained", "gain_vs_scratch_finetune"))
+            if k.endswith(("best_pretrained", "gain_vs_best_scratch"))
         )
         task = f"task {run['task']} (data md5 {run['data_md5']})"
         lines.append(

@@ -321,6 +321,10 @@ class ProbeSearch(Section):
 
 
 class Recipe(Section):
+    """One fine-tuning recipe (the core's `FinetuneConfig` without its seed)."""
+
+    optimizer: Literal["sgd", "adamw"]
+    head: Literal["probe", "fresh"]
     epochs: PositiveInt
     max_steps: PositiveInt
     batch_size: PositiveInt
@@ -336,14 +340,62 @@ class Recipe(Section):
         return self
 
 
+Init = Literal["pretrained", "scratch"]  # the inits that are fine-tuned (raw pixels are not)
+
+
+class RecipeSearch(Section):
+    """`finetune.search`: what bench/finetune_search.py sets to score one trial on held-out labels."""
+
+    trial: Name | None  # null: a normal run (each budget and init fine-tunes with its chosen trial)
+    holdout: Annotated[float, Field(gt=0, lt=1)]  # share of each labelled subset held out to score a trial
+
+
 class FinetuneParams(Section):
     """`finetune:` the transfer protocols, shared by every task; each task names its own label budgets."""
 
     model: Name | NonNegativeInt  # `candidate` (the version in metrics/register.json), another alias, or a number
     seed: NonNegativeInt
+    draws: PositiveInt  # label subsets per budget below 100 % (seeds seed, seed + 1, ...)
     device: Device
     probe: ProbeSearch
     recipe: Recipe
+    trials: Annotated[dict[Name, Recipe], Field(min_length=1)]  # each written as its changes to `recipe`
+    chosen: dict[TaskName, dict[Name, dict[Init, Name]]]
+    search: RecipeSearch
+
+    @model_validator(mode="before")
+    @classmethod
+    def _trials_over_recipe(cls, raw: Any) -> Any:
+        """params.yaml writes a trial as the keys it changes; each is validated as the whole recipe it makes."""
+        if isinstance(raw, dict) and isinstance(raw.get("recipe"), dict) and isinstance(raw.get("trials"), dict):
+            base = raw["recipe"]
+            trials = {k: {**base, **v} if isinstance(v, dict) else v for k, v in raw["trials"].items()}
+            try:
+                Recipe.model_validate(base)
+            except ValueError:  # the recipe's own errors are reported once, not again for every trial
+                trials = {k: Recipe.model_construct(**v) if isinstance(v, dict) else v for k, v in trials.items()}
+            raw = {**raw, "trials": trials}
+        return raw
+
+    @model_validator(mode="after")
+    def _trials_exist(self) -> FinetuneParams:
+        named = [("search.trial", self.search.trial)] if self.search.trial is not None else []
+        named += [
+            (f"chosen.{task}.{budget}.{init}", trial)
+            for task, budgets in self.chosen.items()
+            for budget, inits in budgets.items()
+            for init, trial in inits.items()
+        ]
+        for key, trial in named:
+            if trial not in self.trials:
+                raise ValueError(f"{key} names trial '{trial}', not one of finetune.trials ({', '.join(self.trials)})")
+        return self
+
+    def recipe_for(self, task: str, budget: str, init: str) -> tuple[str, Recipe]:
+        """(trial name, recipe) for one task, budget key (`frac_0.01`) and init: the trial being searched, else the
+        chosen one, else `base` (the recipe as written), for budgets the search has not covered."""
+        name = self.search.trial or self.chosen.get(task, {}).get(budget, {}).get(init)
+        return (name, self.trials[name]) if name else ("base", self.recipe)
 
 
 class KnnClassifier(Section):

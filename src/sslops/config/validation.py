@@ -6,7 +6,7 @@ Each problem is named by its full key, the value found and what is allowed, e.g.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
@@ -74,13 +74,19 @@ def _describe(model: type[BaseModel], err: Any, section: str, source: str) -> st
     message = err["msg"].removeprefix("Value error, ")
     for said, meant in REWORDED.items():
         message = message.replace(said, meant, 1)
+    if isinstance(value, dict):  # a check across keys: its message names what is wrong, a dump of them would not
+        return f"{key} in {source}: {message}"
     return f"{key} in {source}: {message}, got {value!r}"
 
 
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """Field names of the (nested) model at `loc`, for 'unknown key' messages."""
-    for part in loc:
-        annotation = model.model_fields[str(part)].annotation if str(part) in model.model_fields else None
+    parts = list(loc)
+    while parts:
+        part = str(parts.pop(0))
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        if get_origin(annotation) is dict and parts:  # a mapping by name (finetune.trials): its values' model
+            annotation, parts = get_args(annotation)[1], parts[1:]
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
         model = annotation

@@ -1,12 +1,13 @@
 """Transfer results as rows: how label budgets are named and what the headline compares (numpy-free, torch-free).
 
-One row per (budget, init, protocol) with its test scores; shared by the evaluate stage, `sslops report` and
-the flow summary, so a budget is spelled `frac_0.01` (a fraction of the labelled train split) or `per_class_10`
-("10/class" in params.yaml) in one place only.
+One row per (budget, draw, init, protocol) with its test scores, aggregated over a budget's label draws; shared by
+the evaluate stage, `sslops report` and the flow summary, so a budget is spelled `frac_0.01` (a fraction of the
+labelled train split) or `per_class_10` ("10/class" in params.yaml) in one place only.
 """
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 INITS = ("pretrained", "scratch", "pixels")  # pixels: the task's prepared pixels as features (no fine-tuning)
@@ -32,30 +33,84 @@ def budget_name(budget: float | str) -> str:
     return f"{100 * fraction:g} %" if per_class is None else f"{per_class}/class"
 
 
+def _spread(values: list[float]) -> float:
+    """Sample standard deviation; 0 for a single value (a budget of 100 % is one subset)."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (budget, init, protocol) over its label draws: accuracy and macro-F1 mean, accuracy std/min/max.
+
+    Rows without a `draw` (results of one subset each) are one draw each."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["budget"], r["init"], r["protocol"]), []).append(r)
+    rows = []
+    for (budget, init, protocol), members in groups.items():
+        accs = [r["acc"] for r in members]
+        rows.append(
+            {
+                "budget": budget,
+                "budget_name": members[0]["budget_name"],
+                "labels": members[0]["labels"],
+                "init": init,
+                "protocol": protocol,
+                "draws": len(members),
+                "acc": statistics.fmean(accs),
+                "acc_std": _spread(accs),
+                "acc_min": min(accs),
+                "acc_max": max(accs),
+                "macro_f1": statistics.fmean(r["macro_f1"] for r in members),
+            }
+        )
+    return rows
+
+
 def headline(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per budget (fewest labels first): best pretrained protocol, scratch fine-tune (same recipe), best scratch
-    protocol and the gains. Rows carry `budget` (its key, `frac_0.01`) and `labels`."""
+    """Per budget (fewest labels first), best against best: the pretrained protocol with the highest mean accuracy
+    over the label draws, the best scratch protocol and scratch fine-tuning (each with its own chosen recipe), the
+    best on raw pixels, and the gains. A gain's spread is the std over the draws of the paired difference (both sides
+    trained on the same labels in a draw). Rows carry `budget` (its key, `frac_0.01`), `labels` and `draw`."""
+    rows = aggregate(results)
     out: dict[str, Any] = {}
-    for key in sorted(
-        {r["budget"] for r in results}, key=lambda k: next(r["labels"] for r in results if r["budget"] == k)
-    ):
-        rows = [r for r in results if r["budget"] == key]
-        best = max((r for r in rows if r["init"] == "pretrained"), key=lambda r: r["acc"])
-        scratch_ft = next(r for r in rows if r["init"] == "scratch" and r["protocol"] == "finetune")
-        best_scratch = max((r for r in rows if r["init"] == "scratch"), key=lambda r: r["acc"])
-        out[key] = {
-            "labels": best["labels"],
-            "budget_name": best["budget_name"],
-            "best_pretrained": best["acc"],
-            "best_pretrained_protocol": best["protocol"],
+    for key in sorted({r["budget"] for r in rows}, key=lambda k: next(r["labels"] for r in rows if r["budget"] == k)):
+        at = [r for r in rows if r["budget"] == key]
+
+        top, top_scratch = _best(at, "pretrained"), _best(at, "scratch")
+        scratch_ft = next(r for r in at if r["init"] == "scratch" and r["protocol"] == "finetune")
+        h = {
+            "labels": top["labels"],
+            "budget_name": top["budget_name"],
+            "draws": top["draws"],
+            "best_pretrained": top["acc"],
+            "best_pretrained_std": top["acc_std"],
+            "best_pretrained_protocol": top["protocol"],
             "scratch_finetune": scratch_ft["acc"],
-            "gain_vs_scratch_finetune": best["acc"] - scratch_ft["acc"],
-            "best_scratch": best_scratch["acc"],
-            "best_scratch_protocol": best_scratch["protocol"],
-            "gain_vs_best_scratch": best["acc"] - best_scratch["acc"],
+            "best_scratch": top_scratch["acc"],
+            "best_scratch_std": top_scratch["acc_std"],
+            "best_scratch_protocol": top_scratch["protocol"],
         }
-        pixels = [r for r in rows if r["init"] == "pixels"]
-        if pixels:
-            best_pixels = max(pixels, key=lambda r: r["acc"])
-            out[key] |= {"best_pixels": best_pixels["acc"], "gain_vs_pixels": best["acc"] - best_pixels["acc"]}
+        pairs = {"gain_vs_scratch_finetune": scratch_ft, "gain_vs_best_scratch": top_scratch}
+        if any(r["init"] == "pixels" for r in at):
+            pairs["gain_vs_pixels"] = _best(at, "pixels")
+            h["best_pixels"] = pairs["gain_vs_pixels"]["acc"]
+        for name, other in pairs.items():
+            g = _paired_gain(results, top, other)
+            h |= {name: g["mean"], f"{name}_std": g["std"]}
+        out[key] = h
     return out
+
+
+def _best(rows: list[dict[str, Any]], init: str) -> dict[str, Any]:
+    return max((r for r in rows if r["init"] == init), key=lambda r: r["acc"])
+
+
+def _paired_gain(results: list[dict[str, Any]], a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
+    """Mean and std over the draws of a's accuracy minus b's on the same labels (a and b: aggregated rows)."""
+    of_a = {r.get("draw", 0): r["acc"] for r in results if _same(r, a)}
+    diffs = [of_a[r.get("draw", 0)] - r["acc"] for r in results if _same(r, b)]
+    return {"mean": statistics.fmean(diffs), "std": _spread(diffs)}
+
+
+def _same(row: dict[str, Any], of: dict[str, Any]) -> bool:
+    return all(row[k] == of[k] for k in ("budget", "init", "protocol"))

@@ -6,9 +6,11 @@ architecture at random initialisation, so the gain from pretraining is a measure
 - linear probe: a logistic-regression head on frozen, standardised features, its L2 penalty picked on
   a held-out part of the labelled subset (the labels are all we may use);
 - kNN: the weighted kNN of `sslops.ml.knn`, the labelled subset as the memory bank;
-- fine-tuning: LP-FT (Kumar et al., 2022, arXiv:2202.10054): the head starts from the linear probe, then
-  the whole network trains with the backbone at a lower learning rate and with augmentation, so the first
-  steps do not wreck good features through gradients from a random head.
+- fine-tuning: the whole network trains with augmentation under a recipe (optimiser, learning rates, epochs,
+  augmentation strength, head start) chosen per label budget and init on held-out labels. With `head: probe` it is
+  LP-FT (Kumar et al., 2022, arXiv:2202.10054): the head starts from the linear probe and the backbone trains at
+  a lower learning rate, so the first steps do not wreck good features through gradients from a random head;
+  with `head: fresh` it is the plain supervised recipe (a new linear head, one learning rate).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -181,20 +184,28 @@ class Classifier(nn.Module):
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """The fine-tuning recipe; the same for the pretrained and the random-init encoder (see `backbone_lr_scale`)."""
+    """One fine-tuning recipe. The pretrained and the random-init encoder each get the recipe chosen for them."""
 
+    optimizer: Literal["sgd", "adamw"]  # sgd: Nesterov momentum 0.9; adamw: decoupled weight decay
+    head: Literal["probe", "fresh"]  # probe: start from the linear probe (LP-FT); fresh: a new linear head
     epochs: int
     max_steps: int  # caps large label budgets: full fine-tuning of 60k images is CPU-bound
     batch_size: int
-    lr: float  # head LR (SGD, Nesterov momentum), cosine to 0
+    lr: float  # head LR, cosine to 0
     backbone_lr_scale: float  # pretrained backbone LR = lr * this; a random-init backbone uses lr
     weight_decay: float
-    crop_scale: tuple[float, float]  # mild augmentation while fine-tuning
+    crop_scale: tuple[float, float]  # augmentation while fine-tuning: random resized crop and flip
     flip_p: float
     seed: int
 
     def steps(self, n_images: int) -> int:
         return max(1, min(self.epochs * math.ceil(n_images / self.batch_size), self.max_steps))
+
+
+def _optimizer(groups: list[dict], cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=0.9, nesterov=True)
+    return torch.optim.AdamW(groups)
 
 
 def finetune(
@@ -223,7 +234,7 @@ def finetune(
     ]
     for group in groups:
         group["initial_lr"] = group["lr"]
-    optimizer = torch.optim.SGD(groups, momentum=0.9, nesterov=True)
+    optimizer = _optimizer(groups, cfg)
     pool = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2)
     targets = torch.as_tensor(labels, dtype=torch.long)
     total = cfg.steps(len(pool))

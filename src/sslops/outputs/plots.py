@@ -38,16 +38,23 @@ LINESTYLES = {"pretrained": "-", "scratch": "--", "pixels": ":"}
 
 
 def label_efficiency(rows: list[dict], path: Path, title: str) -> None:
-    """Test accuracy against the number of labels (log x), one line per protocol and initialisation."""
+    """Test accuracy against the number of labels (log x), one line per protocol and initialisation; error bars
+    span the label draws' min to max where a row has them (`acc_min`, `acc_max`)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     series = sorted({(r["protocol"], r["init"]) for r in rows})
     colours = {"linear": "tab:blue", "knn": "tab:green", "finetune": "tab:red"}
     for protocol, init in series:
-        pts = sorted((r["labels"], r["acc"]) for r in rows if (r["protocol"], r["init"]) == (protocol, init))
-        ax.plot(
+        pts = sorted(
+            (r["labels"], r["acc"], r.get("acc_min", r["acc"]), r.get("acc_max", r["acc"]))
+            for r in rows
+            if (r["protocol"], r["init"]) == (protocol, init)
+        )
+        ax.errorbar(
             [p[0] for p in pts],
             [100 * p[1] for p in pts],
+            yerr=[[100 * (p[1] - p[2]) for p in pts], [100 * (p[3] - p[1]) for p in pts]],
+            capsize=3,
             marker="o",
             color=colours.get(protocol),
             linestyle=LINESTYLES.get(init, "-."),

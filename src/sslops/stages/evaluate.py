@@ -25,7 +25,7 @@ from sslops.config import Project
 from sslops.config.schema import EvaluateParams
 from sslops.data.store import ImageStore
 from sslops.errors import SslopsError
-from sslops.ml.results import headline
+from sslops.ml.results import aggregate, headline
 from sslops.outputs import plots
 from sslops.outputs.atomic import atomic_dir, atomic_file, write_json
 
@@ -50,6 +50,11 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
             f"{folder / 'index.json'} is missing: run the finetune stage first (dvc repro finetune@{task})."
         )
     index = json.loads((folder / "index.json").read_text())
+    if index.get("search"):
+        raise SslopsError(
+            f"{folder} holds a recipe search's trial '{index['search']}' (finetune.search.trial), not models to score "
+            f"on test: run finetune without it first (dvc repro finetune@{task})."
+        )
     model = index["model"]
     store = ImageStore.open(out.prepared)
     test_rows, test_labels = store.labelled("test")
@@ -88,11 +93,12 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
 
 
 def _metrics(results: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
-    """metrics/tasks/NAME/evaluate.json: `test.<metric>.<budget>.<protocol>.<init>` and `headline.<budget>.<key>`."""
+    """metrics/tasks/NAME/evaluate.json: `test.<metric>.<budget>.<protocol>.<init>` (the mean over the label draws;
+    `acc_std` their spread) and `headline.<budget>.<key>`."""
     metrics = {
         f"test.{m}.{r['budget']}.{r['protocol']}.{r['init']}": round(r[m], 5)
-        for r in results
-        for m in ("acc", "macro_f1")
+        for r in aggregate(results)
+        for m in ("acc", "acc_std", "macro_f1")
     }
     for budget, h in summary.items():
         metrics.update({f"headline.{budget}.{k}": (round(v, 5) if isinstance(v, float) else v) for k, v in h.items()})
@@ -161,7 +167,7 @@ def _score(
             classifier = Classifier(encoders["pretrained"].untrained_copy(), n_classes)
             classifier.load_state_dict(torch.load(state_file, map_location="cpu", weights_only=True))
             preds = predict(classifier.to(device), store.images[test_rows], device)
-        keep = {k: entry[k] for k in ("budget", "budget_name", "labels", "init", "protocol", "run_id")}
+        keep = {k: entry[k] for k in ("budget", "budget_name", "labels", "draw", "init", "protocol", "run_id")}
         result = {**keep, **scores(test_labels, preds, n_classes)}
         results.append(result)
         tracking.log_metrics_to(entry["run_id"], {"test.acc": result["acc"], "test.macro_f1": result["macro_f1"]})
@@ -181,11 +187,11 @@ def _draw(
     """The PNG figures and the DVC plot files: label efficiency, headline confusion matrix, embedding maps."""
     smallest = next(iter(summary))  # headline's budgets come fewest labels first
     protocol = summary[smallest]["best_pretrained_protocol"]
-    best = next(
+    best = next(  # its first label draw
         r for r in results if r["budget"] == smallest and r["init"] == "pretrained" and r["protocol"] == protocol
     )
     with atomic_file(figures / "label_efficiency.png") as tmp:
-        plots.label_efficiency(results, tmp, f"Task {task}")
+        plots.label_efficiency(aggregate(results), tmp, f"Task {task}")
     title = f"{best['protocol']}, pretrained, {best['labels']} labels: acc {100 * best['acc']:.1f}%"
     with atomic_file(figures / "confusion.png") as tmp:
         plots.confusion(np.asarray(best["confusion"]), classes, title, tmp)
@@ -203,7 +209,9 @@ def _draw(
 
 
 def _write_plot_tables(figures: Path, results: list[dict[str, Any]], best: dict[str, Any], classes: list[str]) -> None:
-    """DVC plots: the label-efficiency table (one column per protocol/init) and the headline confusion pairs."""
+    """DVC plots: the label-efficiency table (one column per protocol/init, means over the label draws) and the
+    headline confusion pairs."""
+    results = aggregate(results)
     series = sorted({(r["protocol"], r["init"]) for r in results})
     lines = ["labels," + ",".join(f"{p}_{i}" for p, i in series)]
     for labels in sorted({r["labels"] for r in results}):

@@ -4,11 +4,18 @@ The encoder comes from the MLflow registry (`finetune.model`: `candidate`, the v
 wrote to metrics/register.json; or an alias or version number), never from a file path, so every result below names
 the model version it used; its files are checked against the sha256s recorded at registration. The task's images
 were prepared to the encoder's input (task_prepare). For each of the task's label budgets (`tasks.NAME.budgets`:
-fractions or labels per class; class-balanced subsets of train, nested, fixed seed) and each initialisation
-(pretrained; scratch = the same architecture at random init; pixels = the prepared pixels themselves) it fits the
-protocols of `sslops.ml.transfer`: linear probe, kNN and LP-FT fine-tuning (not for pixels). One parent MLflow run
-per task, one child run per (budget, init, protocol). The trained heads and networks go to
+fractions or labels per class; class-balanced subsets of train, nested) and each initialisation (pretrained;
+scratch = the same architecture at random init; pixels = the prepared pixels themselves) it fits the protocols of
+`sslops.ml.transfer`: linear probe, kNN and fine-tuning (not for pixels). A budget below 100 % is drawn
+`finetune.draws` times (seeds seed, seed + 1, ...), so every result has a spread. Fine-tuning uses, per task, budget
+and init, the recipe trial that bench/finetune_search.py chose on held-out labels (`finetune.chosen`). One parent
+MLflow run per task, one child run per (budget, draw, init, protocol). The trained heads and networks go to
 artifacts/tasks/NAME/finetune for `evaluate`.
+
+With `finetune.search.trial` set (only the search does), every (budget, draw, init) instead fine-tunes that trial on
+part of its labelled subset and scores it on the held-out rest (`finetune.search.holdout`): the search's metric,
+written to metrics/tasks/NAME/finetune.json and the child runs, from the labels of the budget alone, never the test
+split. Such a run trains nothing that evaluate may score.
 """
 
 from __future__ import annotations
@@ -23,15 +30,16 @@ import numpy as np
 
 from sslops.adapters import tracking
 from sslops.config import Project
-from sslops.config.schema import Budget, FinetuneParams
+from sslops.config.schema import Budget, FinetuneParams, Recipe
 from sslops.data.store import ImageStore
 from sslops.errors import SslopsError
-from sslops.outputs.atomic import atomic_dir
+from sslops.outputs.atomic import atomic_dir, write_json
 
 if TYPE_CHECKING:
     import torch
 
     from sslops.ml.models import Encoder
+    from sslops.ml.transfer import Classifier, LinearProbe
 
 
 def run(project: Project, task: str | None = None) -> dict[str, Any]:
@@ -65,21 +73,41 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
             "scratch": pretrained.untrained_copy(),
             "pixels": Pixels(*input_shape(spec)),
         }
+        search = cfg.search.trial
+        if search:
+            print(f"recipe search: trial '{search}', scored on {cfg.search.holdout:.0%} of each labelled subset")
+            encoders.pop("pixels")  # nothing to fine-tune
+        started = time.perf_counter()
         with atomic_dir(out.finetune) as tmp:
             torch.save(encoders["scratch"].state_dict(), tmp / "scratch-encoder.pt")
+            fit = _Fit(tmp, cfg, task, store, budgets, model_tags, device)
             entries = [
-                entry
-                for init, encoder in encoders.items()
-                for entry in _fit_init(tmp, cfg, budgets, store, train, init, encoder.to(device), model_tags, device)
+                entry for init, encoder in encoders.items() for entry in fit.init(train, init, encoder.to(device))
             ]
             model = {"name": name, "version": int(version.version), "run_id": version.run_id}
             model |= {"pretrain_run_id": pretrain_run, "encoder_sha256": digests.weights}
             model |= {"encoder_spec_sha256": digests.spec}
             index = {"model": model, "task": task, "parent_run_id": parent.info.run_id, "seed": cfg.seed}
-            index |= {"n_classes": int(train[1].max()) + 1, "entries": entries}
+            index |= {"search": search, "n_classes": int(train[1].max()) + 1, "entries": entries}
             (tmp / "index.json").write_text(json.dumps(index, indent=2))
+        metrics = {**(_holdout_metrics(entries) if search else {}), "models": len(entries)}
+        metrics["seconds"] = round(time.perf_counter() - started, 1)
+        write_json(out.metrics / "finetune.json", metrics)
+        tracking.log_metrics(metrics)
         tracking.log_artifacts(out.finetune / "index.json")
     return {"model": f"{name}/{version.version}", "task": task, "models_trained": len(entries), "budgets": budgets}
+
+
+def _holdout_metrics(entries: list[dict[str, Any]]) -> dict[str, float]:
+    """The search's score per budget and init: held-out accuracy, mean and spread over the draws."""
+    scores: dict[str, list[float]] = {}
+    for e in entries:
+        scores.setdefault(f"{e['budget']}.{e['init']}", []).append(e["holdout_acc"])
+    out = {}
+    for key, accs in scores.items():
+        out[f"holdout.acc.{key}"] = round(float(np.mean(accs)), 5)
+        out[f"holdout.acc_std.{key}"] = round(float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0, 5)
+    return out
 
 
 def _check_input(spec: dict[str, Any], store: ImageStore, task: str) -> None:
@@ -91,30 +119,6 @@ def _check_input(spec: dict[str, Any], store: ImageStore, task: str) -> None:
             f"task {task}'s images are {'x'.join(map(str, store.images.shape[1:]))} but the encoder takes "
             f"{'x'.join(map(str, input_shape(spec)))}: prepare the task again (dvc repro task_prepare@{task})."
         )
-
-
-def _fit_init(
-    folder: Path,
-    cfg: FinetuneParams,
-    budgets: list[Budget],
-    store: ImageStore,
-    train: tuple[np.ndarray, np.ndarray],
-    init: str,
-    encoder: Encoder,
-    model_tags: dict[str, Any],
-    device: torch.device,
-) -> list[dict[str, Any]]:
-    """Every label budget from one initialisation: the train features once, then `_fit_budget` per budget."""
-    from sslops.ml.transfer import features
-
-    started = time.perf_counter()
-    train_feats = features(encoder, store.images[train[0]], device)
-    print(f"{init}: features of {len(train[0])} train images in {time.perf_counter() - started:.1f}s")
-    return [
-        entry
-        for budget in budgets
-        for entry in _fit_budget(folder, cfg, store, (*train, train_feats), encoder, (budget, init, model_tags), device)
-    ]
 
 
 def _model_ref(record: dict[str, Any], cfg: FinetuneParams, name: str) -> str:
@@ -131,64 +135,145 @@ def _model_ref(record: dict[str, Any], cfg: FinetuneParams, name: str) -> str:
     return str(record["version"])
 
 
-def _fit_budget(
-    folder: Path,
-    cfg: FinetuneParams,
-    store: ImageStore,
-    train: tuple[np.ndarray, np.ndarray, torch.Tensor],
-    encoder: Encoder,
-    run: tuple[Budget, str, dict[str, Any]],
-    device: torch.device,
-) -> list[dict[str, Any]]:
-    """The protocols at one label budget for one init, each in its own child run; returns their index entries.
+def _recipe_tags(trial: str, recipe: Recipe) -> dict[str, Any]:
+    """A fine-tuning child run's recipe: its trial's name and every value (logged as params, compared in the UI)."""
+    return {"trial": trial, **{f"recipe_{k}": v for k, v in recipe.record().items()}}
 
-    `train` is (rows, labels, features) of the labelled train images; `run` is (budget, init, model tags).
-    """
-    import torch
 
-    from sslops.ml.results import budget_key, budget_name, parse_budget
-    from sslops.ml.transfer import Classifier, FinetuneConfig, balanced_subset, finetune, fit_linear_probe
+class _Fit:
+    """The protocols of one task for every init, budget and draw, each in its own child run; their index entries."""
 
-    (train_rows, train_labels, train_feats), (budget, init, model_tags) = train, run
-    n_classes = int(train_labels.max()) + 1
-    subset = balanced_subset(train_labels, *parse_budget(budget), cfg.seed)
-    x, y = train_feats[subset], torch.as_tensor(train_labels[subset])
-    tag = budget_key(budget)
-    base = {"budget": tag, "budget_name": budget_name(budget), "labels": len(subset), "init": init, **model_tags}
-    entries = []
+    def __init__(
+        self,
+        folder: Path,
+        cfg: FinetuneParams,
+        task: str,
+        store: ImageStore,
+        budgets: list[Budget],
+        model_tags: dict[str, Any],
+        device: torch.device,
+    ):
+        self.folder, self.cfg, self.task, self.store, self.device = folder, cfg, task, store, device
+        self.budgets, self.tags = budgets, model_tags
 
-    def record(protocol: str, file: str) -> None:
-        entries.append({**base, "protocol": protocol, "file": file, "run_id": tracking.active_run_id()})
+    def init(self, train: tuple[np.ndarray, np.ndarray], init: str, encoder: Encoder) -> list[dict[str, Any]]:
+        """Every budget and draw from one initialisation: the train features once, then `budget` per subset."""
+        from sslops.ml.results import parse_budget
+        from sslops.ml.transfer import features
 
-    with tracking.child_run(f"{model_tags['task']}/{tag}/{init}/linear", {**base, "protocol": "linear"}):
         started = time.perf_counter()
-        probe, wd = fit_linear_probe(x, y, n_classes, cfg.probe.weight_decays, cfg.seed, cfg.probe.iterations)
-        torch.save(probe.state_dict(), folder / f"linear-{init}-{tag}.pt")
-        tracking.log_metrics({"weight_decay": wd, "seconds": time.perf_counter() - started})
-        record("linear", f"linear-{init}-{tag}.pt")
-    with tracking.child_run(f"{model_tags['task']}/{tag}/{init}/knn", {**base, "protocol": "knn"}):
-        np.save(folder / f"knn-{init}-{tag}.npy", train_rows[subset])  # a kNN classifier is its memory bank
-        record("knn", f"knn-{init}-{tag}.npy")
-    if init == "pixels":  # nothing to fine-tune: the baseline is what a classifier gets from the pixels alone
-        print(f"  {init} {tag}: probe wd {wd:g}")
+        feats = features(encoder, self.store.images[train[0]], self.device)
+        print(f"{init}: features of {len(train[0])} train images in {time.perf_counter() - started:.1f}s")
+        return [
+            entry
+            for budget in self.budgets
+            for draw in range(1 if parse_budget(budget)[0] == 1 else self.cfg.draws)  # 100 % is one subset
+            for entry in self.budget((*train, feats), init, encoder, budget, draw)
+        ]
+
+    def budget(
+        self, train: tuple[np.ndarray, np.ndarray, torch.Tensor], init: str, encoder: Encoder, budget: Budget, draw: int
+    ) -> list[dict[str, Any]]:
+        """The protocols at one label subset (draw `draw` of `budget`) for one init."""
+        import torch
+
+        from sslops.ml.results import budget_key, budget_name, parse_budget
+        from sslops.ml.transfer import balanced_subset, fit_linear_probe
+
+        cfg, (train_rows, train_labels, train_feats) = self.cfg, train
+        n_classes = int(train_labels.max()) + 1
+        seed = cfg.seed + draw
+        subset = balanced_subset(train_labels, *parse_budget(budget), seed)
+        tag = budget_key(budget)
+        base = {"budget": tag, "budget_name": budget_name(budget), "labels": len(subset), "init": init, "draw": draw}
+        base |= self.tags
+        name = f"{self.task}/{tag}/d{draw}/{init}"
+        if cfg.search.trial:
+            return [self.search(base, name, encoder, (train_rows[subset], train_labels[subset], train_feats[subset]))]
+        x, y = train_feats[subset], torch.as_tensor(train_labels[subset])
+        entries, files = [], f"{init}-{tag}-d{draw}"
+
+        def record(protocol: str, file: str, **extra: Any) -> None:
+            entries.append({**base, "protocol": protocol, "file": file, "run_id": tracking.active_run_id(), **extra})
+
+        with tracking.child_run(f"{name}/linear", {**base, "protocol": "linear"}):
+            started = time.perf_counter()
+            probe, wd = fit_linear_probe(x, y, n_classes, cfg.probe.weight_decays, seed, cfg.probe.iterations)
+            torch.save(probe.state_dict(), self.folder / f"linear-{files}.pt")
+            tracking.log_metrics({"weight_decay": wd, "seconds": time.perf_counter() - started})
+            record("linear", f"linear-{files}.pt")
+        with tracking.child_run(f"{name}/knn", {**base, "protocol": "knn"}):
+            np.save(self.folder / f"knn-{files}.npy", train_rows[subset])  # a kNN classifier is its memory bank
+            record("knn", f"knn-{files}.npy")
+        if init == "pixels":  # nothing to fine-tune: the baseline is what a classifier gets from the pixels alone
+            print(f"  {init} {tag} draw {draw}: probe wd {wd:g}")
+            return entries
+        trial, recipe = cfg.recipe_for(self.task, tag, init)
+        with tracking.child_run(f"{name}/finetune", {**base, "protocol": "finetune", **_recipe_tags(trial, recipe)}):
+            model, stats = self.finetune(encoder, init, recipe, seed, (train_rows[subset], train_labels[subset]), probe)
+            torch.save({k: v.cpu() for k, v in model.state_dict().items()}, self.folder / f"finetune-{files}.pt")
+            tracking.log_metrics(stats)
+            record("finetune", f"finetune-{files}.pt", trial=trial)
+        print(
+            f"  {init} {tag} draw {draw}: probe wd {wd:g}, fine-tune '{trial}' {stats['steps']} steps in "
+            f"{stats['seconds']:.1f}s (train acc {stats['train_acc']:.3f})"
+        )
         return entries
-    with tracking.child_run(f"{model_tags['task']}/{tag}/{init}/finetune", {**base, "protocol": "finetune"}):
-        model = Classifier(copy.deepcopy(encoder), n_classes)
-        model.head.load_state_dict(probe.state_dict())  # LP-FT: start from the probe
+
+    def search(
+        self, base: dict[str, Any], name: str, encoder: Encoder, subset: tuple[np.ndarray, np.ndarray, torch.Tensor]
+    ) -> dict[str, Any]:
+        """Fine-tune the searched trial on part of the subset; its accuracy on the held-out rest is the entry."""
+        import torch
+
+        from sslops.ml.transfer import fit_linear_probe, predict
+
+        cfg, (rows, labels, feats) = self.cfg, subset
+        trial, recipe = cfg.recipe_for(self.task, base["budget"], base["init"])
+        n_classes, seed = int(labels.max()) + 1, cfg.seed + base["draw"]
+        order = np.random.default_rng(seed).permutation(len(rows))
+        n_held = max(1, round(cfg.search.holdout * len(rows)))
+        held, fit = order[:n_held], order[n_held:]
+        with tracking.child_run(
+            f"{name}/search-{trial}", {**base, "protocol": "finetune", **_recipe_tags(trial, recipe)}
+        ):
+            # the probe an LP-FT trial starts from, fit on the same labels (its L2 picked as in the linear protocol)
+            probe, _ = fit_linear_probe(
+                feats[fit], torch.as_tensor(labels[fit]), n_classes, cfg.probe.weight_decays, seed, cfg.probe.iterations
+            )
+            model, stats = self.finetune(encoder, base["init"], recipe, seed, (rows[fit], labels[fit]), probe)
+            acc = float((predict(model, self.store.images[rows[held]], self.device) == labels[held]).mean())
+            tracking.log_metrics({**stats, "holdout_acc": acc})
+        print(f"  {name} trial '{trial}': held-out acc {acc:.4f} ({len(held)} labels, {stats['seconds']:.1f}s)")
+        return {**base, "protocol": "finetune", "trial": trial, "holdout_acc": acc, "held_out": len(held)}
+
+    def finetune(
+        self,
+        encoder: Encoder,
+        init: str,
+        recipe: Recipe,
+        seed: int,
+        labelled: tuple[np.ndarray, np.ndarray],
+        probe: LinearProbe,
+    ) -> tuple[Classifier, dict[str, float]]:
+        """A copy of `encoder` with a linear head (the probe's for an LP-FT recipe, else a new one) fine-tuned on the
+        labelled (rows, labels)."""
+        import torch
+
+        from sslops.ml.transfer import Classifier, FinetuneConfig, finetune
+
+        rows, labels = labelled
+        torch.manual_seed(seed)  # a fresh head's init
+        model = Classifier(copy.deepcopy(encoder), probe.linear.out_features)
+        if recipe.head == "probe":
+            model.head.load_state_dict(probe.state_dict())  # LP-FT: start from the probe
         stats = finetune(
-            model.to(device),
-            store.images[train_rows[subset]],
-            train_labels[subset],
-            cfg.recipe.to_core(FinetuneConfig, seed=cfg.seed),
-            device,
+            model.to(self.device),
+            self.store.images[rows],
+            labels,
+            recipe.to_core(FinetuneConfig, seed=seed),
+            self.device,
             pretrained=init == "pretrained",
             progress=True,
         )
-        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, folder / f"finetune-{init}-{tag}.pt")
-        tracking.log_metrics(stats)
-        record("finetune", f"finetune-{init}-{tag}.pt")
-    print(
-        f"  {init} {tag}: probe wd {wd:g}, fine-tune {stats['steps']} steps in {stats['seconds']:.1f}s "
-        f"(train acc {stats['train_acc']:.3f})"
-    )
-    return entries
+        return model, stats
