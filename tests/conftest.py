@@ -95,6 +95,23 @@ METHOD_KNOBS = {
     "byol": {"proj_hidden": 512, "proj_dim": 128, "pred_hidden": 512, "base_momentum": 0.99},
     "mim": {"patch": 4, "mask_ratio": 0.5, "dec_hidden": 512},
     "rotation": {"hidden": 256},
+    "simsiam": {"proj_hidden": 512, "proj_dim": 128, "pred_hidden": 32},
+    "barlow": {"proj_hidden": 512, "proj_dim": 128, "lambda_offdiag": 0.0078},
+    "vicreg": {"proj_hidden": 512, "proj_dim": 128, "sim_weight": 25.0, "var_weight": 25.0, "cov_weight": 1.0},
+    "dino": {
+        "proj_hidden": 512,
+        "bottleneck_dim": 64,
+        "out_dim": 1024,
+        "teacher_temp": 0.04,
+        "student_temp": 0.1,
+        "center_momentum": 0.9,
+        "base_momentum": 0.99,
+        "local_crops": 2,
+        "local_fraction": 0.43,
+        "local_scale": (0.05, 0.4),
+    },
+    "dae": {"noise_p": 0.3, "noise_std": 0.2, "dec_hidden": 512},
+    "jigsaw": {"grid": 2, "permutations": 24, "hidden": 256},
 }
 # The small_cnn of the tiny test projects, as a complete `pretrain.backbone` mapping of params.yaml.
 TINY_BACKBONE = {"name": "small_cnn", "width": 4, "stem_width": None, "pool": 1, "small_stem": True}

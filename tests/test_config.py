@@ -89,6 +89,25 @@ BAD = [
     ("validate", {"min_rows": 10, "max_rows": 5}, "min_rows (10) must not exceed max_rows (5)"),
     ("evaluate", {"device": "gpu"}, "evaluate.device in params.yaml: must match pattern"),
     ("prepare", {"root": "../someone-else/data"}, "prepare.root in params.yaml: must be a folder inside the project"),
+    ("pretrain", {"jigsaw__grid": 1}, "pretrain.jigsaw.grid in params.yaml: must be greater than or equal to 2, got 1"),
+    (
+        "pretrain",
+        {"vicreg__proj_dim": 1},
+        "pretrain.vicreg.proj_dim in params.yaml: must be greater than or equal to 2",
+    ),
+    (
+        "pretrain",
+        {"barlow__lambda_offdiag": 0},
+        "pretrain.barlow.lambda_offdiag in params.yaml: must be greater than 0",
+    ),
+    ("pretrain", {"dino__local_fraction": 1.0}, "pretrain.dino.local_fraction in params.yaml: must be less than 1"),
+    (
+        "pretrain",
+        {"dino__local_scale": [0.4, 0.05]},
+        "local_scale must be [low, high] with low <= high, got [0.4, 0.05]",
+    ),
+    ("pretrain", {"dino__local_crops": -1}, "pretrain.dino.local_crops in params.yaml: must be greater than or equal"),
+    ("pretrain", {"dae__noise_p": 0.0, "dae__noise_std": 0.0}, "noise_p and noise_std are both 0: no corruption"),
 ]
 
 
@@ -151,7 +170,8 @@ def test_the_profile_is_resolved_once_and_the_record_is_what_runs() -> None:
     record = cfg.record()
     assert record["images"] == 12_000_000 and record["backbone"]["name"] == "resnet18" and record["profile"] == "gpu"
     assert "profiles" not in record
-    assert "simclr" in record and not {"moco", "byol", "mim", "rotation"} & set(record)  # only the knobs that ran
+    others = {"moco", "byol", "mim", "rotation", "simsiam", "barlow", "vicreg", "dino", "dae", "jigsaw"}
+    assert "simclr" in record and not others & set(record)  # only the knobs that ran
 
 
 def test_resolve_profile_merges_mappings_one_level_deep() -> None:

@@ -86,7 +86,14 @@ def test_on_the_fly_mode_without_cache(project):
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("method", "swav", "pretrain.method in params.yaml: must be 'simclr', 'moco', 'byol', 'mim' or 'rotation'"),
+        (
+            "method",
+            "swav",
+            (
+                "pretrain.method in params.yaml: must be 'simclr', 'moco', 'byol', 'mim', 'rotation', 'simsiam', "
+                "'barlow', 'vicreg', 'dino', 'dae' or 'jigsaw'"
+            ),
+        ),
         ("optimizer", "adam", "pretrain.optimizer in params.yaml: must be 'lars', 'sgd' or 'adamw', got 'adam'"),
         ("profile", "tpu", "pretrain.profile in params.yaml: 'tpu' is not one of pretrain.profiles: cpu, gpu"),
         ("amp", "fp8", "pretrain.amp in params.yaml: must be 'auto', 'bf16', 'fp16' or 'off', got 'fp8'"),

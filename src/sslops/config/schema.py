@@ -39,7 +39,7 @@ Probability = Annotated[float, Field(ge=0, le=1)]
 Name = Annotated[str, Field(min_length=1)]
 Range = tuple[PositiveFloat, PositiveFloat]
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
-Method = Literal["simclr", "moco", "byol", "mim", "rotation"]
+Method = Literal["simclr", "moco", "byol", "mim", "rotation", "simsiam", "barlow", "vicreg", "dino", "dae", "jigsaw"]
 Format = Literal["idx", "imagefolder", "cifar10"]
 
 
@@ -244,6 +244,64 @@ class RotationKnobs(Section):
     hidden: PositiveInt
 
 
+class SimSiamKnobs(Section):
+    proj_hidden: PositiveInt
+    proj_dim: PositiveInt
+    pred_hidden: PositiveInt
+
+
+class BarlowKnobs(Section):
+    proj_hidden: PositiveInt
+    proj_dim: PositiveInt
+    lambda_offdiag: PositiveFloat
+
+
+class VICRegKnobs(Section):
+    proj_hidden: PositiveInt
+    proj_dim: Annotated[StrictInt, Field(ge=2)]  # the covariance term needs two dimensions
+    sim_weight: NonNegativeFloat
+    var_weight: NonNegativeFloat
+    cov_weight: NonNegativeFloat
+
+
+class DINOKnobs(Section):
+    proj_hidden: PositiveInt
+    bottleneck_dim: PositiveInt
+    out_dim: PositiveInt
+    teacher_temp: PositiveFloat
+    student_temp: PositiveFloat
+    center_momentum: Annotated[float, Field(ge=0, lt=1)]
+    base_momentum: Annotated[float, Field(ge=0, lt=1)]
+    local_crops: NonNegativeInt
+    local_fraction: Annotated[float, Field(gt=0, lt=1)]  # of the views' side: the same share at any image size
+    local_scale: tuple[Probability, Probability]  # of the view's area
+
+    @model_validator(mode="after")
+    def _check(self) -> DINOKnobs:
+        if self.local_scale[0] == 0:
+            raise ValueError("local_scale must be within (0, 1], got a lower bound of 0")
+        _ordered(self.local_scale, "local_scale")
+        return self
+
+
+class DAEKnobs(Section):
+    noise_p: Annotated[float, Field(ge=0, lt=1)]
+    noise_std: NonNegativeFloat  # in normalised units (per-channel standard deviations)
+    dec_hidden: PositiveInt
+
+    @model_validator(mode="after")
+    def _check(self) -> DAEKnobs:
+        if self.noise_p == 0 and self.noise_std == 0:
+            raise ValueError("noise_p and noise_std are both 0: no corruption, a plain autoencoder")
+        return self
+
+
+class JigsawKnobs(Section):
+    grid: Annotated[StrictInt, Field(ge=2)]  # must divide the image side (checked when the method is built)
+    permutations: Annotated[StrictInt, Field(ge=2)]  # at most (grid^2)!
+    hidden: PositiveInt
+
+
 class BackboneKnobs(Section):
     name: Literal["auto", "small_cnn", "resnet18", "resnet34", "resnet50"]  # auto: by image size (resolve_backbone)
     width: PositiveInt
@@ -273,6 +331,12 @@ class PretrainParams(Section):
     byol: BYOLKnobs
     mim: MIMKnobs
     rotation: RotationKnobs
+    simsiam: SimSiamKnobs
+    barlow: BarlowKnobs
+    vicreg: VICRegKnobs
+    dino: DINOKnobs
+    dae: DAEKnobs
+    jigsaw: JigsawKnobs
     backbone: BackboneKnobs
     images: PositiveInt  # the budget in images seen (2 views each); epochs follow from the dataset's size
     min_steps: PositiveInt  # fewer optimiser steps than this is warned about (too short to learn much)

@@ -1,4 +1,10 @@
-"""Contrastive losses."""
+"""The pretext losses: contrastive, regression, redundancy reduction, self-distillation and reconstruction.
+
+Losses that need statistics of the whole batch (Barlow Twins' cross-correlation, VICReg's variance and
+covariance, DINO's centre) see the *global* batch under DDP: embeddings are gathered with their gradient, so
+every rank computes the same global loss. The backward of the gather sums each rank's gradient for its own
+rows, so after DDP averages the gradients over ranks they equal the one-process gradient on the whole batch.
+"""
 
 from __future__ import annotations
 
@@ -68,3 +74,105 @@ def info_nce_with_queue(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, t
 def byol_regression(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """BYOL's loss (Grill et al., 2020, arXiv:2006.07733, eq. 2): 2 - 2 cos(prediction, target projection)."""
     return (2 - 2 * F.cosine_similarity(p.float(), z.float().detach(), dim=1)).mean()
+
+
+def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """SimSiam's D(p, stopgrad(z)) (Chen & He, 2021, arXiv:2011.10566, eq. 1 with eq. 3's stop-gradient):
+    the negative cosine similarity of each prediction with the other view's projection, averaged over the batch."""
+    return -F.cosine_similarity(p.float(), z.float().detach(), dim=1).mean()
+
+
+def _off_diagonal(m: torch.Tensor) -> torch.Tensor:
+    """The off-diagonal entries of a square matrix, flattened."""
+    d = m.shape[0]
+    return m.flatten()[:-1].view(d - 1, d + 1)[:, 1:].flatten()
+
+
+def _standardise(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Each dimension to zero mean and unit (biased) variance over the batch: BatchNorm1d without affine, as the
+    official Barlow Twins code does; `eps` guards a constant dimension (it then becomes 0)."""
+    return (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + eps)
+
+
+def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambda_offdiag: float) -> torch.Tensor:
+    """Barlow Twins (Zbontar et al., 2021, arXiv:2103.03230, eq. 1): with C the cross-correlation of the two
+    standardised embeddings over the global batch (C = z1^T z2 / N), sum_i (1 - C_ii)^2 + lambda sum_{i!=j} C_ij^2."""
+    a, b = _standardise(gather_with_grad(z1.float())), _standardise(gather_with_grad(z2.float()))
+    c = a.T @ b / len(a)
+    return (1 - torch.diagonal(c)).pow(2).sum() + lambda_offdiag * _off_diagonal(c).pow(2).sum()
+
+
+def vicreg_terms(
+    z1: torch.Tensor, z2: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """VICReg's three terms (Bardes et al., 2022, arXiv:2105.04906, Algorithm 1) over the global batch:
+    invariance (mean squared error between the views), variance (hinge on each dimension's standard deviation,
+    mean of relu(gamma - sqrt(Var + eps)), summed over the two branches) and covariance (squared off-diagonal
+    entries of each branch's covariance matrix, summed and divided by the dimension, summed over the branches)."""
+    a, b = gather_with_grad(z1.float()), gather_with_grad(z2.float())
+    n, d = a.shape
+    invariance = F.mse_loss(a, b)
+    variance = sum(F.relu(gamma - torch.sqrt(z.var(0) + eps)).mean() for z in (a, b))
+    covariance = 0.0
+    for z in (a, b):
+        centred = z - z.mean(0)
+        covariance = covariance + _off_diagonal(centred.T @ centred / (n - 1)).pow(2).sum() / d
+    return invariance, variance, covariance
+
+
+def vicreg_loss(
+    z1: torch.Tensor, z2: torch.Tensor, sim_weight: float, var_weight: float, cov_weight: float
+) -> torch.Tensor:
+    """VICReg's loss, lambda * invariance + mu * variance + nu * covariance (paper: 25, 25, 1)."""
+    invariance, variance, covariance = vicreg_terms(z1, z2)
+    return sim_weight * invariance + var_weight * variance + cov_weight * covariance
+
+
+def dino_cross_entropy(
+    student: list[torch.Tensor],
+    teacher: list[torch.Tensor],
+    center: torch.Tensor,
+    teacher_temp: float,
+    student_temp: float,
+) -> torch.Tensor:
+    """DINO's loss (Caron et al., 2021, arXiv:2104.14294, Algorithm 1 and eq. 3): the teacher's outputs of the
+    global views, centred and sharpened (softmax((t - center) / teacher_temp), no gradient), against the student's
+    log-softmax(s / student_temp) of every *other* view; the cross-entropy is averaged over the batch and the
+    (teacher view, student view) pairs. `student[i]` and `teacher[i]` are the same view for the global views,
+    which come first in `student`."""
+    targets = [F.softmax((t.float() - center) / teacher_temp, dim=1).detach() for t in teacher]
+    log_probs = [F.log_softmax(s.float() / student_temp, dim=1) for s in student]
+    terms = [-(q * log_p).sum(1).mean() for i, q in enumerate(targets) for v, log_p in enumerate(log_probs) if v != i]
+    return sum(terms) / len(terms)
+
+
+class DINOLoss(nn.Module):
+    """DINO's cross-entropy with its teacher centre, a buffer updated after each loss by
+    center <- m * center + (1 - m) * mean of the teacher's outputs over the global batch (all_reduce under DDP)."""
+
+    def __init__(self, out_dim: int, teacher_temp: float, student_temp: float, center_momentum: float):
+        super().__init__()
+        self.teacher_temp, self.student_temp, self.center_momentum = teacher_temp, student_temp, center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    def forward(self, student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+        loss = dino_cross_entropy(student, teacher, self.center, self.teacher_temp, self.student_temp)
+        self.update_center(torch.cat(teacher, 0))
+        return loss
+
+    @torch.no_grad()
+    def update_center(self, teacher: torch.Tensor) -> None:
+        total, count = teacher.float().sum(0, keepdim=True), len(teacher)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(total)
+            count *= dist.get_world_size()
+        self.center.mul_(self.center_momentum).add_(total / count, alpha=1 - self.center_momentum)
+
+
+def reconstruction_mse(recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error of a reconstruction against its (clean, normalised) target, over all pixels, or over the
+    pixels where `mask` (N, 1, H, W) is 1 (masked image modelling: the hidden patches only)."""
+    per_pixel = (recon.float() - target.float()).pow(2)
+    if mask is None:
+        return per_pixel.mean()
+    return (per_pixel * mask).sum() / (mask.sum() * recon.shape[1]).clamp_min(1)
