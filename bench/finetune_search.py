@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
-from pathlib import Path
 from typing import Any
 
 from dvc_queue import ROOT, experiments, metrics_of, run_queue
+from machine import cpu_model
 from ruamel.yaml import YAML
 
 from sslops.commands.report import replace_section
@@ -95,15 +94,6 @@ def table(found: dict[str, dict[str, dict[str, Any]]], chosen: dict[str, Any], t
     return "\n".join(lines).rstrip()
 
 
-def _cpu() -> str:
-    """The CPU's model name (Linux), which every figure here depends on."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.machine()
-    return next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", action="store_true", help="queue and run one experiment per trial first")
@@ -121,7 +111,7 @@ def main() -> None:
     chosen = choose(found, trials)
     write_chosen(chosen)
     record = {"trials": {t: project.config("finetune").trials[t].record() for t in trials}, "scores": found}
-    record |= {"chosen": chosen, "machine": _cpu(), "date": time.strftime("%F")}
+    record |= {"chosen": chosen, "machine": cpu_model(), "date": time.strftime("%F")}
     if seconds is None and RESULTS.is_file():  # choosing again: the queue's time is the earlier run's
         seconds = json.loads(RESULTS.read_text()).get("queue_seconds")
     record["queue_seconds"] = round(seconds) if seconds is not None else None

@@ -41,7 +41,6 @@ import dataclasses
 import itertools
 import json
 import os
-import platform
 import queue
 import tempfile
 import threading
@@ -51,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_model
 from pretrain_throughput import ROOT, augment_recipe, default_params
 
 from sslops.config import Project
@@ -365,10 +365,7 @@ def machine(device: torch.device, amp: str) -> dict[str, object]:
     """Where the figures were measured: they mean little without it."""
     import torchvision
 
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
+    cpu = cpu_model()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "cpu": cpu,
