@@ -71,11 +71,12 @@ def equal_time_images(project: Project) -> dict[str, int]:
     return {m: s * cfg.batch_size for m, s in steps.items()}
 
 
-def _mean_std(values: list[float], scale: float = 100, signed: bool = False) -> str:
+def _mean_std(values: list[float], scale: float = 100, signed: bool = False, digits: int = 2) -> str:
+    """`mean ± std` (sample std) of `values` x `scale`; just the mean for one value; empty for none."""
     if not values:
         return ""
-    mean = f"{scale * statistics.fmean(values):+.2f}" if signed else f"{scale * statistics.fmean(values):.2f}"
-    return f"{mean} ± {scale * statistics.stdev(values):.2f}" if len(values) > 1 else mean
+    mean = f"{scale * statistics.fmean(values):{'+' if signed else ''}.{digits}f}"
+    return f"{mean} ± {scale * statistics.stdev(values):.{digits}f}" if len(values) > 1 else mean
 
 
 def _column(done: list[dict[str, Any]], source: str, key: str) -> list[float]:
@@ -107,8 +108,8 @@ def table(found: dict[tuple[str, int], dict[str, Any]]) -> str:
             f"| {_mean_std(_column(done, 'evaluate', head + 'best_scratch'))} % "
             f"| {_mean_std(_column(done, 'evaluate', head + 'gain_vs_best_scratch'), signed=True)} "
             f"| {', '.join(f'{i:,}' for i in images if i)} "
-            f"| {_mean_std(_column(done, 'pretrain', 'seconds'), scale=1)} s "
-            f"| {_mean_std(_column(done, 'pretrain', 'images_per_s'), scale=1)} |"
+            f"| {_mean_std(_column(done, 'pretrain', 'seconds'), scale=1, digits=0)} s "
+            f"| {_mean_std(_column(done, 'pretrain', 'images_per_s'), scale=1, digits=0)} |"
         )
     return "\n".join(lines)
 
@@ -118,10 +119,12 @@ def seeds_table(found: dict[tuple[str, int], dict[str, Any]], method: str) -> st
     done = [r for (m, _), r in sorted(found.items()) if m == method and "state" not in r]
     if not done:
         return f"No finished run of `{method}` yet."
-    budgets = sorted(
-        {k.split(".")[1] + "." + k.split(".")[2] for k in done[0]["evaluate"] if k.startswith("headline.frac_")},
-        key=lambda b: float(b.removeprefix("frac_")),
-    )
+    labels = {  # budget key (`frac_0.01`) -> its number of labels, from `headline.<budget>.labels`
+        k.removeprefix("headline.").removesuffix(".labels"): v
+        for k, v in done[0]["evaluate"].items()
+        if k.startswith("headline.") and k.endswith(".labels")
+    }
+    budgets = sorted(labels, key=labels.get)
     seeds = ", ".join(str(r["params"].get("seed")) for r in done)
     intro = (
         f"`{method}`, pretraining seeds {seeds}: mean ± std over the seeds of each seed's mean over 3 label draws "

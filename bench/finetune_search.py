@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from typing import Any
 
 from dvc_queue import ROOT, experiments, metrics_of, run_queue
 from machine import cpu_model
-from ruamel.yaml import YAML
 
 from sslops.commands.report import replace_section
 from sslops.config import Project
@@ -60,15 +60,29 @@ def choose(found: dict[str, dict[str, dict[str, Any]]], trials: list[str]) -> di
 
 
 def write_chosen(chosen: dict[str, dict[str, dict[str, str]]]) -> None:
-    """`finetune.chosen` in params.yaml, everything else (comments, order) as it was."""
-    yaml = YAML()
-    yaml.preserve_quotes = True
-    yaml.width = 4096
+    """`finetune.chosen` in params.yaml; every other line (comments, layout) as it was. The block is replaced as text:
+    a YAML round trip would rewrap and respell lines it has no business touching."""
     path = ROOT / "params.yaml"
-    params = yaml.load(path)
-    params["finetune"]["chosen"] = chosen
-    with path.open("w") as f:
-        yaml.dump(params, f)
+    text = path.read_text()
+    block = re.search(r"^  chosen:.*?\n(?=  \S)", text, re.M | re.S)
+    if not block:
+        raise SystemExit(f"{path} has no finetune.chosen mapping to replace")
+    first, *rest = block.group(0).splitlines()
+    code, _, comment = first.partition("#")  # `  chosen: {}   # ...` -> `  chosen:       # ...`, same column
+    header = ["  chosen:".ljust(len(code)) + (f"#{comment}" if comment else "")]
+    header += [line for line in rest if line.lstrip().startswith("#")]  # the comment's continuation lines
+    body = []
+    for task, budgets in chosen.items():
+        body.append(f"    {task}:")
+        body += [f"      {b}: {{{', '.join(f'{i}: {t}' for i, t in inits.items())}}}" for b, inits in budgets.items()]
+    new = "\n".join(header + body) + "\n"
+    updated = text[: block.start()] + new + text[block.end() :]
+    path.write_text(updated)
+    try:
+        Project(ROOT).config("finetune")
+    except Exception:  # never leave a params.yaml that does not validate
+        path.write_text(text)
+        raise
 
 
 def table(found: dict[str, dict[str, dict[str, Any]]], chosen: dict[str, Any], trials: list[str]) -> str:

@@ -138,7 +138,7 @@ def test_dvc_repro_end_to_end(tmp_path: Path):
     assert small["shape"] == [12, 12, 1] and small["resized"] == 60
     assert "gain_vs_pixels" in (root / "metrics" / "tasks" / "small" / "evaluate.json").read_text()
     report = sh(sys.executable, "-m", "sslops", "report", cwd=root).stdout
-    assert f"**Task `{TASK}`**" in report and "**Task `small`**" in report and "2/class (8 labels)" in report
+    assert f"**Task `{TASK}`**" in report and "**Task `small`**" in report and "2/class (8 labels, 3 draws)" in report
 
     # Leak test images into train: validate fails, names the expectation, and the pipeline stops.
     d = root / "data" / "fashion-mnist"
