@@ -36,7 +36,8 @@ def format_table(results: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     for protocol in PROTOCOLS:
         for init in INITS:
             if (budgets[0], protocol, init) in rows:
-                cells = " | ".join(_cell(rows[(b, protocol, init)]["acc"], rows[(b, protocol, init)]) for b in budgets)
+                at = [rows[(b, protocol, init)] for b in budgets]
+                cells = " | ".join(_cell(r["acc"], r["acc_std"], r["draws"]) for r in at)
                 lines.append(f"| {protocol} | {init} | {cells} |")
     for key, label in (
         ("gain_vs_best_scratch", "best pretrained − best scratch (best against best)"),
@@ -45,21 +46,17 @@ def format_table(results: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     ):
         if all(key in summary[b] for b in budgets):
             gains = " | ".join(
-                _cell(
-                    summary[b][key],
-                    {"draws": summary[b].get("draws", 1), "acc_std": summary[b].get(f"{key}_std", 0.0)},
-                    signed=True,
-                )
+                _cell(summary[b][key], summary[b].get(f"{key}_std", 0.0), summary[b].get("draws", 1), signed=True)
                 for b in budgets
             )
             lines.append(f"| **gain** | {label} | {gains} |")
     return "\n".join(lines)
 
 
-def _cell(value: float, row: dict[str, Any], signed: bool = False) -> str:
-    """A share in percent (points when `signed`), ± the std over the draws when there are several."""
+def _cell(value: float, std: float, draws: int, signed: bool = False) -> str:
+    """A share in percent (points when `signed`), ± its std over the label draws when there are several."""
     text = f"{100 * value:+.2f}" if signed else f"{100 * value:.2f} %"
-    return f"{text} ± {100 * row['acc_std']:.2f}" if row.get("draws", 1) > 1 else text
+    return f"{text} ± {100 * std:.2f}" if draws > 1 else text
 
 
 def results_markdown(project: Project) -> str:
