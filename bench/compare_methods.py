@@ -67,8 +67,7 @@ def equal_time_images(project: Project) -> dict[str, int]:
     missing = [m for m in METHODS if m not in rates]
     if missing or cfg.method not in rates:
         raise SystemExit(f"{THROUGHPUT} has no rate for {', '.join(missing)}: run bench/method_throughput.py again")
-    steps = {m: max(1, round(cfg.images * rates[m] / rates[cfg.method] / cfg.batch_size)) for m in METHODS}
-    return {m: s * cfg.batch_size for m, s in steps.items()}
+    return {m: round(cfg.images * rates[m] / rates[cfg.method]) for m in METHODS}  # the stage makes epochs of it
 
 
 def _mean_std(values: list[float], scale: float = 100, signed: bool = False, digits: int = 2) -> str:
