@@ -210,7 +210,8 @@ class _Fit:
             return entries
         trial, recipe = cfg.recipe_for(self.task, tag, init)
         with tracking.child_run(f"{name}/finetune", {**base, "protocol": "finetune", **_recipe_tags(trial, recipe)}):
-            model, stats = self.finetune(encoder, init, recipe, seed, (train_rows[subset], train_labels[subset]), probe)
+            labelled = (train_rows[subset], train_labels[subset])
+            model, stats = self.finetune(encoder, init, recipe, seed, labelled, n_classes, probe)
             torch.save({k: v.cpu() for k, v in model.state_dict().items()}, self.folder / f"finetune-{files}.pt")
             tracking.log_metrics(stats)
             record("finetune", f"finetune-{files}.pt", trial=trial)
@@ -237,11 +238,15 @@ class _Fit:
         with tracking.child_run(
             f"{name}/search-{trial}", {**base, "protocol": "finetune", **_recipe_tags(trial, recipe)}
         ):
-            # the probe an LP-FT trial starts from, fit on the same labels (its L2 picked as in the linear protocol)
-            probe, _ = fit_linear_probe(
-                feats[fit], torch.as_tensor(labels[fit]), n_classes, cfg.probe.weight_decays, seed, cfg.probe.iterations
+            probe = None  # an LP-FT trial starts from a probe fit on the same labels (L2 picked as in `linear`)
+            if recipe.head == "probe":
+                y = torch.as_tensor(labels[fit])
+                probe, _ = fit_linear_probe(
+                    feats[fit], y, n_classes, cfg.probe.weight_decays, seed, cfg.probe.iterations
+                )
+            model, stats = self.finetune(
+                encoder, base["init"], recipe, seed, (rows[fit], labels[fit]), n_classes, probe
             )
-            model, stats = self.finetune(encoder, base["init"], recipe, seed, (rows[fit], labels[fit]), probe)
             acc = float((predict(model, self.store.images[rows[held]], self.device) == labels[held]).mean())
             tracking.log_metrics({**stats, "holdout_acc": acc})
         print(f"  {name} trial '{trial}': held-out acc {acc:.4f} ({len(held)} labels, {stats['seconds']:.1f}s)")
@@ -254,7 +259,8 @@ class _Fit:
         recipe: Recipe,
         seed: int,
         labelled: tuple[np.ndarray, np.ndarray],
-        probe: LinearProbe,
+        n_classes: int,
+        probe: LinearProbe | None,
     ) -> tuple[Classifier, dict[str, float]]:
         """A copy of `encoder` with a linear head (the probe's for an LP-FT recipe, else a new one) fine-tuned on the
         labelled (rows, labels)."""
@@ -264,8 +270,8 @@ class _Fit:
 
         rows, labels = labelled
         torch.manual_seed(seed)  # a fresh head's init
-        model = Classifier(copy.deepcopy(encoder), probe.linear.out_features)
-        if recipe.head == "probe":
+        model = Classifier(copy.deepcopy(encoder), n_classes)
+        if recipe.head == "probe" and probe is not None:
             model.head.load_state_dict(probe.state_dict())  # LP-FT: start from the probe
         stats = finetune(
             model.to(self.device),
