@@ -5,7 +5,8 @@
   python bench/compare_methods.py --run --methods simclr --seeds 1,2   # more seeds of one method
   python bench/compare_methods.py                                # rewrite the tables from `dvc exp show`
 
-Each (method, seed) runs the whole pipeline (pretrain -> register -> finetune -> evaluate) as a DVC experiment
+Each (method, seed) runs the pipeline up to the task it is compared on (pretrain -> register -> finetune ->
+evaluate@fashion-mnist; the digits task's stages are skipped, their files stay the baseline's) as a DVC experiment
 `method-<name>-s<seed>` that differs from the committed params only in `pretrain.method`, `pretrain.seed` and, with
 `--equal-time`, `pretrain.images`: the default's budget scaled by the method's images/s over the default method's
 (bench/results/method_throughput.json), so every method gets the default's pretraining wall-clock and a method that
@@ -163,8 +164,8 @@ def main() -> None:
                 if (method, seed) in existing and "committed" in existing[(method, seed)]["name"]:
                     continue  # the committed default run is this one
                 extra = ["-S", f"pretrain.images={images[method]}"] if method in images else []
-                queue[f"method-{method}-s{seed}"] = ["-S", f"pretrain.method={method}", "-S", f"pretrain.seed={seed}"]
-                queue[f"method-{method}-s{seed}"] += extra
+                overrides = ["-S", f"pretrain.method={method}", "-S", f"pretrain.seed={seed}", *extra]
+                queue[f"method-{method}-s{seed}"] = [f"evaluate@{TASK}", *overrides]
         seconds = run_queue(queue)
         print(f"the queue took {seconds / 60:.1f} min")
     found = runs()

@@ -39,6 +39,7 @@ def test_finetune_evaluate_report_lineage_and_embed(registered, capsys, tmp_path
 
     set_param(project.root, "tasks", TASK, {**project.section("tasks")[TASK], "budgets": ["2/class", 0.25, 1.0]})
     set_param(project.root, "finetune", "chosen", {TASK: {"frac_0.25": {"pretrained": "lpft"}}})
+    set_param(project.root, "finetune", "distill", {"budgets": ["frac_0.25"], "recipe": {"max_steps": 4}})
     run_task(stages=("prepare", "validate", "finetune"))
     out_dir = project.outputs(TASK)
     index = json.loads((out_dir.finetune / "index.json").read_text())
@@ -46,7 +47,11 @@ def test_finetune_evaluate_report_lineage_and_embed(registered, capsys, tmp_path
     combos = {(e["budget"], e["init"], e["protocol"]) for e in index["entries"]}
     budgets = ("per_class_2", "frac_0.25", "frac_1")
     inits, protocols = ("pretrained", "scratch", "pixels"), ("linear", "knn", "finetune")
-    assert combos == {(b, i, p) for b in budgets for i in inits for p in protocols if (i, p) != ("pixels", "finetune")}
+    distilled = {("frac_0.25", i, "distill") for i in ("pretrained", "scratch")}  # finetune.distill.budgets
+    assert combos - distilled == {
+        (b, i, p) for b in budgets for i in inits for p in protocols if (i, p) != ("pixels", "finetune")
+    }
+    assert distilled <= combos
     labels = {e["budget"]: e["labels"] for e in index["entries"]}
     assert labels == {"per_class_2": 8, "frac_0.25": 20, "frac_1": 80}  # 2 x 4 classes; 25 % of 80; all
     # finetune.draws (3) label subsets below 100 %, each its own bank; 100 % is one subset
@@ -57,7 +62,7 @@ def test_finetune_evaluate_report_lineage_and_embed(registered, capsys, tmp_path
     # each budget and init fine-tunes with its chosen trial (finetune.chosen), else the base recipe
     trials = {(e["budget"], e["init"]): e["trial"] for e in index["entries"] if e["protocol"] == "finetune"}
     assert trials.pop(("frac_0.25", "pretrained")) == "lpft" and set(trials.values()) == {"base"}
-    assert json.loads((out_dir.metrics / "finetune.json").read_text())["models"] == len(index["entries"]) == 56
+    assert json.loads((out_dir.metrics / "finetune.json").read_text())["models"] == len(index["entries"]) == 62
 
     capsys.readouterr()
     assert main(["evaluate", "--task", TASK]) == 0
@@ -74,11 +79,12 @@ def test_finetune_evaluate_report_lineage_and_embed(registered, capsys, tmp_path
     for name in ("label_efficiency.png", "confusion.png", "embedding_map.png"):
         assert (out_dir.plots / name).stat().st_size > 5000
     csv = (out_dir.plots / "label_efficiency.csv").read_text().splitlines()
-    series = [
+    series = ["distill_pretrained", "distill_scratch"] + [
         f"{p}_{i}" for p in ("finetune", "knn", "linear") for i in sorted(inits) if (i, p) != ("pixels", "finetune")
     ]
     assert csv[0] == "labels," + ",".join(series)
-    assert [line.split(",")[0] for line in csv[1:]] == ["8", "20", "80"]
+    assert [line.split(",")[:3] for line in csv[1:]] == [["8", "", ""], ["20", *csv[2].split(",")[1:3]], ["80", "", ""]]
+    assert all(csv[2].split(",")[1:3])  # distilled at 20 labels only
 
     runs = mlflow_runs(project.root)
     evaluate = next(r for r in runs if r.info.run_name == f"evaluate/{TASK}")
@@ -90,6 +96,8 @@ def test_finetune_evaluate_report_lineage_and_embed(registered, capsys, tmp_path
     assert {r.info.experiment_id for r in children} == {parent.info.experiment_id}  # not MLflow's Default one
     lpft = next(r for r in children if r.info.run_name == f"{TASK}/frac_0.25/d2/pretrained/finetune")
     assert lpft.data.params["trial"] == "lpft" and lpft.data.params["recipe_optimizer"] == "sgd"
+    student = next(r for r in children if r.info.run_name == f"{TASK}/frac_0.25/d1/scratch/distill")
+    assert student.data.params["recipe_max_steps"] == "4" and student.data.metrics["steps"] == 4
     assert f"{TASK}/frac_1/d0/pixels/knn" in {r.info.run_name for r in children}
     assert 0 <= metrics["test.acc_std.frac_0.25.finetune.scratch"] <= 0.5
 
@@ -100,6 +108,7 @@ def test_finetune_evaluate_report_lineage_and_embed(registered, capsys, tmp_path
     assert "| protocol | init | 2/class (8 labels, 3 draws) | 25 % (20 labels, 3 draws) | 100 % (80 labels) |" in out
     assert "best pretrained − best scratch (best against best)" in out and "best pretrained − best on raw pixels" in out
     assert re.search(r"\| linear \| scratch \| \d+\.\d\d % ± \d+\.\d\d \| [^|]+ \| \d+\.\d\d % \|", out)
+    assert re.search(r"\| distill \| pretrained \| — \| \d+\.\d\d % ± \d+\.\d\d \| — \|", out)
 
     # Lineage from the alias back to data and forward to downstream runs; reverse from the data md5.
     assert main(["lineage", "candidate", "--json"]) == 0
@@ -171,3 +180,19 @@ def test_bad_recipe_keys_are_named(project):
     ) as err:
         parse_section("finetune", {**section, "recipe": {**section["recipe"], "lr_scale": 1}})
     assert "trials" not in str(err.value)  # said once, not again for every trial built on the recipe
+
+
+def test_distill_settings_are_checked_and_build_on_the_recipe(project):
+    section = project.section("finetune")
+
+    def distill(**value):
+        return parse_section("finetune", {**section, "distill": value}).distill
+
+    with pytest.raises(SslopsError, match=r"finetune.distill.budgets.0 in params.yaml: must be a budget key .* '1%'"):
+        distill(budgets=["1%"], recipe={})
+    with pytest.raises(SslopsError, match="finetune.distill.recipe.lr in params.yaml: must be a valid number"):
+        distill(budgets=[], recipe={"lr": "fast"})
+    with pytest.raises(SslopsError, match="recipe.head must be 'fresh'"):
+        distill(budgets=[], recipe={"head": "probe"})
+    student = distill(budgets=["frac_0.01", "per_class_10"], recipe={"max_steps": 50}).recipe
+    assert student.max_steps == 50 and student.lr == project.config("finetune").recipe.lr  # the rest: the base

@@ -9,7 +9,15 @@ import torch
 from conftest import backbone_config, finetune_config, synthetic_images
 from sslops.ml.metrics import confusion_matrix, scores
 from sslops.ml.models import Encoder
-from sslops.ml.transfer import Classifier, balanced_subset, features, finetune, fit_linear_probe, predict
+from sslops.ml.transfer import (
+    Classifier,
+    balanced_subset,
+    features,
+    finetune,
+    fit_linear_probe,
+    predict,
+    soft_targets,
+)
 
 
 def test_balanced_subset_is_balanced_nested_and_seeded():
@@ -77,6 +85,51 @@ def test_finetune_learns_and_is_deterministic(optimizer, lr):
     assert stats["steps"] == 45  # 15 epochs x 3 batches, under the 60-step cap
     assert (preds == labels).mean() > 0.9  # far above the 25 % of chance on 4 balanced classes
     assert np.array_equal(preds, train()[0])
+
+
+def test_finetune_on_one_hot_probabilities_is_finetune_on_labels():
+    """Soft targets go through the same loop and loss: one-hot probabilities train the very same network."""
+    images, labels = synthetic_images(64, size=12, seed=3)
+    labels = labels.astype(np.int64)
+
+    def train(targets: np.ndarray) -> Classifier:
+        torch.manual_seed(0)
+        model = Classifier(Encoder(backbone_config(width=4), [0.5], [0.3]), 4)
+        finetune(model, images, targets, finetune_config(max_steps=8, batch_size=16), torch.device("cpu"), False)
+        return model
+
+    hard, soft = train(labels), train(np.eye(4, dtype=np.float32)[labels])
+    for a, b in zip(hard.state_dict().values(), soft.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6)
+
+
+def test_distillation_spreads_a_teacher_over_unlabeled_images():
+    """A teacher that knows the classes, 8 true labels and 152 unlabeled images: the student fits the teacher's
+    probabilities (the true label where known) and classifies the pool as well as the teacher does."""
+    images, labels = synthetic_images(160, size=12, seed=4)
+    labels = labels.astype(np.int64)
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    recipe = finetune_config(epochs=15, max_steps=60, batch_size=32, lr=3e-3)
+    teacher = Classifier(Encoder(backbone_config(width=4), [0.5], [0.3]), 4)
+    finetune(teacher, images, labels, recipe, cpu, False)
+    teacher_acc = (predict(teacher, images, cpu) == labels).mean()
+    assert teacher_acc > 0.9
+
+    labelled = balanced_subset(labels, None, 2, seed=0)
+    wrong = (labels[labelled] + 1) % 4  # labels that contradict the teacher: they must win where given
+    targets = soft_targets(teacher, images, labelled, wrong, cpu)
+    assert targets.shape == (160, 4) and np.allclose(targets.sum(1), 1, atol=1e-5)
+    assert np.array_equal(targets[labelled], np.eye(4, dtype=np.float32)[wrong])
+    unlabelled = np.setdiff1d(np.arange(160), labelled)
+    assert (targets[unlabelled].argmax(1) == predict(teacher, images[unlabelled], cpu)).all()
+
+    targets[labelled] = np.eye(4, dtype=np.float32)[labels[labelled]]
+    torch.manual_seed(1)
+    student = Classifier(Encoder(backbone_config(width=4), [0.5], [0.3]), 4)
+    stats = finetune(student, images, targets, recipe, cpu, False)
+    assert stats["train_acc"] > 0.8  # agreement with the targets' most probable class
+    assert (predict(student, images, cpu) == labels).mean() > teacher_acc - 0.05
 
 
 def test_features_are_raw_and_shaped():

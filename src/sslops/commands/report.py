@@ -35,9 +35,9 @@ def format_table(results: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     lines = [head + " |", "|" + "---|" * (2 + len(budgets))]
     for protocol in PROTOCOLS:
         for init in INITS:
-            if (budgets[0], protocol, init) in rows:
-                at = [rows[(b, protocol, init)] for b in budgets]
-                cells = " | ".join(_cell(r["acc"], r["acc_std"], r["draws"]) for r in at)
+            at = [rows.get((b, protocol, init)) for b in budgets]  # distill runs at some budgets only
+            if any(at):
+                cells = " | ".join(_cell(r["acc"], r["acc_std"], r["draws"]) if r else "—" for r in at)
                 lines.append(f"| {protocol} | {init} | {cells} |")
     for key, label in (
         ("gain_vs_best_scratch", "best pretrained − best scratch (best against best)"),

@@ -29,7 +29,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.functional_validators import PlainValidator
+from pydantic.functional_validators import AfterValidator, PlainValidator
 
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
@@ -414,6 +414,28 @@ class RecipeSearch(Section):
     holdout: Annotated[float, Field(gt=0, lt=1)]  # share of each labelled subset held out to score a trial
 
 
+def _budget_key(key: str) -> str:
+    if not re.fullmatch(r"frac_(0\.[0-9]+|1)|per_class_[1-9][0-9]*", key):
+        raise ValueError("must be a budget key as metrics name them: frac_<fraction> or per_class_<n> (frac_0.01)")
+    return key
+
+
+BudgetKey = Annotated[str, AfterValidator(_budget_key)]
+
+
+class Distill(Section):
+    """`finetune.distill`: self-training on the unlabeled pool after fine-tuning, at the budgets listed."""
+
+    budgets: list[BudgetKey]  # budget keys to distill at, for both inits; empty: none
+    recipe: Recipe  # the student's training, written as its changes to `finetune.recipe`; epochs count the pool
+
+    @model_validator(mode="after")
+    def _fresh_head(self) -> Distill:
+        if self.recipe.head != "fresh":
+            raise ValueError("recipe.head must be 'fresh': a student starts with a new head (it has no probe)")
+        return self
+
+
 class FinetuneParams(Section):
     """`finetune:` the transfer protocols, shared by every task; each task names its own label budgets."""
 
@@ -426,19 +448,32 @@ class FinetuneParams(Section):
     trials: Annotated[dict[Name, Recipe], Field(min_length=1)]  # each written as its changes to `recipe`
     chosen: dict[TaskName, dict[Name, dict[Init, Name]]]
     search: RecipeSearch
+    distill: Distill
 
     @model_validator(mode="before")
     @classmethod
     def _trials_over_recipe(cls, raw: Any) -> Any:
-        """params.yaml writes a trial as the keys it changes; each is validated as the whole recipe it makes."""
-        if isinstance(raw, dict) and isinstance(raw.get("recipe"), dict) and isinstance(raw.get("trials"), dict):
-            base = raw["recipe"]
-            trials = {k: {**base, **v} if isinstance(v, dict) else v for k, v in raw["trials"].items()}
-            try:
-                Recipe.model_validate(base)
-            except ValueError:  # the recipe's own errors are reported once, not again for every trial
-                trials = {k: Recipe.model_construct(**v) if isinstance(v, dict) else v for k, v in trials.items()}
-            raw = {**raw, "trials": trials}
+        """params.yaml writes a trial (and the distillation student's recipe) as the keys it changes; each is
+        validated as the whole recipe it makes."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("recipe"), dict):
+            return raw
+        base = raw["recipe"]
+        try:
+            Recipe.model_validate(base)
+            valid = True
+        except ValueError:  # the recipe's own errors are reported once, not again for every trial
+            valid = False
+
+        def over(changes: Any) -> Any:
+            if not isinstance(changes, dict):
+                return changes
+            return {**base, **changes} if valid else Recipe.model_construct(**{**base, **changes})
+
+        if isinstance(raw.get("trials"), dict):
+            raw = {**raw, "trials": {k: over(v) for k, v in raw["trials"].items()}}
+        distill = raw.get("distill")
+        if isinstance(distill, dict) and isinstance(distill.get("recipe"), dict):
+            raw = {**raw, "distill": {**distill, "recipe": over(distill["recipe"])}}
         return raw
 
     @model_validator(mode="after")

@@ -11,7 +11,7 @@ import statistics
 from typing import Any
 
 INITS = ("pretrained", "scratch", "pixels")  # pixels: the task's prepared pixels as features (no fine-tuning)
-PROTOCOLS = ("linear", "knn", "finetune")
+PROTOCOLS = ("linear", "knn", "finetune", "distill")  # distill: at the budgets of finetune.distill only
 
 
 def parse_budget(budget: float | str) -> tuple[float | None, int | None]:

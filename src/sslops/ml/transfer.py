@@ -11,6 +11,13 @@ architecture at random initialisation, so the gain from pretraining is a measure
   LP-FT (Kumar et al., 2022, arXiv:2202.10054): the head starts from the linear probe and the backbone trains at
   a lower learning rate, so the first steps do not wreck good features through gradients from a random head;
   with `head: fresh` it is the plain supervised recipe (a new linear head, one learning rate).
+
+And one semi-supervised protocol on top of fine-tuning, for the budgets that ask for it:
+
+- distillation (the third step of SimCLRv2, Chen et al., 2020, arXiv:2006.10029): the fine-tuned network is the
+  teacher; a student of the same architecture, from the same init, trains on the whole unlabeled pool against the
+  teacher's predicted class probabilities (the true label where the image is labelled), augmented as in
+  fine-tuning, so what the few labels taught spreads over images no one labelled.
 """
 
 from __future__ import annotations
@@ -217,7 +224,10 @@ def finetune(
     pretrained: bool,
     progress: bool = False,
 ) -> dict[str, float]:
-    """Train all of `model` on uint8 NHWC `images`; returns training loss/accuracy of the last epoch and time."""
+    """Train all of `model` on uint8 NHWC `images`; returns training loss/accuracy of the last epoch and time.
+
+    `labels` are class indices (N,), or class probabilities (N, C) to train against (distillation: cross-entropy
+    with soft targets; the training accuracy then counts agreement with the most probable class)."""
     from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -236,7 +246,8 @@ def finetune(
         group["initial_lr"] = group["lr"]
     optimizer = _optimizer(groups, cfg)
     pool = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2)
-    targets = torch.as_tensor(labels, dtype=torch.long)
+    soft = np.ndim(labels) == 2
+    targets = torch.as_tensor(labels, dtype=torch.float32 if soft else torch.long)
     total = cfg.steps(len(pool))
     model.to(device).train()
     started, step, seen, correct, loss_sum = time.perf_counter(), 0, 0, 0, 0.0
@@ -262,7 +273,7 @@ def finetune(
             step += 1
             bar.update()
             seen += len(idx)
-            correct += int((logits.argmax(1) == y).sum())
+            correct += int((logits.argmax(1) == (y.argmax(1) if soft else y)).sum())
             loss_sum += loss.item() * len(idx)
     bar.close()
     model.eval()
@@ -272,6 +283,20 @@ def finetune(
         "steps": step,
         "seconds": time.perf_counter() - started,
     }
+
+
+def soft_targets(
+    teacher: nn.Module, images: np.ndarray, labelled: np.ndarray, labels: np.ndarray, device: torch.device
+) -> np.ndarray:
+    """A distillation student's targets for uint8 NHWC `images` (the unlabeled pool): the teacher's class
+    probabilities (float32, N x C), one-hot with the true label at the `labelled` positions.
+
+    The teacher sees each image unaugmented, once; the student sees it augmented at every visit (as in Noisy
+    Student, Xie et al., 2020), so it must agree with the teacher over the augmentations. The teacher's plain softmax
+    (temperature 1): one knob fewer, and the paper's loss with tau = 1."""
+    probs = _apply(teacher, images, device, 1024).softmax(1).numpy().astype(np.float32)
+    probs[labelled] = np.eye(probs.shape[1], dtype=np.float32)[labels]
+    return probs
 
 
 def predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 1024) -> np.ndarray:

@@ -43,7 +43,7 @@ def label_efficiency(rows: list[dict], path: Path, title: str) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     series = sorted({(r["protocol"], r["init"]) for r in rows})
-    colours = {"linear": "tab:blue", "knn": "tab:green", "finetune": "tab:red"}
+    colours = {"linear": "tab:blue", "knn": "tab:green", "finetune": "tab:red", "distill": "tab:purple"}
     for protocol, init in series:
         pts = sorted(
             (r["labels"], r["acc"], r.get("acc_min", r["acc"]), r.get("acc_max", r["acc"]))

@@ -209,14 +209,14 @@ def _draw(
 
 
 def _write_plot_tables(figures: Path, results: list[dict[str, Any]], best: dict[str, Any], classes: list[str]) -> None:
-    """DVC plots: the label-efficiency table (one column per protocol/init, means over the label draws) and the
-    headline confusion pairs."""
+    """DVC plots: the label-efficiency table (one column per protocol/init, means over the label draws; empty where
+    a protocol did not run at a budget) and the headline confusion pairs."""
     results = aggregate(results)
     series = sorted({(r["protocol"], r["init"]) for r in results})
     lines = ["labels," + ",".join(f"{p}_{i}" for p, i in series)]
     for labels in sorted({r["labels"] for r in results}):
         acc = {(r["protocol"], r["init"]): r["acc"] for r in results if r["labels"] == labels}
-        lines.append(f"{labels}," + ",".join(f"{acc[s]:.5f}" for s in series))
+        lines.append(f"{labels}," + ",".join(f"{acc[s]:.5f}" if s in acc else "" for s in series))
     with atomic_file(figures / "label_efficiency.csv") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     cm = np.asarray(best["confusion"])

@@ -6,7 +6,8 @@ the model version it used; its files are checked against the sha256s recorded at
 were prepared to the encoder's input (task_prepare). For each of the task's label budgets (`tasks.NAME.budgets`:
 fractions or labels per class; class-balanced subsets of train, nested) and each initialisation (pretrained;
 scratch = the same architecture at random init; pixels = the prepared pixels themselves) it fits the protocols of
-`sslops.ml.transfer`: linear probe, kNN and fine-tuning (not for pixels). A budget below 100 % is drawn
+`sslops.ml.transfer`: linear probe, kNN and fine-tuning (not for pixels), and at the budgets of `finetune.distill`
+distillation of the fine-tuned network into a student over all the task's train images. A budget below 100 % is drawn
 `finetune.draws` times (seeds seed, seed + 1, ...), so every result has a spread. Fine-tuning uses, per task, budget
 and init, the recipe trial that bench/finetune_search.py chose on held-out labels (`finetune.chosen`). One parent
 MLflow run per task, one child run per (budget, draw, init, protocol). The trained heads and networks go to
@@ -219,7 +220,36 @@ class _Fit:
             f"  {init} {tag} draw {draw}: probe wd {wd:g}, fine-tune '{trial}' {stats['steps']} steps in "
             f"{stats['seconds']:.1f}s (train acc {stats['train_acc']:.3f})"
         )
+        if tag in cfg.distill.budgets:
+            with tracking.child_run(
+                f"{name}/distill", {**base, "protocol": "distill", **_recipe_tags("distill", cfg.distill.recipe)}
+            ):
+                student, stats = self.distill(model, encoder, init, seed, train_rows, subset, train_labels[subset])
+                torch.save({k: v.cpu() for k, v in student.state_dict().items()}, self.folder / f"distill-{files}.pt")
+                tracking.log_metrics(stats)
+                record("distill", f"distill-{files}.pt")
+            print(f"  {init} {tag} draw {draw}: distilled over {len(train_rows)} images in {stats['seconds']:.1f}s")
         return entries
+
+    def distill(
+        self,
+        teacher: Classifier,
+        encoder: Encoder,
+        init: str,
+        seed: int,
+        pool: np.ndarray,
+        labelled: np.ndarray,
+        labels: np.ndarray,
+    ) -> tuple[Classifier, dict[str, float]]:
+        """A student from `encoder` (the teacher's own start) trained on every `pool` row against the teacher's
+        class probabilities, the true `labels` at the `labelled` positions of the pool."""
+        from sslops.ml.transfer import soft_targets
+
+        started = time.perf_counter()
+        targets = soft_targets(teacher, self.store.images[pool], labelled, labels, self.device)
+        n_classes = targets.shape[1]
+        student, stats = self.finetune(encoder, init, self.cfg.distill.recipe, seed, (pool, targets), n_classes, None)
+        return student, {**stats, "seconds": time.perf_counter() - started}
 
     def search(
         self, base: dict[str, Any], name: str, encoder: Encoder, subset: tuple[np.ndarray, np.ndarray, torch.Tensor]
@@ -263,7 +293,7 @@ class _Fit:
         probe: LinearProbe | None,
     ) -> tuple[Classifier, dict[str, float]]:
         """A copy of `encoder` with a linear head (the probe's for an LP-FT recipe, else a new one) fine-tuned on the
-        labelled (rows, labels)."""
+        labelled (rows, labels): class indices, or class probabilities to distill."""
         import torch
 
         from sslops.ml.transfer import Classifier, FinetuneConfig, finetune
