@@ -34,16 +34,18 @@ def dvc(*args: str) -> str:
 
 def run_queue(experiments: dict[str, list[str]]) -> float:
     """Queue one `dvc exp run` per name (its extra arguments: targets, -S overrides), run the queue with one worker
-    (the runs share the CPU), wait for it; returns the seconds it took."""
+    (the runs share the CPU; a worker already running, another script's, takes these too), wait until nothing is
+    queued or running; returns the seconds it took."""
     started = time.perf_counter()
     for name, args in experiments.items():
         dvc("exp", "run", "--queue", "-f", "-n", name, *args)
-    dvc("queue", "start", "-j", "1")
+    if not re.search(r"Worker status: [1-9]\d* active", dvc("queue", "status")):
+        dvc("queue", "start", "-j", "1")
     while True:
         status = dvc("queue", "status")
         if not re.search(r"\b(Queued|Running)\b", status):
             break
-        time.sleep(30)
+        time.sleep(60)
     print(status)
     if re.search(r"\bFailed\b", status):
         print("some experiments failed: `dvc queue logs <name>` shows why", file=sys.stderr)

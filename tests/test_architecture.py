@@ -8,6 +8,9 @@ stage does; `if TYPE_CHECKING:` blocks are skipped), so the tests need none of t
 from __future__ import annotations
 
 import ast
+import os
+import shutil
+import subprocess
 import sys
 from functools import cache
 from pathlib import Path
@@ -226,6 +229,21 @@ def missing_deps(cmd: str, deps: list[str]) -> list[str]:
     needed = closure(f"sslops.stages.{stage}") | entry_files()
     rel = sorted(str(p.relative_to(REPO)) for p in needed)
     return [f for f in rel if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)]
+
+
+def test_a_stage_runs_the_code_of_the_project_it_runs_in(tmp_path: Path) -> None:
+    """As in a DVC experiment's copy of the project: its own src/sslops runs, not the installed checkout's, whose
+    code may have changed since the experiment was queued (the copy's src/ is what DVC records as the deps)."""
+    copy = tmp_path / "src" / "sslops"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "cli.py").write_text("import sslops\n\n\ndef main():\n    print('cli of', sslops.__file__)\n    return 0\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("SSLOPS_OWN_CODE", "PYTHONPATH")}
+    out = subprocess.run(
+        [sys.executable, "-m", "sslops", "prepare"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"cli of {copy / '__init__.py'}"
+    assert f"running this project's code ({copy.parent})" in out.stderr
 
 
 @pytest.mark.parametrize("stage", list(stage_deps()))
