@@ -39,7 +39,7 @@ def run_queue(experiments: dict[str, list[str]]) -> float:
     started = time.perf_counter()
     for name, args in experiments.items():
         dvc("exp", "run", "--queue", "-f", "-n", name, *args)
-    if not re.search(r"Worker status: [1-9]\d* active", dvc("queue", "status")):
+    if not re.search(r"\bRunning\b", dvc("queue", "status")):  # its worker count can read 0 while one runs
         dvc("queue", "start", "-j", "1")
     while True:
         status = dvc("queue", "status")

@@ -151,13 +151,16 @@ def test_finetune_evaluate_report_lineage_and_embed(registered, capsys, tmp_path
 
 
 @pytest.mark.integration
-def test_finetune_names_a_missing_model_and_an_unknown_task(pretrained, capsys):
+def test_finetune_names_a_missing_model_an_unknown_task_and_a_budget_no_task_has(pretrained, capsys):
     set_param(pretrained.root, "finetune", "model", "nonexistent")
     run_task(stages=("prepare", "validate"))
     assert main(["finetune", "--task", TASK]) == 2
     assert "no version or alias 'nonexistent'" in capsys.readouterr().err
     assert main(["finetune", "--task", "cifar"]) == 2
     assert f"unknown task 'cifar': params.yaml's tasks are {TASK}" in capsys.readouterr().err
+    set_param(pretrained.root, "finetune", "distill", {"budgets": ["frac_0.5"], "recipe": {}})
+    assert main(["finetune", "--task", TASK]) == 2
+    assert "finetune.distill.budgets names frac_0.5, which no task has (their budgets: frac_" in capsys.readouterr().err
 
 
 def test_recipe_numbers_written_without_a_dot_are_numbers(project):

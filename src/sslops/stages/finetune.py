@@ -31,7 +31,7 @@ import numpy as np
 
 from sslops.adapters import tracking
 from sslops.config import Project
-from sslops.config.schema import Budget, FinetuneParams, Recipe
+from sslops.config.schema import Budget, FinetuneParams, Recipe, TasksParams
 from sslops.data.store import ImageStore
 from sslops.errors import SslopsError
 from sslops.outputs.atomic import atomic_dir, write_json
@@ -53,6 +53,7 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
         raise SslopsError("finetune runs per downstream task: sslops finetune --task NAME (dvc.yaml: finetune@NAME).")
     cfg: FinetuneParams = project.config("finetune")
     budgets = project.config("tasks")[task].budgets
+    _check_distill(cfg, project.config("tasks"))
     name, out = project.model_name, project.outputs(task)
     device = pick_device(cfg.device)
     store = ImageStore.open(out.prepared)
@@ -109,6 +110,19 @@ def _holdout_metrics(entries: list[dict[str, Any]]) -> dict[str, float]:
         out[f"holdout.acc.{key}"] = round(float(np.mean(accs)), 5)
         out[f"holdout.acc_std.{key}"] = round(float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0, 5)
     return out
+
+
+def _check_distill(cfg: FinetuneParams, tasks: TasksParams) -> None:
+    """Every budget of finetune.distill must be some task's: a misspelt one would silently distill nothing."""
+    from sslops.ml.results import budget_key
+
+    known = {budget_key(b) for name in tasks.names() for b in tasks[name].budgets}
+    unknown = [b for b in cfg.distill.budgets if b not in known]
+    if unknown:
+        raise SslopsError(
+            f"finetune.distill.budgets names {', '.join(unknown)}, which no task has (their budgets: "
+            f"{', '.join(sorted(known))})."
+        )
 
 
 def _check_input(spec: dict[str, Any], store: ImageStore, task: str) -> None:
