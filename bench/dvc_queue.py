@@ -34,17 +34,17 @@ def dvc(*args: str) -> str:
 
 def run_queue(experiments: dict[str, list[str]]) -> float:
     """Queue one `dvc exp run` per name (its extra arguments: targets, -S overrides), run the queue with one worker
-    (the runs share the CPU; a worker already running, another script's, takes these too), wait until nothing is
-    queued or running; returns the seconds it took."""
+    (a worker already running, another script's, takes these too), wait until nothing is queued or running; returns
+    the seconds it took. Run one such script at a time: two polling at once could start two workers."""
     started = time.perf_counter()
     for name, args in experiments.items():
         dvc("exp", "run", "--queue", "-f", "-n", name, *args)
-    if not re.search(r"\bRunning\b", dvc("queue", "status")):  # its worker count can read 0 while one runs
-        dvc("queue", "start", "-j", "1")
     while True:
         status = dvc("queue", "status")
         if not re.search(r"\b(Queued|Running)\b", status):
             break
+        if not re.search(r"\bRunning\b", status):  # none started yet, or a worker stopped with runs still queued
+            dvc("queue", "start", "-j", "1")  # (seen with DVC 3); one worker, so the runs never share the CPU
         time.sleep(60)
     print(status)
     if re.search(r"\bFailed\b", status):
