@@ -71,11 +71,12 @@ def equal_time_images(project: Project) -> dict[str, int]:
     return {m: round(cfg.images * rates[m] / rates[cfg.method]) for m in METHODS}  # the stage makes epochs of it
 
 
-def _mean_std(values: list[float], scale: float = 100, signed: bool = False, digits: int = 2) -> str:
-    """`mean ± std` (sample std) of `values` x `scale`; just the mean for one value; empty for none."""
+def _mean_std(values: list[float], scale: float = 100, signed: bool = False, digits: int = 2, unit: str = " %") -> str:
+    """`mean<unit> ± std` (sample std) of `values` x `scale`, as `sslops report` writes a cell; just the mean for one
+    value; empty for none. Points (`signed`) carry no unit."""
     if not values:
         return ""
-    mean = f"{scale * statistics.fmean(values):{'+' if signed else ''}.{digits}f}"
+    mean = f"{scale * statistics.fmean(values):{'+' if signed else ''}.{digits}f}{'' if signed else unit}"
     return f"{mean} ± {scale * statistics.stdev(values):.{digits}f}" if len(values) > 1 else mean
 
 
@@ -102,14 +103,14 @@ def table(found: dict[tuple[str, int], dict[str, Any]]) -> str:
         )
         images = sorted({r["params"].get("images") for r in done})
         lines.append(
-            f"| {method} | {seeds} | {_mean_std(_column(done, 'pretrain', 'knn_acc'))} % "
-            f"| {_mean_std(_column(done, 'evaluate', 'test.acc.frac_1.linear.pretrained'))} % "
-            f"| {_mean_std(_column(done, 'evaluate', head + 'best_pretrained'))} % "
-            f"| {_mean_std(_column(done, 'evaluate', head + 'best_scratch'))} % "
+            f"| {method} | {seeds} | {_mean_std(_column(done, 'pretrain', 'knn_acc'))} "
+            f"| {_mean_std(_column(done, 'evaluate', 'test.acc.frac_1.linear.pretrained'))} "
+            f"| {_mean_std(_column(done, 'evaluate', head + 'best_pretrained'))} "
+            f"| {_mean_std(_column(done, 'evaluate', head + 'best_scratch'))} "
             f"| {_mean_std(_column(done, 'evaluate', head + 'gain_vs_best_scratch'), signed=True)} "
             f"| {', '.join(f'{i:,}' for i in images if i)} "
-            f"| {_mean_std(_column(done, 'pretrain', 'seconds'), scale=1, digits=0)} s "
-            f"| {_mean_std(_column(done, 'pretrain', 'images_per_s'), scale=1, digits=0)} |"
+            f"| {_mean_std(_column(done, 'pretrain', 'seconds'), scale=1, digits=0, unit=' s')} "
+            f"| {_mean_std(_column(done, 'pretrain', 'images_per_s'), scale=1, digits=0, unit='')} |"
         )
     return "\n".join(lines)
 
@@ -128,7 +129,9 @@ def seeds_table(found: dict[tuple[str, int], dict[str, Any]], method: str) -> st
     seeds = ", ".join(str(r["params"].get("seed")) for r in done)
     intro = (
         f"`{method}`, pretraining seeds {seeds}: mean ± std over the seeds of each seed's mean over 3 label draws "
-        "(100 %: one subset), test split of Fashion-MNIST."
+        "(100 %: one subset), test split of Fashion-MNIST. The scratch side does not depend on the pretraining seed "
+        "(its init and label draws follow `finetune.seed`), so its spread here is 0; the spread over label draws is "
+        "in the table above."
     )
     lines = [
         intro,
@@ -142,7 +145,7 @@ def seeds_table(found: dict[tuple[str, int], dict[str, Any]], method: str) -> st
             _mean_std(_column(done, "evaluate", f"headline.{b}.{k}"), signed=k.startswith("gain"))
             for k in ("best_pretrained", "best_scratch", "gain_vs_best_scratch")
         ]
-        lines.append(f"| {name} | {cells[0]} % | {cells[1]} % | {cells[2]} |")
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {cells[2]} |")
     return "\n".join(lines)
 
 
