@@ -40,13 +40,14 @@ LEVERS: dict[str, tuple[str, Callable[[Project], list[str]]]] = {
 
 
 def _row(data: dict[str, Any]) -> dict[str, Any]:
+    """One revision's headline at the task's smallest label budget, and its pretraining metrics."""
     evaluate = metrics_of(data, f"metrics/tasks/{TASK}/evaluate.json")
-    budgets = sorted(
-        (k.removeprefix("headline.").removesuffix(".labels"), v)
+    labels = {  # budget key (`frac_0.01`) -> its number of labels
+        k.removeprefix("headline.").removesuffix(".labels"): v
         for k, v in evaluate.items()
         if k.startswith("headline.") and k.endswith(".labels")
-    )
-    smallest = min(budgets, key=lambda b: b[1])[0] if budgets else None
+    }
+    smallest = min(labels, key=labels.get) if labels else None
     head = {
         k.removeprefix(f"headline.{smallest}."): v for k, v in evaluate.items() if k.startswith(f"headline.{smallest}.")
     }
@@ -66,10 +67,7 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
         "| lever | what it changes | labels | best pretrained (protocol) | best scratch (protocol) "
         "| gain, best vs best | gain vs scratch fine-tune | kNN (validation) | pretraining time |"
     )
-    lines = [
-        header,
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
         what = LEVERS[name][0] if name in LEVERS else "nothing: the committed default run"
         if "state" in row:
