@@ -452,7 +452,7 @@ class FinetuneParams(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _trials_over_recipe(cls, raw: Any) -> Any:
+    def _changes_over_recipe(cls, raw: Any) -> Any:
         """params.yaml writes a trial (and the distillation student's recipe) as the keys it changes; each is
         validated as the whole recipe it makes."""
         if not isinstance(raw, dict) or not isinstance(raw.get("recipe"), dict):
