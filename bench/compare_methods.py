@@ -22,7 +22,7 @@ import re
 import statistics
 from typing import Any
 
-from dvc_queue import ROOT, experiments, metrics_of, run_queue
+from dvc_queue import ROOT, budget_labels, experiments, metrics_of, run_queue
 
 from sslops.commands.report import replace_section
 from sslops.config import Project
@@ -120,11 +120,7 @@ def seeds_table(found: dict[tuple[str, int], dict[str, Any]], method: str) -> st
     done = [r for (m, _), r in sorted(found.items()) if m == method and "state" not in r]
     if not done:
         return f"No finished run of `{method}` yet."
-    labels = {  # budget key (`frac_0.01`) -> its number of labels, from `headline.<budget>.labels`
-        k.removeprefix("headline.").removesuffix(".labels"): v
-        for k, v in done[0]["evaluate"].items()
-        if k.startswith("headline.") and k.endswith(".labels")
-    }
+    labels = budget_labels(done[0]["evaluate"])
     budgets = sorted(labels, key=labels.get)
     seeds = ", ".join(str(r["params"].get("seed")) for r in done)
     intro = (

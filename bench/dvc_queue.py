@@ -57,6 +57,15 @@ def metrics_of(data: dict[str, Any], path: str) -> dict[str, Any]:
     return ((data.get("metrics") or {}).get(path) or {}).get("data") or {}
 
 
+def budget_labels(evaluate: dict[str, Any]) -> dict[str, int]:
+    """Budget key (`frac_0.01`) -> its number of labels, from an evaluate.json's `headline.<budget>.labels`."""
+    return {
+        k.removeprefix("headline.").removesuffix(".labels"): v
+        for k, v in evaluate.items()
+        if k.startswith("headline.") and k.endswith(".labels")
+    }
+
+
 def experiments(pattern: str) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """Experiments whose name matches `pattern` (newest first wins): name -> {"data": ...} or {"state": ...} while
     queued or running; and the revisions `dvc exp show` lists (workspace, HEAD, ...), for a committed baseline."""

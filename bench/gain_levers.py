@@ -17,7 +17,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from dvc_queue import ROOT, experiments, metrics_of, run_queue
+from dvc_queue import ROOT, budget_labels, experiments, metrics_of, run_queue
 
 from sslops.commands.report import replace_section
 from sslops.config import Project
@@ -42,11 +42,7 @@ LEVERS: dict[str, tuple[str, Callable[[Project], list[str]]]] = {
 def _row(data: dict[str, Any]) -> dict[str, Any]:
     """One revision's headline at the task's smallest label budget, and its pretraining metrics."""
     evaluate = metrics_of(data, f"metrics/tasks/{TASK}/evaluate.json")
-    labels = {  # budget key (`frac_0.01`) -> its number of labels
-        k.removeprefix("headline.").removesuffix(".labels"): v
-        for k, v in evaluate.items()
-        if k.startswith("headline.") and k.endswith(".labels")
-    }
+    labels = budget_labels(evaluate)
     smallest = min(labels, key=labels.get) if labels else None
     head = {
         k.removeprefix(f"headline.{smallest}."): v for k, v in evaluate.items() if k.startswith(f"headline.{smallest}.")
