@@ -10,7 +10,8 @@ evaluate@fashion-mnist; the digits task's stages are skipped, their files stay t
 `method-<name>-s<seed>` that differs from the committed params only in `pretrain.method`, `pretrain.seed` and, with
 `--equal-time`, `pretrain.images`: the default's budget scaled by the method's images/s over the default method's
 (bench/results/method_throughput.json), so every method gets the default's pretraining wall-clock and a method that
-costs more per step gets fewer epochs. The committed default run stands in for the default method's default seed.
+costs more per step gets fewer epochs. Where no experiment has a (method, seed), the newest commit whose committed
+run has it stands in (the default's seed 0; a former default's seed 0 from its last commit).
 The tables are built from the experiments' metrics files, never typed by hand (the queue: bench/dvc_queue.py).
 """
 
@@ -50,12 +51,15 @@ def runs() -> dict[tuple[str, int], dict[str, Any]]:
     for name, e in found.items():
         method, seed = re.fullmatch(r"method-(\w+)-s(\d+)", name).groups()  # type: ignore[union-attr]
         out[(method, int(seed))] = {"name": name, **({"state": e["state"]} if "state" in e else _metrics(e["data"]))}
-    head = next((c for c in shown if c.get("rev") != "workspace"), None)  # HEAD: the committed default run
-    if head:
-        committed = _metrics(head.get("data") or {})
+    # Newest commit first: a committed run stands in for its (method, seed) when no experiment has it, e.g. the
+    # default's seed 0 from HEAD, a former default's from the last commit it was the default in.
+    for commit in shown:
+        if commit.get("rev") == "workspace":
+            continue
+        committed = _metrics(commit.get("data") or {})
         key = (committed["params"].get("method"), committed["params"].get("seed"))
-        if None not in key and key not in out:
-            out[key] = {"name": f"{head['rev'][:7]} (committed default run)", **committed}  # type: ignore[index]
+        if None not in key and key not in out and committed["evaluate"]:
+            out[key] = {"name": f"{commit['rev'][:7]} (committed run)", **committed}  # type: ignore[index]
     return out
 
 
@@ -160,8 +164,9 @@ def main() -> None:
         queue = {}
         for method in args.methods.split(","):
             for seed in map(int, args.seeds.split(",")):
-                if (method, seed) in existing and "committed" in existing[(method, seed)]["name"]:
-                    continue  # the committed default run is this one
+                committed = "(committed run)" in existing.get((method, seed), {}).get("name", "")
+                if committed and (method, seed) == (default.method, default.seed):
+                    continue  # HEAD's run is this one
                 extra = ["-S", f"pretrain.images={images[method]}"] if method in images else []
                 overrides = ["-S", f"pretrain.method={method}", "-S", f"pretrain.seed={seed}", *extra]
                 queue[f"method-{method}-s{seed}"] = [f"evaluate@{TASK}", *overrides]

@@ -7,8 +7,9 @@
 A lever is a change to params.yaml (LEVERS below), run as a DVC experiment `lever-<name>` up to
 evaluate@fashion-mnist (the digits task's stages are skipped). The table sets each lever's headline at the
 smallest label budget of Fashion-MNIST (1 %, 600 labels; every figure a mean over the label draws) beside the
-committed default run's: best pretrained against best scratch, each side's best protocol, and the pretraining cost.
-It goes to docs/benchmarks.md between the `gain-levers` markers, built from the experiments' metrics files only.
+committed run they were queued from: best pretrained against best scratch, each side's best protocol, and the
+pretraining cost. It goes to docs/benchmarks.md between the `gain-levers` markers, built from the experiments'
+metrics files only.
 """
 
 from __future__ import annotations
@@ -58,14 +59,14 @@ def _pct(value: Any, std: Any = None, signed: bool = False) -> str:
 
 
 def table(rows: dict[str, dict[str, Any]]) -> str:
-    """One row per lever (the committed default first); a lever still queued or running says so."""
+    """One row per lever (their committed baseline first); a lever still queued or running says so."""
     header = (
         "| lever | what it changes | labels | best pretrained (protocol) | best scratch (protocol) "
         "| gain, best vs best | gain vs scratch fine-tune | kNN (validation) | pretraining time |"
     )
     lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
-        what = LEVERS[name][0] if name in LEVERS else "nothing: the committed default run"
+        what = LEVERS[name][0] if name in LEVERS else row["what"]
         if "state" in row:
             lines.append(f"| {name} | {what} | {row['state']} | | | | | | |")
             continue
@@ -83,11 +84,23 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _names(commit: dict[str, Any]) -> list[str]:
+    """The experiment names under one commit of `dvc exp show --json`."""
+    return [r.get("name") or "" for e in commit.get("experiments") or [] for r in e.get("revs") or []]
+
+
 def rows() -> dict[str, dict[str, Any]]:
-    """The committed default run, then every lever that has an experiment, by name."""
+    """The committed run the levers ran from, then every lever that has an experiment, by name."""
     found, shown = experiments(r"lever-.+")
-    head = next((c for c in shown if c.get("rev") != "workspace"), None)
-    out = {"default": _row(head.get("data") or {})} if head else {}
+    # The baseline is the commit the levers were queued from (newest first), not HEAD: a later default (another
+    # method, other recipes) is not what they changed.
+    base = next((c for c in shown if any(n.startswith("lever-") for n in _names(c))), None)
+    out = {}
+    if base:
+        method = (((base.get("data") or {}).get("params") or {}).get("params.yaml") or {}).get("data", {})
+        method = method.get("pretrain", {}).get("method")
+        out["default"] = {"what": f"nothing: the commit the levers ran from ({base['rev'][:7]}, `{method}`)"}
+        out["default"] |= _row(base.get("data") or {})
     for name in LEVERS:
         e = found.get(f"lever-{name}")
         if e:

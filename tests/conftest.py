@@ -223,6 +223,7 @@ def small_params(text: str) -> str:
         min_steps=1,
         batch_size=16,
         backbone=dict(TINY_BACKBONE),
+        rotation={"hidden": 16},  # the default method; SimCLR for the tests that pick it
         simclr={"proj_hidden": 16, "proj_dim": 8, "temperature": 0.2},
         probe={"weight_decay": 1e-3, "iterations": 20},
     )

@@ -34,6 +34,7 @@ def tiny(project, epochs: int = 3, views: int = 4) -> None:
     set_param(project.root, "pretrain", "images", epochs * 80)  # 80 synthetic train images: 5 steps of 16 per epoch
     set_param(project.root, "pretrain", "batch_size", 16)
     set_param(project.root, "pretrain", "backbone", TINY_BACKBONE)
+    set_param(project.root, "pretrain", "method", "simclr")  # the tests read SimCLR's knobs back, whatever the default
     set_param(project.root, "pretrain", "simclr", {"proj_hidden": 16, "proj_dim": 8, "temperature": 0.2})
 
 

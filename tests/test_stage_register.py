@@ -51,7 +51,8 @@ def test_register_promotes_reuses_its_version_and_keeps_the_champion_without_imp
     card = v1.description
     assert card.startswith("### Model card: sslops-encoder-fashion-mnist v1")
     linear = 100 * pretrain_run.data.metrics["final.linear_acc"]
-    for fact in ("| Data | `data/fashion-mnist`", "| Method | simclr,", "small_cnn, input 12x12x1", f"{linear:.2f} %"):
+    method = f"| Method | {project.config('pretrain').method},"
+    for fact in ("| Data | `data/fashion-mnist`", method, "small_cnn, input 12x12x1", f"{linear:.2f} %"):
         assert fact in card, (fact, card)
     assert pretrain_run.info.run_id in card and "sslops lineage sslops-encoder-fashion-mnist/1" in card
     assert "alias `champion`" in c.get_registered_model("sslops-encoder-fashion-mnist").description.replace(
