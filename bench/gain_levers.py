@@ -97,8 +97,8 @@ def rows() -> dict[str, dict[str, Any]]:
     base = next((c for c in shown if any(n.startswith("lever-") for n in _names(c))), None)
     out = {}
     if base:
-        method = (((base.get("data") or {}).get("params") or {}).get("params.yaml") or {}).get("data", {})
-        method = method.get("pretrain", {}).get("method")
+        params = (((base.get("data") or {}).get("params") or {}).get("params.yaml") or {}).get("data") or {}
+        method = params.get("pretrain", {}).get("method")
         out["default"] = {"what": f"nothing: the commit the levers ran from ({base['rev'][:7]}, `{method}`)"}
         out["default"] |= _row(base.get("data") or {})
     for name in LEVERS:
