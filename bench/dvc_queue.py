@@ -35,7 +35,9 @@ def dvc(*args: str) -> str:
 def run_queue(experiments: dict[str, list[str]]) -> float:
     """Queue one `dvc exp run` per name (its extra arguments: targets, -S overrides), run the queue with one worker
     (a worker already running, another script's, takes these too), wait until nothing is queued or running; returns
-    the seconds it took. Run one such script at a time: two polling at once could start two workers."""
+    the seconds it took. Run one such script at a time: two polling at once could start two workers, and a worker's
+    torch threads already use every core (two 2-thread workers on 2 cores made finetune stages several times
+    slower here, 2026-11-29)."""
     started = time.perf_counter()
     for name, args in experiments.items():
         dvc("exp", "run", "--queue", "-f", "-n", name, *args)
