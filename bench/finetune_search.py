@@ -2,6 +2,7 @@
 
   python bench/finetune_search.py --run   # one `dvc exp run` per trial (finetune stages only), then choose
   python bench/finetune_search.py         # choose again from the experiments `dvc exp show` already has
+  python bench/finetune_search.py --record-only   # the results file only: params.yaml and the docs stay as they are
 
 Each trial of `finetune.trials` in params.yaml runs as a DVC experiment `recipe-<method>-<trial>` that sets
 `finetune.search.trial` and runs only the tasks' finetune stages (`-s`: the registered encoder of the default
@@ -112,6 +113,9 @@ def table(found: dict[str, dict[str, dict[str, Any]]], chosen: dict[str, Any], t
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", action="store_true", help="queue and run one experiment per trial first")
+    parser.add_argument(
+        "--record-only", action="store_true", help="write the results file, not finetune.chosen or the docs table"
+    )
     args = parser.parse_args()
     project = Project(ROOT)
     trials, tasks = list(project.config("finetune").trials), project.config("tasks").names()
@@ -126,16 +130,19 @@ def main() -> None:
     if missing:
         raise SystemExit(f"no finished experiment for trial(s) {', '.join(missing)}: run with --run first")
     chosen = choose(found, trials)
-    write_chosen(chosen)
+    if not args.record_only:
+        write_chosen(chosen)
     record = {"trials": {t: project.config("finetune").trials[t].record() for t in trials}, "scores": found}
-    record |= {"method": method, "chosen": chosen, "machine": cpu_model(), "date": time.strftime("%F")}
+    record |= {"method": method, "chosen": chosen, "applied": not args.record_only}
+    record |= {"machine": cpu_model(), "date": time.strftime("%F")}
     results = RESULTS / f"finetune_search-{method}.json"
     if seconds is None and results.is_file():  # choosing again: the queue's time is the earlier run's
         seconds = json.loads(results.read_text()).get("queue_seconds")
     record["queue_seconds"] = round(seconds) if seconds is not None else None
     results.write_text(json.dumps(record, indent=2) + "\n")
     generated = table(found, chosen, trials)
-    replace_section(DOC, BEGIN, END, generated)
+    if not args.record_only:
+        replace_section(DOC, BEGIN, END, generated)
     print(generated)
 
 
