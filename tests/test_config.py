@@ -74,6 +74,21 @@ BAD = [
         {"chosen": {"digits": {"per_class_10": {"scratch": "fast"}}}},
         "finetune in params.yaml: chosen.digits.per_class_10.scratch names trial 'fast', not one of finetune.trials",
     ),
+    (
+        "finetune",
+        {"headline": {"digits": {"per_class_10": {"scratch": "probe"}}}},
+        "finetune.headline.digits.per_class_10.scratch in params.yaml: must be 'finetune', 'linear', 'knn' or",
+    ),
+    (
+        "finetune",
+        {"headline": {"digits": {"per_class_10": {"pretrained": "distill"}}}},
+        "headline.digits.per_class_10.pretrained is 'distill', but finetune.distill.budgets does not list per_class_10",
+    ),
+    (
+        "finetune",
+        {"headline": {"digits": {"10/class": {"pretrained": "linear"}}}},
+        "finetune.headline.digits.10/class.[key] in params.yaml: must be a budget key as metrics name them",
+    ),
     ("finetune", {"search__trial": "fast"}, "search.trial names trial 'fast', not one of finetune.trials (base,"),
     ("finetune", {"search__holdout": 1}, "finetune.search.holdout in params.yaml: must be less than 1, got 1"),
     ("tasks", {"digits__budgets": [0.0]}, "tasks.digits.budgets.0 in params.yaml: must be a fraction of the labels in"),
