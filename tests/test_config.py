@@ -40,6 +40,15 @@ def test_the_repository_params_validate() -> None:
         assert project.config(name) is project.config(name)  # validated once per process
 
 
+def test_a_declared_headline_protocol_is_one_that_finetune_runs() -> None:
+    from typing import get_args
+
+    from sslops.config.schema import Protocol
+    from sslops.ml.results import PROTOCOLS
+
+    assert set(get_args(Protocol)) == set(PROTOCOLS)
+
+
 # The bad values an audit found (issue 11), one per kind, and the message each now gives.
 BAD = [
     ("pretrain", {"images": 0}, "pretrain.images in params.yaml: must be greater than 0, got 0"),
