@@ -1,17 +1,22 @@
 """Choose each task's fine-tuning recipes on held-out labels, the same search for the pretrained and the scratch side.
 
   python bench/finetune_search.py --run   # one `dvc exp run` per trial (finetune stages only), then choose
+  python bench/finetune_search.py --run --trials base   # run some trials again (the others' experiments stay)
   python bench/finetune_search.py         # choose again from the experiments `dvc exp show` already has
   python bench/finetune_search.py --record-only   # the results file only: params.yaml and the docs stay as they are
+  python bench/finetune_search.py --headline-only # keep params.yaml's recipes, write only finetune.headline
 
 Each trial of `finetune.trials` in params.yaml runs as a DVC experiment `recipe-<method>-<trial>` that sets
 `finetune.search.trial` and runs only the tasks' finetune stages (`-s`: the registered encoder of the default
 `pretrain.method` and the prepared tasks are the committed ones; each method's search keeps its own experiments and
 bench/results/finetune_search-<method>.json). In that mode every (task, budget, label draw, init) fine-tunes the
-trial on part of its labelled subset and scores it on the rest (`finetune.search.holdout`); the test split is never
-read. For every task, budget and init the trial with the best mean held-out accuracy over the draws is chosen (a tie
-keeps the earlier trial) and written to `finetune.chosen` in params.yaml (comments kept), so `make run` fine-tunes with
-the chosen recipes only. The scores go to the method's results file and the table of docs/benchmarks.md.
+trial on part of its labelled subset, fits the linear probe on the same part, and scores both on the rest
+(`finetune.search.holdout`); the test split is never read. For every task, budget and init the trial with the best
+mean held-out accuracy over the draws is chosen (a tie keeps the earlier trial) and written to `finetune.chosen` in
+params.yaml (comments kept), so `make run` fine-tunes with the chosen recipes only; and the protocol that stands for
+that init in the best-against-best gain is written to `finetune.headline`: the linear probe where its held-out
+accuracy beats the chosen fine-tuning's, else fine-tuning. The scores go to the method's results file and the table
+of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -61,22 +66,52 @@ def choose(found: dict[str, dict[str, dict[str, Any]]], trials: list[str]) -> di
     return chosen
 
 
-def write_chosen(chosen: dict[str, dict[str, dict[str, str]]]) -> None:
-    """`finetune.chosen` in params.yaml; every other line (comments, layout) as it was. The block is replaced as text:
-    a YAML round trip would rewrap and respell lines it has no business touching."""
+def headline(
+    found: dict[str, dict[str, dict[str, Any]]], chosen: dict[str, dict[str, dict[str, str]]], trials: list[str]
+) -> dict[str, dict[str, dict[str, str]]]:
+    """task -> budget -> init -> `linear` where the linear probe's mean held-out accuracy beats the chosen trial's
+    (a tie keeps fine-tuning), else `finetune`; only where a trial's run scored the probe (it does not depend on the
+    trial: the same labels, split and penalty search every time)."""
+    out: dict[str, dict[str, dict[str, str]]] = {}
+    for task, budgets in chosen.items():
+        for budget, inits in budgets.items():
+            for init, trial in inits.items():
+                probe = linear_score(found, trials, task, f"{budget}.{init}")
+                if probe is not None:
+                    finetuned = found[trial][task][f"holdout.acc.{budget}.{init}"]
+                    protocol = "linear" if probe[0] > finetuned else "finetune"
+                    out.setdefault(task, {}).setdefault(budget, {})[init] = protocol
+    return out
+
+
+def linear_score(
+    found: dict[str, dict[str, dict[str, Any]]], trials: list[str], task: str, key: str
+) -> tuple[float, float] | None:
+    """The linear probe's held-out accuracy (mean, std over the draws) at `budget.init`, from the first trial whose
+    run scored it; None where none did (runs from before the search scored the probe)."""
+    for trial in trials:
+        m = found[trial][task]
+        if f"holdout.linear_acc.{key}" in m:
+            return m[f"holdout.linear_acc.{key}"], m[f"holdout.linear_acc_std.{key}"]
+    return None
+
+
+def write_params(key: str, mapping: dict[str, dict[str, dict[str, str]]]) -> None:
+    """`finetune.<key>` (task -> budget -> init -> name) in params.yaml; every other line (comments, layout) as it
+    was. The block is replaced as text: a YAML round trip would rewrap and respell lines it has no business touching."""
     path = ROOT / "params.yaml"
     text = path.read_text()
-    block = re.search(r"^  chosen:.*?\n(?=  \S)", text, re.M | re.S)
+    block = re.search(rf"^  {key}:.*?\n(?=  \S)", text, re.M | re.S)
     if not block:
-        raise SystemExit(f"{path} has no finetune.chosen mapping to replace")
+        raise SystemExit(f"{path} has no finetune.{key} mapping to replace")
     first, *rest = block.group(0).splitlines()
     code, _, comment = first.partition("#")  # `  chosen: {}   # ...` -> `  chosen:       # ...`, same column
-    header = ["  chosen:".ljust(len(code)) + (f"#{comment}" if comment else "")]
-    header += [line for line in rest if line.lstrip().startswith("#")]  # the comment's continuation lines
     body = []
-    for task, budgets in chosen.items():
+    for task, budgets in mapping.items():
         body.append(f"    {task}:")
         body += [f"      {b}: {{{', '.join(f'{i}: {t}' for i, t in inits.items())}}}" for b, inits in budgets.items()]
+    header = [f"  {key}:{'' if body else ' {}'}".ljust(len(code)) + (f"#{comment}" if comment else "")]
+    header += [line for line in rest if line.lstrip().startswith("#")]  # the comment's continuation lines
     new = "\n".join(header + body) + "\n"
     updated = text[: block.start()] + new + text[block.end() :]
     path.write_text(updated)
@@ -87,25 +122,50 @@ def write_chosen(chosen: dict[str, dict[str, dict[str, str]]]) -> None:
         raise
 
 
-def table(found: dict[str, dict[str, dict[str, Any]]], chosen: dict[str, Any], trials: list[str]) -> str:
-    """Held-out accuracy (mean ± std over the label draws) per task, budget and init for every trial; chosen bold."""
+def table(
+    found: dict[str, dict[str, dict[str, Any]]],
+    chosen: dict[str, Any],
+    protocols: dict[str, Any],
+    trials: list[str],
+) -> str:
+    """Held-out accuracy (mean ± std over the label draws) per task, budget and init for every trial and the linear
+    probe; the chosen recipe bold, the headline protocol marked ★."""
     lines = []
     for task in chosen:
         budgets = list(chosen[task])
         head = " | ".join(f"{b} {i}" for b in budgets for i in FINETUNED)
         lines += [f"**Task `{task}`**", "", f"| trial | {head} | seconds |", "|---|" + "---|" * (len(budgets) * 2 + 1)]
+
+        def cell(acc: float, std: float, bold: bool, star: bool) -> str:
+            text = f"{100 * acc:.2f} ± {100 * std:.2f}"
+            return ("★ " if star else "") + (f"**{text}**" if bold else text)
+
         for trial in trials:
             m = found[trial][task]
             cells = []
             for b in budgets:
                 for i in FINETUNED:
                     key = f"{b}.{i}"
-                    if f"holdout.acc.{key}" not in m:
-                        cells.append("")
-                        continue
-                    cell = f"{100 * m[f'holdout.acc.{key}']:.2f} ± {100 * m[f'holdout.acc_std.{key}']:.2f}"
-                    cells.append(f"**{cell}**" if chosen[task][b].get(i) == trial else cell)
+                    picked = chosen[task][b].get(i) == trial
+                    cells.append(
+                        cell(
+                            m[f"holdout.acc.{key}"],
+                            m[f"holdout.acc_std.{key}"],
+                            picked,
+                            picked and protocols.get(task, {}).get(b, {}).get(i) == "finetune",
+                        )
+                        if f"holdout.acc.{key}" in m
+                        else ""
+                    )
             lines.append(f"| `{trial}` | {' | '.join(cells)} | {m.get('seconds', '')} |")
+        probe = [
+            (linear_score(found, trials, task, f"{b}.{i}"), protocols.get(task, {}).get(b, {}).get(i) == "linear")
+            for b in budgets
+            for i in FINETUNED
+        ]
+        if any(score for score, _ in probe):
+            cells = [cell(*score, False, star) if score else "" for score, star in probe]
+            lines.append(f"| linear probe | {' | '.join(cells)} | |")
         lines.append("")
     return "\n".join(lines).rstrip()
 
@@ -113,35 +173,60 @@ def table(found: dict[str, dict[str, dict[str, Any]]], chosen: dict[str, Any], t
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", action="store_true", help="queue and run one experiment per trial first")
-    parser.add_argument(
-        "--record-only", action="store_true", help="write the results file, not finetune.chosen or the docs table"
+    parser.add_argument("--trials", help="with --run: the trials to run (default: all of finetune.trials)")
+    applied = parser.add_mutually_exclusive_group()
+    applied.add_argument(
+        "--record-only", action="store_true", help="write the results file, not params.yaml or the docs table"
+    )
+    applied.add_argument(
+        "--headline-only",
+        action="store_true",
+        help="keep the committed recipes (finetune.chosen) and write only finetune.headline: the probe against them",
     )
     args = parser.parse_args()
     project = Project(ROOT)
     trials, tasks = list(project.config("finetune").trials), project.config("tasks").names()
     method = project.config("pretrain").method
-    seconds = None
+    seconds, rerun = None, None
     if args.run:
         stages = [f"finetune@{t}" for t in tasks]
-        queue = {f"recipe-{method}-{t}": ["-s", *stages, "-S", f"finetune.search.trial={t}"] for t in trials}
+        run = args.trials.split(",") if args.trials else trials
+        unknown = sorted(set(run) - set(trials))
+        if unknown:
+            raise SystemExit(f"--trials names {', '.join(unknown)}, not in finetune.trials ({', '.join(trials)})")
+        queue = {f"recipe-{method}-{t}": ["-s", *stages, "-S", f"finetune.search.trial={t}"] for t in run}
         seconds = run_queue(queue)
+        if args.trials:  # a partial rerun: the search's own time stays the earlier full run's
+            seconds, rerun = None, {"trials": run, "queue_seconds": round(seconds)}
     found = scores(method, trials, tasks)
     missing = [t for t in trials if not all(found[t].values())]
     if missing:
         raise SystemExit(f"no finished experiment for trial(s) {', '.join(missing)}: run with --run first")
     chosen = choose(found, trials)
+    against = chosen  # the recipes the probe has to beat: the search's, or those params.yaml keeps
+    if args.headline_only:  # e.g. while a methods sweep runs with the committed recipes
+        committed = project.config("finetune").chosen
+        against = {t: {b: dict(i) for b, i in budgets.items()} for t, budgets in committed.items()}
+    protocols = headline(found, against, trials)
     if not args.record_only:
-        write_chosen(chosen)
+        if not args.headline_only:
+            write_params("chosen", chosen)
+        write_params("headline", protocols)
     record = {"trials": {t: project.config("finetune").trials[t].record() for t in trials}, "scores": found}
-    record |= {"method": method, "chosen": chosen, "applied": not args.record_only}
+    record |= {"method": method, "chosen": chosen, "headline": protocols, "applied": not args.record_only}
+    if args.headline_only:
+        record |= {"applied": "headline", "headline_against": against}
     record |= {"machine": cpu_model(), "date": time.strftime("%F")}
     results = RESULTS / f"finetune_search-{method}.json"
-    if seconds is None and results.is_file():  # choosing again: the queue's time is the earlier run's
-        seconds = json.loads(results.read_text()).get("queue_seconds")
+    earlier = json.loads(results.read_text()) if results.is_file() else {}
+    if seconds is None:  # choosing again or a partial rerun: the queue's time is the earlier full run's
+        seconds = earlier.get("queue_seconds")
     record["queue_seconds"] = round(seconds) if seconds is not None else None
+    if rerun or earlier.get("rerun"):
+        record["rerun"] = rerun or earlier["rerun"]
     results.write_text(json.dumps(record, indent=2) + "\n")
-    generated = table(found, chosen, trials)
-    if not args.record_only:
+    generated = table(found, against, protocols, trials)
+    if not args.record_only and not args.headline_only:
         replace_section(DOC, BEGIN, END, generated)
     print(generated)
 

@@ -40,6 +40,15 @@ def test_the_repository_params_validate() -> None:
         assert project.config(name) is project.config(name)  # validated once per process
 
 
+def test_a_declared_headline_protocol_is_one_that_finetune_runs() -> None:
+    from typing import get_args
+
+    from sslops.config.schema import Protocol
+    from sslops.ml.results import PROTOCOLS
+
+    assert set(get_args(Protocol)) == set(PROTOCOLS)
+
+
 # The bad values an audit found (issue 11), one per kind, and the message each now gives.
 BAD = [
     ("pretrain", {"images": 0}, "pretrain.images in params.yaml: must be greater than 0, got 0"),
@@ -73,6 +82,21 @@ BAD = [
         "finetune",
         {"chosen": {"digits": {"per_class_10": {"scratch": "fast"}}}},
         "finetune in params.yaml: chosen.digits.per_class_10.scratch names trial 'fast', not one of finetune.trials",
+    ),
+    (
+        "finetune",
+        {"headline": {"digits": {"per_class_10": {"scratch": "probe"}}}},
+        "finetune.headline.digits.per_class_10.scratch in params.yaml: must be 'finetune', 'linear', 'knn' or",
+    ),
+    (
+        "finetune",
+        {"headline": {"digits": {"per_class_10": {"pretrained": "distill"}}}},
+        "headline.digits.per_class_10.pretrained is 'distill', but finetune.distill.budgets does not list per_class_10",
+    ),
+    (
+        "finetune",
+        {"headline": {"digits": {"10/class": {"pretrained": "linear"}}}},
+        "finetune.headline.digits.10/class.[key] in params.yaml: must be a budget key as metrics name them",
     ),
     ("finetune", {"search__trial": "fast"}, "search.trial names trial 'fast', not one of finetune.trials (base,"),
     ("finetune", {"search__holdout": 1}, "finetune.search.holdout in params.yaml: must be less than 1, got 1"),

@@ -40,6 +40,8 @@ def test_finetune_evaluate_report_lineage_and_embed(registered, capsys, tmp_path
     set_param(project.root, "tasks", TASK, {**project.section("tasks")[TASK], "budgets": ["2/class", 0.25, 1.0]})
     set_param(project.root, "finetune", "chosen", {TASK: {"frac_0.25": {"pretrained": "lpft"}}})
     set_param(project.root, "finetune", "distill", {"budgets": ["frac_0.25"], "recipe": {"max_steps": 4}})
+    declared = {"frac_0.25": {"pretrained": "distill", "scratch": "linear"}}  # what the search would have chosen
+    set_param(project.root, "finetune", "headline", {TASK: declared})
     run_task(stages=("prepare", "validate", "finetune"))
     out_dir = project.outputs(TASK)
     index = json.loads((out_dir.finetune / "index.json").read_text())
@@ -63,6 +65,11 @@ def test_finetune_evaluate_report_lineage_and_embed(registered, capsys, tmp_path
     trials = {(e["budget"], e["init"]): e["trial"] for e in index["entries"] if e["protocol"] == "finetune"}
     assert trials.pop(("frac_0.25", "pretrained")) == "lpft" and set(trials.values()) == {"base"}
     assert json.loads((out_dir.metrics / "finetune.json").read_text())["models"] == len(index["entries"]) == 62
+    # each init's headline protocol is flagged (finetune.headline, else fine-tuning; raw pixels: the linear probe)
+    flagged = {(e["budget"], e["init"], e["protocol"]) for e in index["entries"] if e["headline"]}
+    assert flagged == {
+        (b, i, declared.get(b, {}).get(i, "finetune" if i != "pixels" else "linear")) for b in budgets for i in inits
+    }
 
     capsys.readouterr()
     assert main(["evaluate", "--task", TASK]) == 0
@@ -72,6 +79,13 @@ def test_finetune_evaluate_report_lineage_and_embed(registered, capsys, tmp_path
     for b, i, p in combos:
         assert 0 <= metrics[f"test.acc.{b}.{p}.{i}"] <= 1 and 0 <= metrics[f"test.macro_f1.{b}.{p}.{i}"] <= 1
     assert {"headline.per_class_2.gain_vs_pixels", "headline.frac_1.best_pixels"} <= set(metrics)
+    assert metrics["headline.frac_0.25.best_pretrained_protocol"] == "distill"
+    assert metrics["headline.frac_0.25.best_scratch"] == metrics["test.acc.frac_0.25.linear.scratch"]
+    assert (
+        metrics["headline.per_class_2.best_pretrained_protocol"],
+        metrics["headline.per_class_2.best_scratch_protocol"],
+    ) == ("finetune", "finetune")
+    assert metrics["headline.frac_1.best_pixels"] == metrics["test.acc.frac_1.linear.pixels"]
     results = json.loads((out_dir.evaluate / "results.json").read_text())
     first = results["results"][0]
     assert np.asarray(first["confusion"]).sum() == 20 and len(first["per_class_acc"]) == 4
@@ -106,7 +120,8 @@ def test_finetune_evaluate_report_lineage_and_embed(registered, capsys, tmp_path
     out = capsys.readouterr().out
     assert f"**Task `{TASK}`**" in out
     assert "| protocol | init | 2/class (8 labels, 3 draws) | 25 % (20 labels, 3 draws) | 100 % (80 labels) |" in out
-    assert "best pretrained − best scratch (best against best)" in out and "best pretrained − best on raw pixels" in out
+    assert "best pretrained − best scratch (best against best)" in out
+    assert "best pretrained − linear probe on raw pixels" in out
     assert re.search(r"\| linear \| scratch \| \d+\.\d\d % ± \d+\.\d\d \| [^|]+ \| \d+\.\d\d % \|", out)
     assert re.search(r"\| distill \| pretrained \| — \| \d+\.\d\d % ± \d+\.\d\d \| — \|", out)
 
@@ -135,15 +150,18 @@ def test_finetune_evaluate_report_lineage_and_embed(registered, capsys, tmp_path
     assert main(["finetune", "--task", TASK]) == 0
     searched = json.loads((out_dir.finetune / "index.json").read_text())
     assert searched["search"] == "lr3e-3"
-    assert {(e["init"], e["protocol"], e["trial"]) for e in searched["entries"]} == {
+    assert {(e["init"], e["protocol"], e.get("trial")) for e in searched["entries"]} == {
         ("pretrained", "finetune", "lr3e-3"),
         ("scratch", "finetune", "lr3e-3"),
+        ("pretrained", "linear", None),  # the probe on the same split: what fine-tuning must beat to be the headline
+        ("scratch", "linear", None),
     }
     assert {e["held_out"] for e in searched["entries"] if e["budget"] == "frac_0.25"} == {5}  # 25 % of 20 labels
     scores = json.loads((out_dir.metrics / "finetune.json").read_text())
     for b in budgets:
         for i in ("pretrained", "scratch"):
             assert 0 <= scores[f"holdout.acc.{b}.{i}"] <= 1 and scores[f"holdout.acc_std.{b}.{i}"] >= 0
+            assert 0 <= scores[f"holdout.linear_acc.{b}.{i}"] <= 1 and scores[f"holdout.linear_acc_std.{b}.{i}"] >= 0
     assert scores["holdout.acc_std.frac_1.scratch"] == 0  # one subset at 100 %
     capsys.readouterr()
     assert main(["evaluate", "--task", TASK]) == 2

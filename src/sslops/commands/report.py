@@ -42,7 +42,7 @@ def format_table(results: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     for key, label in (
         ("gain_vs_best_scratch", "best pretrained − best scratch (best against best)"),
         ("gain_vs_scratch_finetune", "best pretrained − scratch fine-tune"),
-        ("gain_vs_pixels", "best pretrained − best on raw pixels"),
+        ("gain_vs_pixels", "best pretrained − linear probe on raw pixels"),
     ):
         if all(key in summary[b] for b in budgets):
             gains = " | ".join(

@@ -405,6 +405,7 @@ class Recipe(Section):
 
 
 Init = Literal["pretrained", "scratch"]  # the inits that are fine-tuned (raw pixels are not)
+Protocol = Literal["finetune", "linear", "knn", "distill"]  # sslops.ml.results.PROTOCOLS
 
 
 class RecipeSearch(Section):
@@ -447,6 +448,7 @@ class FinetuneParams(Section):
     recipe: Recipe
     trials: Annotated[dict[Name, Recipe], Field(min_length=1)]  # each written as its changes to `recipe`
     chosen: dict[TaskName, dict[Name, dict[Init, Name]]]
+    headline: dict[TaskName, dict[BudgetKey, dict[Init, Protocol]]]  # the protocol of each side's headline figure
     search: RecipeSearch
     distill: Distill
 
@@ -488,7 +490,24 @@ class FinetuneParams(Section):
         for key, trial in named:
             if trial not in self.trials:
                 raise ValueError(f"{key} names trial '{trial}', not one of finetune.trials ({', '.join(self.trials)})")
+        for task, budgets in self.headline.items():
+            for budget, inits in budgets.items():
+                for init, protocol in inits.items():
+                    if protocol == "distill" and budget not in self.distill.budgets:
+                        raise ValueError(
+                            f"headline.{task}.{budget}.{init} is 'distill', but finetune.distill.budgets does not "
+                            f"list {budget}: nothing would be distilled there"
+                        )
         return self
+
+    def headline_for(self, task: str, budget: str, init: str) -> str:
+        """The protocol whose accuracy stands for `init` in the task's headline at one budget key: the one the
+        recipe search chose on held-out labels (`finetune.headline`), else fine-tuning with the chosen recipe. Raw
+        pixels are never fine-tuned: their baseline is the linear probe. Declared before any test score exists, so
+        the best-against-best gain involves no choice made on test."""
+        if init == "pixels":
+            return "linear"
+        return self.headline.get(task, {}).get(budget, {}).get(init, "finetune")
 
     def recipe_for(self, task: str, budget: str, init: str) -> tuple[str, Recipe]:
         """(trial name, recipe) for one task, budget key (`frac_0.01`) and init: the trial being searched, else the

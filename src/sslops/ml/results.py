@@ -39,7 +39,8 @@ def _spread(values: list[float]) -> float:
 
 
 def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (budget, init, protocol) over its label draws: accuracy and macro-F1 mean, accuracy std/min/max.
+    """One row per (budget, init, protocol) over its label draws: accuracy and macro-F1 mean, accuracy std/min/max,
+    and whether it is its init's headline protocol (the draws of a protocol agree on that).
 
     Rows without a `draw` (results of one subset each) are one draw each."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
@@ -61,22 +62,24 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "acc_min": min(accs),
                 "acc_max": max(accs),
                 "macro_f1": statistics.fmean(r["macro_f1"] for r in members),
+                "headline": any(r.get("headline", False) for r in members),
             }
         )
     return rows
 
 
 def headline(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per budget (fewest labels first), best against best: the pretrained protocol with the highest mean accuracy
-    over the label draws, the best scratch protocol and scratch fine-tuning (each with its own chosen recipe), the
-    best on raw pixels, and the gains. A gain's spread is the std over the draws of the paired difference (both sides
-    trained on the same labels in a draw). Rows carry `budget` (its key, `frac_0.01`), `labels` and `draw`."""
+    """Per budget (fewest labels first), best against best: each init's headline protocol (the one its results rows
+    flag as `headline`, declared by the finetune stage from `finetune.headline`: chosen on held-out labels, never on
+    test), mean accuracy over the label draws, scratch fine-tuning beside it, and the gains. Each side's fine-tuning
+    uses its own chosen recipe. A gain's spread is the std over the draws of the paired difference (both sides
+    trained on the same labels in a draw). Rows carry `budget` (its key, `frac_0.01`), `labels`, `draw`, `headline`."""
     rows = aggregate(results)
     out: dict[str, Any] = {}
     for key in sorted({r["budget"] for r in rows}, key=lambda k: next(r["labels"] for r in rows if r["budget"] == k)):
         at = [r for r in rows if r["budget"] == key]
 
-        top, top_scratch = _best(at, "pretrained"), _best(at, "scratch")
+        top, top_scratch = _declared(at, "pretrained"), _declared(at, "scratch")
         scratch_ft = next(r for r in at if r["init"] == "scratch" and r["protocol"] == "finetune")
         h = {
             "labels": top["labels"],
@@ -92,7 +95,7 @@ def headline(results: list[dict[str, Any]]) -> dict[str, Any]:
         }
         pairs = {"gain_vs_scratch_finetune": scratch_ft, "gain_vs_best_scratch": top_scratch}
         if any(r["init"] == "pixels" for r in at):
-            pairs["gain_vs_pixels"] = _best(at, "pixels")
+            pairs["gain_vs_pixels"] = _declared(at, "pixels")
             h["best_pixels"] = pairs["gain_vs_pixels"]["acc"]
         for name, other in pairs.items():
             g = _paired_gain(results, top, other)
@@ -101,8 +104,16 @@ def headline(results: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _best(rows: list[dict[str, Any]], init: str) -> dict[str, Any]:
-    return max((r for r in rows if r["init"] == init), key=lambda r: r["acc"])
+def _declared(rows: list[dict[str, Any]], init: str) -> dict[str, Any]:
+    """The one aggregated row of `init` flagged as its headline protocol."""
+    declared = [r for r in rows if r["init"] == init and r["headline"]]
+    if len(declared) != 1:
+        where = f"{init} at {rows[0]['budget']}"
+        raise ValueError(
+            f"{len(declared)} protocols are flagged as the headline of {where} "
+            f"({', '.join(r['protocol'] for r in declared) or 'none'}); the finetune stage flags exactly one"
+        )
+    return declared[0]
 
 
 def _paired_gain(results: list[dict[str, Any]], a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:

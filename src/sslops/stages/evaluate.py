@@ -3,8 +3,8 @@
 Runs per downstream task (`--task NAME`, dvc.yaml `evaluate@NAME`); the only stage that reads a test split.
 Per model: accuracy, macro-F1, per-class accuracy and the confusion matrix. Across models: the label-efficiency
 curve (accuracy against labels, pretrained vs scratch vs raw pixels), a 2-D t-SNE map of test embeddings
-(pretrained beside random init), the confusion matrix of the headline model (best pretrained protocol at the
-smallest label budget). Metrics go to metrics/tasks/NAME/evaluate.json (`dvc metrics show/diff`), curves to
+(pretrained beside random init), the confusion matrix of the headline model (the pretrained headline protocol at
+the smallest label budget). Metrics go to metrics/tasks/NAME/evaluate.json (`dvc metrics show/diff`), curves to
 plots/tasks/NAME (`dvc plots show`); everything goes to the MLflow run, and each
 finetune child run gets its own test scores. Metric names: `test.<metric>.<budget>.<protocol>.<init>`, e.g.
 `test.acc.frac_0.01.finetune.pretrained` or `test.acc.per_class_10.linear.pixels`.
@@ -168,10 +168,21 @@ def _score(
             classifier.load_state_dict(torch.load(state_file, map_location="cpu", weights_only=True))
             preds = predict(classifier.to(device), store.images[test_rows], device)
         keep = {k: entry[k] for k in ("budget", "budget_name", "labels", "draw", "init", "protocol", "run_id")}
+        keep["headline"] = _headline_flag(folder, entry)
         result = {**keep, **scores(test_labels, preds, n_classes)}
         results.append(result)
         tracking.log_metrics_to(entry["run_id"], {"test.acc": result["acc"], "test.macro_f1": result["macro_f1"]})
     return results
+
+
+def _headline_flag(folder: Path, entry: dict[str, Any]) -> bool:
+    """Whether finetune declared this entry's protocol the headline one for its init (`finetune.headline`)."""
+    if "headline" not in entry:
+        raise SslopsError(
+            f"{folder / 'index.json'} does not say which protocol is each init's headline (written before "
+            "finetune.headline existed): run the finetune stage again (dvc repro)."
+        )
+    return bool(entry["headline"])
 
 
 def _draw(

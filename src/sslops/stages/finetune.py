@@ -9,14 +9,16 @@ scratch = the same architecture at random init; pixels = the prepared pixels the
 `sslops.ml.transfer`: linear probe, kNN and fine-tuning (not for pixels), and at the budgets of `finetune.distill`
 distillation of the fine-tuned network into a student over all the task's train images. A budget below 100 % is drawn
 `finetune.draws` times (seeds seed, seed + 1, ...), so every result has a spread. Fine-tuning uses, per task, budget
-and init, the recipe trial that bench/finetune_search.py chose on held-out labels (`finetune.chosen`). One parent
+and init, the recipe trial that bench/finetune_search.py chose on held-out labels (`finetune.chosen`); the same
+search declares which protocol stands for each init in the headline (`finetune.headline`, fine-tuning unless the
+linear probe did better on the held-out labels), and every entry says whether it is that one. One parent
 MLflow run per task, one child run per (budget, draw, init, protocol). The trained heads and networks go to
 artifacts/tasks/NAME/finetune for `evaluate`.
 
 With `finetune.search.trial` set (only the search does), every (budget, draw, init) instead fine-tunes that trial on
-part of its labelled subset and scores it on the held-out rest (`finetune.search.holdout`): the search's metric,
-written to metrics/tasks/NAME/finetune.json and the child runs, from the labels of the budget alone, never the test
-split. Such a run trains nothing that evaluate may score.
+part of its labelled subset, fits the linear probe on the same part, and scores both on the held-out rest
+(`finetune.search.holdout`): the search's metrics, written to metrics/tasks/NAME/finetune.json and the child runs,
+from the labels of the budget alone, never the test split. Such a run trains nothing that evaluate may score.
 """
 
 from __future__ import annotations
@@ -101,14 +103,17 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
 
 
 def _holdout_metrics(entries: list[dict[str, Any]]) -> dict[str, float]:
-    """The search's score per budget and init: held-out accuracy, mean and spread over the draws."""
+    """The search's scores per budget and init, mean and spread over the draws of the held-out accuracy: the trial's
+    fine-tuning (`holdout.acc.<budget>.<init>`) and the linear probe (`holdout.linear_acc.<budget>.<init>`)."""
     scores: dict[str, list[float]] = {}
     for e in entries:
-        scores.setdefault(f"{e['budget']}.{e['init']}", []).append(e["holdout_acc"])
+        metric = "acc" if e["protocol"] == "finetune" else f"{e['protocol']}_acc"
+        scores.setdefault(f"{metric}.{e['budget']}.{e['init']}", []).append(e["holdout_acc"])
     out = {}
     for key, accs in scores.items():
-        out[f"holdout.acc.{key}"] = round(float(np.mean(accs)), 5)
-        out[f"holdout.acc_std.{key}"] = round(float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0, 5)
+        metric, rest = key.split(".", 1)
+        out[f"holdout.{metric}.{rest}"] = round(float(np.mean(accs)), 5)
+        out[f"holdout.{metric}_std.{rest}"] = round(float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0, 5)
     return out
 
 
@@ -204,12 +209,15 @@ class _Fit:
         base |= self.tags
         name = f"{self.task}/{tag}/d{draw}/{init}"
         if cfg.search.trial:
-            return [self.search(base, name, encoder, (train_rows[subset], train_labels[subset], train_feats[subset]))]
+            return self.search(base, name, encoder, (train_rows[subset], train_labels[subset], train_feats[subset]))
         x, y = train_feats[subset], torch.as_tensor(train_labels[subset])
         entries, files = [], f"{init}-{tag}-d{draw}"
 
+        headline = cfg.headline_for(self.task, tag, init)
+
         def record(protocol: str, file: str, **extra: Any) -> None:
-            entries.append({**base, "protocol": protocol, "file": file, "run_id": tracking.active_run_id(), **extra})
+            entry = {**base, "protocol": protocol, "file": file, "headline": protocol == headline}
+            entries.append({**entry, "run_id": tracking.active_run_id(), **extra})
 
         with tracking.child_run(f"{name}/linear", {**base, "protocol": "linear"}):
             started = time.perf_counter()
@@ -267,8 +275,10 @@ class _Fit:
 
     def search(
         self, base: dict[str, Any], name: str, encoder: Encoder, subset: tuple[np.ndarray, np.ndarray, torch.Tensor]
-    ) -> dict[str, Any]:
-        """Fine-tune the searched trial on part of the subset; its accuracy on the held-out rest is the entry."""
+    ) -> list[dict[str, Any]]:
+        """Fine-tune the searched trial on part of the subset and fit the linear probe on the same part; their
+        accuracies on the held-out rest are the entries (the probe's is what fine-tuning must beat to be the
+        headline protocol; it does not depend on the trial)."""
         import torch
 
         from sslops.ml.transfer import fit_linear_probe, predict
@@ -279,22 +289,28 @@ class _Fit:
         order = np.random.default_rng(seed).permutation(len(rows))
         n_held = max(1, round(cfg.search.holdout * len(rows)))
         held, fit = order[:n_held], order[n_held:]
+        scored = {**base, "held_out": len(held)}
+        with tracking.child_run(f"{name}/search-linear", {**base, "protocol": "linear"}):
+            y = torch.as_tensor(labels[fit])  # the L2 penalty is picked on part of `fit`, as in the linear protocol
+            probe, wd = fit_linear_probe(feats[fit], y, n_classes, cfg.probe.weight_decays, seed, cfg.probe.iterations)
+            with torch.no_grad():
+                linear_acc = float((probe(feats[held]).argmax(1).numpy() == labels[held]).mean())
+            tracking.log_metrics({"weight_decay": wd, "holdout_acc": linear_acc})
         with tracking.child_run(
             f"{name}/search-{trial}", {**base, "protocol": "finetune", **_recipe_tags(trial, recipe)}
         ):
-            probe = None  # an LP-FT trial starts from a probe fit on the same labels (L2 picked as in `linear`)
-            if recipe.head == "probe":
-                y = torch.as_tensor(labels[fit])
-                probe, _ = fit_linear_probe(
-                    feats[fit], y, n_classes, cfg.probe.weight_decays, seed, cfg.probe.iterations
-                )
-            model, stats = self.finetune(
-                encoder, base["init"], recipe, seed, (rows[fit], labels[fit]), n_classes, probe
-            )
+            lp = probe if recipe.head == "probe" else None  # an LP-FT trial starts from that probe
+            model, stats = self.finetune(encoder, base["init"], recipe, seed, (rows[fit], labels[fit]), n_classes, lp)
             acc = float((predict(model, self.store.images[rows[held]], self.device) == labels[held]).mean())
             tracking.log_metrics({**stats, "holdout_acc": acc})
-        print(f"  {name} trial '{trial}': held-out acc {acc:.4f} ({len(held)} labels, {stats['seconds']:.1f}s)")
-        return {**base, "protocol": "finetune", "trial": trial, "holdout_acc": acc, "held_out": len(held)}
+        print(
+            f"  {name} trial '{trial}': held-out acc {acc:.4f}, linear probe {linear_acc:.4f} ({len(held)} labels, "
+            f"{stats['seconds']:.1f}s)"
+        )
+        return [
+            {**scored, "protocol": "linear", "holdout_acc": linear_acc},
+            {**scored, "protocol": "finetune", "trial": trial, "holdout_acc": acc},
+        ]
 
     def finetune(
         self,
