@@ -63,15 +63,17 @@ def test_without_probe_scores_no_headline_is_declared():
 def test_writing_the_choices_keeps_every_other_line_and_refuses_an_invalid_result(tmp_path, monkeypatch):
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     monkeypatch.setattr(finetune_search, "ROOT", tmp_path)
+    finetune_search.write_params("headline", {})  # none declared: the one-line form, whatever the repository has
     before = (tmp_path / "params.yaml").read_text().splitlines()
+    assert sum(line.startswith("  headline: {}  ") for line in before) == 1
     finetune_search.write_params("headline", {"digits": {"per_class_10": {"pretrained": "linear"}}})
     after = (tmp_path / "params.yaml").read_text().splitlines()
     at = next(i for i, line in enumerate(after) if line.startswith("  headline:"))
     assert after[at].startswith("  headline:  ") and "# per task, budget and init" in after[at]
     assert after[at + 3 : at + 5] == ["    digits:", "      per_class_10: {pretrained: linear}"]
     assert after == [*before[:at], after[at], *before[at + 1 : at + 3], *after[at + 3 : at + 5], *before[at + 3 :]]
-    finetune_search.write_params("headline", {})  # back to none: the one-line form
-    assert (tmp_path / "params.yaml").read_text().splitlines()[at].startswith("  headline: {}")
+    finetune_search.write_params("headline", {})  # back to none
+    assert (tmp_path / "params.yaml").read_text().splitlines() == before
     with pytest.raises(SslopsError, match="headline.digits.per_class_10.pretrained is 'distill'"):
         finetune_search.write_params("headline", {"digits": {"per_class_10": {"pretrained": "distill"}}})
     assert (tmp_path / "params.yaml").read_text().splitlines()[at].startswith("  headline: {}")  # left as it was
