@@ -122,6 +122,12 @@ def write_params(key: str, mapping: dict[str, dict[str, dict[str, str]]]) -> Non
         raise
 
 
+def cell(acc: float, std: float, bold: bool, star: bool) -> str:
+    """A held-out score in % (mean ± std); bold: the chosen recipe; ★: the headline protocol."""
+    text = f"{100 * acc:.2f} ± {100 * std:.2f}"
+    return ("★ " if star else "") + (f"**{text}**" if bold else text)
+
+
 def table(
     found: dict[str, dict[str, dict[str, Any]]],
     chosen: dict[str, Any],
@@ -135,11 +141,6 @@ def table(
         budgets = list(chosen[task])
         head = " | ".join(f"{b} {i}" for b in budgets for i in FINETUNED)
         lines += [f"**Task `{task}`**", "", f"| trial | {head} | seconds |", "|---|" + "---|" * (len(budgets) * 2 + 1)]
-
-        def cell(acc: float, std: float, bold: bool, star: bool) -> str:
-            text = f"{100 * acc:.2f} ± {100 * std:.2f}"
-            return ("★ " if star else "") + (f"**{text}**" if bold else text)
-
         for trial in trials:
             m = found[trial][task]
             cells = []
