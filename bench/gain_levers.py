@@ -76,23 +76,25 @@ def _pct(value: Any, std: Any = None, signed: bool = False) -> str:
     return f"{text} ± {100 * std:.2f}" if isinstance(std, (int, float)) else text
 
 
-def table(rows: dict[str, dict[str, Any]]) -> str:
-    """One row per lever (their committed baseline first); a lever still queued or running says so."""
+def table(rows: list[dict[str, Any]]) -> str:
+    """One row per lever, each after the committed run it was queued from (newest baseline first), so a lever is
+    only ever set beside its own baseline; a lever still queued or running says so."""
     header = (
-        "| lever | what it changes | labels | best pretrained (protocol) | best scratch (protocol) "
+        "| lever | what it changes | ran from | labels | best pretrained (protocol) | best scratch (protocol) "
         "| gain, best vs best | gain vs scratch fine-tune | kNN (validation) | pretraining time |"
     )
-    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
-    for name, row in rows.items():
-        what = LEVERS[name][0] if name in LEVERS else row["what"]
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        name, base = row["name"], row["base"]
+        what = "nothing: the committed run" if name == "default" else LEVERS.get(name, ("(no longer defined)",))[0]
         if "state" in row:
-            lines.append(f"| {name} | {what} | {row['state']} | | | | | | |")
+            lines.append(f"| {name} | {what} | {base} | {row['state']} | | | | | | |")
             continue
         h, p = row["headline"], row["pretrain"]
         knn = f"{100 * p['knn_acc']:.2f} %" if isinstance(p.get("knn_acc"), (int, float)) else ""
         seconds = f"{p['seconds']:.0f} s" if isinstance(p.get("seconds"), (int, float)) else ""
         lines.append(
-            f"| {name} | {what} | {h.get('labels', '')} "
+            f"| {name} | {what} | {base} | {h.get('labels', '')} "
             f"| {_pct(h.get('best_pretrained'), h.get('best_pretrained_std'))} ({h.get('best_pretrained_protocol')}) "
             f"| {_pct(h.get('best_scratch'), h.get('best_scratch_std'))} ({h.get('best_scratch_protocol')}) "
             f"| {_pct(h.get('gain_vs_best_scratch'), h.get('gain_vs_best_scratch_std'), signed=True)} "
@@ -102,27 +104,29 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _names(commit: dict[str, Any]) -> list[str]:
-    """The experiment names under one commit of `dvc exp show --json`."""
-    return [r.get("name") or "" for e in commit.get("experiments") or [] for r in e.get("revs") or []]
-
-
-def rows() -> dict[str, dict[str, Any]]:
-    """The committed run the levers ran from, then every lever that has an experiment, by name."""
-    found, shown = experiments(r"lever-.+")
-    # The baseline is the commit the levers were queued from (newest first), not HEAD: a later default (another
-    # method, other recipes) is not what they changed.
-    base = next((c for c in shown if any(n.startswith("lever-") for n in _names(c))), None)
-    out = {}
-    if base:
-        params = (((base.get("data") or {}).get("params") or {}).get("params.yaml") or {}).get("data") or {}
-        method = params.get("pretrain", {}).get("method")
-        out["default"] = {"what": f"nothing: the commit the levers ran from ({base['rev'][:7]}, `{method}`)"}
-        out["default"] |= _row(base.get("data") or {})
-    for name in LEVERS:
-        e = found.get(f"lever-{name}")
-        if e:
-            out[name] = {"state": e["state"]} if "state" in e else _row(e["data"])
+def rows(shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """From `dvc exp show --json -A`: for every commit levers were queued from (newest first), that committed run
+    (`default`), then its lever experiments in LEVERS' order. A lever re-run from a later commit (another default
+    method, other recipes) gets its own block: what it changed is relative to that commit only."""
+    out = []
+    for commit in shown:
+        levers: dict[str, dict[str, Any]] = {}
+        for exp in commit.get("experiments") or []:
+            state = (exp.get("executor") or {}).get("state")
+            for rev in exp.get("revs") or []:
+                name = (rev.get("name") or "").removeprefix("lever-")
+                if not (rev.get("name") or "").startswith("lever-") or rev.get("error") or name in levers:
+                    continue
+                queued = state not in (None, "success")  # queued or running: its files are still the baseline's
+                levers[name] = {"state": state} if queued else _row(rev.get("data") or {})
+        if not levers:
+            continue
+        data = commit.get("data") or {}
+        params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
+        base = f"{commit['rev'][:7]} (`{params.get('pretrain', {}).get('method')}`)"
+        out.append({"name": "default", "base": base, **_row(data)})
+        order = [n for n in LEVERS if n in levers] + sorted(set(levers) - set(LEVERS))
+        out += [{"name": n, "base": base, **levers[n]} for n in order]
     return out
 
 
@@ -141,7 +145,7 @@ def main() -> None:
             overrides = [arg for value in LEVERS[name][1](project) for arg in ("-S", value)]
             queue[f"lever-{name}"] = [f"evaluate@{TASK}", *overrides]
         print(f"the queue took {run_queue(queue) / 60:.1f} min")
-    generated = table(rows())
+    generated = table(rows(experiments(r"lever-.+")[1]))
     replace_section(DOC, BEGIN, END, generated)
     print(generated)
 
