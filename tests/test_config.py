@@ -98,6 +98,16 @@ BAD = [
         {"headline": {"digits": {"10/class": {"pretrained": "linear"}}}},
         "finetune.headline.digits.10/class.[key] in params.yaml: must be a budget key as metrics name them",
     ),
+    (
+        "finetune",
+        {"chosen": {"digits": {"frac_0.10": {"pretrained": "base"}}}},
+        "finetune.chosen.digits.frac_0.10.[key] in params.yaml: must be written as metrics name it: frac_0.1",
+    ),
+    (
+        "finetune",
+        {"headline": {"digits": {"frac_1.0": {"pretrained": "linear"}}}},
+        "finetune.headline.digits.frac_1.0.[key] in params.yaml: must be a budget key as metrics name them",
+    ),
     ("finetune", {"search__trial": "fast"}, "search.trial names trial 'fast', not one of finetune.trials (base,"),
     ("finetune", {"search__holdout": 1}, "finetune.search.holdout in params.yaml: must be less than 1, got 1"),
     ("tasks", {"digits__budgets": [0.0]}, "tasks.digits.budgets.0 in params.yaml: must be a fraction of the labels in"),

@@ -181,6 +181,21 @@ def test_finetune_names_a_missing_model_an_unknown_task_and_a_budget_no_task_has
     assert "finetune.distill.budgets names frac_0.5, which no task has (their budgets: frac_" in capsys.readouterr().err
 
 
+def test_declarations_for_budgets_a_task_lacks_are_named(project, capsys):
+    from sslops.stages.finetune import _warn_undeclarable
+
+    cfg = project.config("finetune").model_copy(
+        update={"chosen": {TASK: {"frac_0.001": {"pretrained": "base"}}}, "headline": {"other": {"frac_0.5": {}}}}
+    )
+    _warn_undeclarable(cfg, TASK, [0.01, "10/class"])
+    err = capsys.readouterr().err
+    assert f"finetune.chosen.{TASK} names frac_0.001, which task {TASK} does not have (its budgets: frac_0.01, " in err
+    assert "per_class_10): ignored; a budget declared nothing for uses the base recipe." in err
+    assert "headline" not in err  # another task's declarations are that task's business
+    _warn_undeclarable(cfg.model_copy(update={"chosen": {TASK: {"frac_0.01": {"scratch": "base"}}}}), TASK, [0.01])
+    assert capsys.readouterr().err == ""
+
+
 def test_recipe_numbers_written_without_a_dot_are_numbers(project):
     recipe = {**project.section("finetune")["recipe"], "lr": "5e-2", "max_steps": 10, "crop_scale": [0.5, 1]}
     set_param(project.root, "finetune", "recipe", recipe)

@@ -416,8 +416,12 @@ class RecipeSearch(Section):
 
 
 def _budget_key(key: str) -> str:
+    """A budget key exactly as metrics spell it: `frac_0.10` means the same budget as `frac_0.1` but would never match
+    it, so whatever it declared would silently not apply."""
     if not re.fullmatch(r"frac_(0\.[0-9]+|1)|per_class_[1-9][0-9]*", key):
         raise ValueError("must be a budget key as metrics name them: frac_<fraction> or per_class_<n> (frac_0.01)")
+    if key.startswith("frac_") and key != f"frac_{float(key.removeprefix('frac_')):g}":
+        raise ValueError(f"must be written as metrics name it: frac_{float(key.removeprefix('frac_')):g}")
     return key
 
 
@@ -447,7 +451,7 @@ class FinetuneParams(Section):
     probe: ProbeSearch
     recipe: Recipe
     trials: Annotated[dict[Name, Recipe], Field(min_length=1)]  # each written as its changes to `recipe`
-    chosen: dict[TaskName, dict[Name, dict[Init, Name]]]
+    chosen: dict[TaskName, dict[BudgetKey, dict[Init, Name]]]  # the trial each side fine-tunes with
     headline: dict[TaskName, dict[BudgetKey, dict[Init, Protocol]]]  # the protocol of each side's headline figure
     search: RecipeSearch
     distill: Distill

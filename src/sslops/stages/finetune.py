@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,7 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
     cfg: FinetuneParams = project.config("finetune")
     budgets = project.config("tasks")[task].budgets
     _check_distill(cfg, project.config("tasks"))
+    _warn_undeclarable(cfg, task, budgets)
     name, out = project.model_name, project.outputs(task)
     device = pick_device(cfg.device)
     store = ImageStore.open(out.prepared)
@@ -128,6 +130,24 @@ def _check_distill(cfg: FinetuneParams, tasks: TasksParams) -> None:
             f"finetune.distill.budgets names {', '.join(unknown)}, which no task has (their budgets: "
             f"{', '.join(sorted(known))})."
         )
+
+
+def _warn_undeclarable(cfg: FinetuneParams, task: str, budgets: list[Budget]) -> None:
+    """A recipe or headline protocol declared for a budget this task does not have applies to nothing: a misspelt
+    key (`frac_0.001` for `frac_0.01`) would leave its budget on `base` and fine-tuning without a word. A warning, not
+    an error: narrowing a task's budgets for one experiment (`-S`) legitimately leaves declarations unused."""
+    from sslops.ml.results import budget_key
+
+    have = [budget_key(b) for b in budgets]
+    for section, declared in (("chosen", cfg.chosen), ("headline", cfg.headline)):
+        unused = sorted(set(declared.get(task, {})) - set(have))
+        if unused:
+            print(
+                f"finetune: warning: finetune.{section}.{task} names {', '.join(unused)}, which task {task} does not "
+                f"have (its budgets: {', '.join(have)}): ignored; a budget declared nothing for uses "
+                + ("the base recipe." if section == "chosen" else "fine-tuning."),
+                file=sys.stderr,
+            )
 
 
 def _check_input(spec: dict[str, Any], store: ImageStore, task: str) -> None:
