@@ -17,6 +17,10 @@ params.yaml (comments kept), so `make run` fine-tunes with the chosen recipes on
 that init in the best-against-best gain is written to `finetune.headline`: the linear probe where its held-out
 accuracy beats the chosen fine-tuning's, else fine-tuning. The scores go to the method's results file and the table
 of docs/benchmarks.md.
+
+Choosing writes the default method's choices over whatever params.yaml holds, whichever method those came from:
+while a sweep (bench/compare_methods.py) runs with the committed recipes, use --record-only or --headline-only, so
+that every run of the sweep is fine-tuned alike.
 """
 
 from __future__ import annotations
