@@ -117,8 +117,9 @@ def rows(shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for exp in commit.get("experiments") or []:
             state = (exp.get("executor") or {}).get("state")
             for rev in exp.get("revs") or []:
-                name = (rev.get("name") or "").removeprefix("lever-")
-                if not (rev.get("name") or "").startswith("lever-") or rev.get("error") or name in levers:
+                full = rev.get("name") or ""
+                name = full.removeprefix("lever-")
+                if name == full or rev.get("error") or name in levers:  # not a lever, failed, or an older run
                     continue
                 queued = state not in (None, "success")  # queued or running: its files are still the baseline's
                 levers[name] = {"state": state} if queued else _row(rev.get("data") or {})
