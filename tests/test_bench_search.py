@@ -70,8 +70,9 @@ def test_writing_the_choices_keeps_every_other_line_and_refuses_an_invalid_resul
     after = (tmp_path / "params.yaml").read_text().splitlines()
     at = next(i for i, line in enumerate(after) if line.startswith("  headline:"))
     assert after[at].startswith("  headline:  ") and "# per task, budget and init" in after[at]
-    assert after[at + 3 : at + 5] == ["    digits:", "      per_class_10: {pretrained: linear}"]
-    assert after == [*before[:at], after[at], *before[at + 1 : at + 3], *after[at + 3 : at + 5], *before[at + 3 :]]
+    end = next(i for i in range(at + 1, len(before)) if not before[i].lstrip().startswith("#"))  # its comment's end
+    assert after[end : end + 2] == ["    digits:", "      per_class_10: {pretrained: linear}"]
+    assert after == [*before[:at], after[at], *before[at + 1 : end], *after[end : end + 2], *before[end:]]
     finetune_search.write_params("headline", {})  # back to none
     assert (tmp_path / "params.yaml").read_text().splitlines() == before
     with pytest.raises(SslopsError, match="headline.digits.per_class_10.pretrained is 'distill'"):
