@@ -2,6 +2,13 @@
 
 Queued experiments run in DVC's temporary workspaces, so MLFLOW_TRACKING_URI is pointed at this project's store to
 keep their runs and model versions (unless the caller already points it at a server).
+
+DVC keeps a finished experiment as git refs (`refs/exps/...`) of the clone that ran it, and a fresh clone has none:
+the runs of a sweep longer than one machine's life would be lost with it (they were, once: 24 runs of
+bench/compare_methods.py, 2026-11-30). So every finished experiment a script reads is also written to its results
+file under bench/results/ (`record=`, one JSON line per run: the params sections and metrics files the tables read,
+the commit it was queued from, the machine, the date), and the tables are built from the live experiments and that
+record together; a committed record is what lets a sweep be finished in another session and regenerated anywhere.
 """
 
 from __future__ import annotations
@@ -12,8 +19,13 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from machine import cpu_model
+
+from sslops.commands.report import replace_section
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,20 +80,122 @@ def budget_labels(evaluate: dict[str, Any]) -> dict[str, int]:
     }
 
 
-def experiments(pattern: str) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
-    """Experiments whose name matches `pattern` (newest first wins): name -> {"data": ...} or {"state": ...} while
-    queued or running; and the revisions `dvc exp show` lists (workspace, HEAD, ...), for a committed baseline."""
-    found: dict[str, dict[str, Any]] = {}
+def experiments(pattern: str, record: Record | None = None) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Experiments whose name matches `pattern` (newest first wins): name -> {"data": ..., "baseline": commit} or
+    {"state": ...} while queued or running; and the revisions `dvc exp show` lists (workspace, HEAD, ...), for a
+    committed baseline. With `record`, the finished ones are recorded first and the recorded runs that no live
+    experiment has are listed too, each under the commit it was queued from."""
     shown = json.loads(dvc("exp", "show", "--json", "-A"))  # every baseline: commits made since still see them
+    if record is not None:
+        shown = record.merge(shown, pattern)
+    found: dict[str, dict[str, Any]] = {}
     for commit in shown:
-        for exp in commit.get("experiments") or []:
-            state = (exp.get("executor") or {}).get("state")
-            for rev in exp.get("revs") or []:
-                name = rev.get("name") or ""
-                if not re.fullmatch(pattern, name) or rev.get("error"):
-                    continue
-                if state not in (None, "success"):  # queued or running: its files are still the baseline's
-                    found.setdefault(name, {"state": state})
-                else:
-                    found.setdefault(name, {"data": rev.get("data") or {}})
+        for name, entry in _named(commit, pattern):
+            found.setdefault(name, entry)
     return found, shown
+
+
+def _named(commit: dict[str, Any], pattern: str) -> list[tuple[str, dict[str, Any]]]:
+    """(name, {"data", "baseline"} or {"state"}) of the experiments of one `dvc exp show` commit matching `pattern`,
+    failed ones left out."""
+    out = []
+    for exp in commit.get("experiments") or []:
+        state = (exp.get("executor") or {}).get("state")
+        for rev in exp.get("revs") or []:
+            name = rev.get("name") or ""
+            if not re.fullmatch(pattern, name) or rev.get("error"):
+                continue
+            if state not in (None, "success"):  # queued or running: its files are still the baseline's
+                out.append((name, {"state": state}))
+            else:
+                out.append((name, {"data": rev.get("data") or {}, "baseline": commit.get("rev")}))
+    return out
+
+
+class Record:
+    """A sweep's results file: one JSON line per finished experiment, the newest line of a name winning.
+
+    Only `params` (sections of params.yaml) and `metrics` (files) are kept: what the tables read, not DVC's hashes
+    of every dependency."""
+
+    def __init__(self, path: Path, params: tuple[str, ...], metrics: tuple[str, ...]) -> None:
+        self.path, self.params, self.metrics = path, params, metrics
+
+    def runs(self) -> dict[str, dict[str, Any]]:
+        """name -> its newest recorded line; a line that is not a JSON object names the file and line."""
+        out: dict[str, dict[str, Any]] = {}
+        if not self.path.is_file():
+            return out
+        for number, line in enumerate(self.path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                run = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise SystemExit(f"{self.path}:{number} is not a JSON line ({err})") from err
+            if not isinstance(run, dict) or not isinstance(run.get("name"), str):
+                raise SystemExit(f"{self.path}:{number} is not a recorded run (an object with a name)")
+            out[run["name"]] = run
+        return out
+
+    def _line(self, name: str, entry: dict[str, Any]) -> dict[str, Any]:
+        data = entry["data"]
+        params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
+        return {
+            "name": name,
+            "baseline": entry["baseline"],
+            "params": {k: params[k] for k in self.params if k in params},
+            "metrics": {path: metrics_of(data, path) for path in self.metrics},
+        }
+
+    def merge(self, shown: list[dict[str, Any]], pattern: str) -> list[dict[str, Any]]:
+        """Append the finished experiments of `shown` matching `pattern` that the file lacks (or holds with other
+        figures: a re-run); return `shown` with every recorded run no live experiment has, as a finished experiment
+        of its baseline commit (a commit this clone lacks gets an entry of its own, with no committed figures)."""
+        recorded = self.runs()
+        live: set[str] = set()
+        new = []
+        for commit in shown:
+            for name, entry in _named(commit, pattern):
+                live.add(name)
+                if "data" not in entry or name in {n for n, _ in new}:  # queued, or an older run of the name
+                    continue
+                line = self._line(name, entry)
+                old = recorded.get(name, {})
+                if {k: old.get(k) for k in line} != line:
+                    new.append((name, line | {"machine": cpu_model(), "date": time.strftime("%F")}))
+        if new:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as f:
+                f.writelines(json.dumps(line, sort_keys=True) + "\n" for _, line in new)
+        merged = [dict(c, experiments=list(c.get("experiments") or [])) for c in shown]
+        by_rev = {c.get("rev"): c for c in merged}
+        for name, run in self.runs().items():
+            if name in live or not re.fullmatch(pattern, name):
+                continue
+            commit = by_rev.get(run["baseline"])
+            if commit is None:
+                commit = by_rev[run["baseline"]] = {"rev": run["baseline"], "data": {}, "experiments": []}
+                merged.append(commit)
+            data = {
+                "params": {"params.yaml": {"data": run["params"]}},
+                "metrics": {path: {"data": m} for path, m in run["metrics"].items()},
+            }
+            commit["experiments"].append({"executor": None, "revs": [{"name": name, "data": data}]})
+        return merged
+
+
+def write_table(doc: Path, begin: str, end: str, text: str, rows: Callable[[str], set[Any]], force: bool) -> None:
+    """Replace a generated section of `doc` with `text`, unless that would drop rows (`rows` of a section's text) the
+    section holds now: a clone without the experiments that made them (and without their record) would otherwise
+    erase measured results. `force` writes anyway; either way the caller prints the table."""
+    content = doc.read_text()
+    start, stop = content.find(begin), content.find(end)
+    lost = rows(content[start + len(begin) : stop]) - rows(text) if 0 <= start < stop else set()
+    if lost and not force:
+        raise SystemExit(
+            f"not written: {doc} would lose {', '.join(map(str, sorted(lost)))}, which neither a "
+            "live experiment nor the results file under bench/results/ holds. Run them again (`--run`), or pass "
+            "--force to drop them."
+        )
+    replace_section(doc, begin, end, text)
