@@ -3,6 +3,7 @@ into params.yaml without touching anything else (no DVC queue here: the scores a
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -78,3 +79,16 @@ def test_writing_the_choices_keeps_every_other_line_and_refuses_an_invalid_resul
     with pytest.raises(SslopsError, match="headline.digits.per_class_10.pretrained is 'distill'"):
         finetune_search.write_params("headline", {"digits": {"per_class_10": {"pretrained": "distill"}}})
     assert (tmp_path / "params.yaml").read_text().splitlines()[at].startswith("  headline: {}")  # left as it was
+
+
+def test_a_fresh_clone_chooses_from_the_results_file_where_a_trial_is_unchanged(tmp_path, monkeypatch):
+    """DVC's experiments stay in the clone that ran them; the results file's scores stand in for a trial only while
+    its definition is the one they were measured with."""
+    base = {"optimizer": "adamw", "lr": 0.001, "crop_scale": (0.6, 1.0)}  # a tuple, as Trial.record() may give
+    recorded = {"trials": {"base": {**base, "crop_scale": [0.6, 1.0]}, "long": {**base, "epochs": 60}}, "scores": FOUND}
+    (tmp_path / "finetune_search-m.json").write_text(json.dumps(recorded))
+    monkeypatch.setattr(finetune_search, "RESULTS", tmp_path)
+    monkeypatch.setattr(finetune_search, "experiments", lambda pattern: ({}, []))
+    found = finetune_search.scores("m", {"base": base, "long": {**base, "epochs": 120}}, ["digits"])
+    assert found["base"] == FOUND["base"]
+    assert found["long"] == {"digits": {}}  # redefined since: its old scores would choose for another recipe
