@@ -25,9 +25,10 @@ import argparse
 import json
 import re
 import statistics
+from functools import partial
 from typing import Any
 
-from dvc_queue import ROOT, Record, budget_labels, experiments, metrics_of, run_queue, write_table
+from dvc_queue import ROOT, Record, budget_labels, experiments, metrics_of, run_queue, write_tables
 
 from sslops.config import Project
 from sslops.config.schema import FinetuneParams
@@ -177,12 +178,14 @@ def seeds_table(found: dict[tuple[str, int], dict[str, Any]], method: str, finet
     return "\n".join(lines)
 
 
-def shown_seeds(text: str) -> set[tuple[str, int]]:
+def shown_seeds(text: str, method: str | None = None) -> set[tuple[str, int]]:
     """The (method, seed) pairs a generated section shows: the methods table's seeds column (pending ones are not
-    shown), or the seeds table's `method`, pretraining seeds ... line."""
+    shown), or the seeds table's `method`, pretraining seeds ... line; with `method`, that method's only (the README
+    shows the default's: a new default is not a loss of the former's seeds, which the methods table keeps)."""
     pairs = re.findall(r"^\| (\w+) \| ([\d, ]+?)(?: \(\+\d+ pending\))? \|", text, re.M)
     pairs += re.findall(r"^`(\w+)`, pretraining seeds ([\d, ]+):", text, re.M)
-    return {(method, int(seed)) for method, seeds in pairs for seed in seeds.split(",")}
+    shown = {(m, int(seed)) for m, seeds in pairs for seed in seeds.split(",")}
+    return {pair for pair in shown if method in (None, pair[0])}
 
 
 def main() -> None:
@@ -211,11 +214,10 @@ def main() -> None:
         print(f"the queue took {seconds / 60:.1f} min")
     found = runs()
     finetune = project.config("finetune")
-    generated = table(found, finetune)
-    print(generated)
-    write_table(DOC, BEGIN, END, generated, shown_seeds, args.force)
-    seeds = seeds_table(found, default.method, finetune)
-    write_table(ROOT / "README.md", SEEDS_BEGIN, SEEDS_END, seeds, shown_seeds, args.force)
+    generated, seeds = table(found, finetune), seeds_table(found, default.method, finetune)
+    print(f"{generated}\n\n{seeds}")
+    readme = (ROOT / "README.md", SEEDS_BEGIN, SEEDS_END, seeds, partial(shown_seeds, method=default.method))
+    write_tables([(DOC, BEGIN, END, generated, shown_seeds), readme], args.force)
 
 
 if __name__ == "__main__":

@@ -133,8 +133,12 @@ class Record:
                 run = json.loads(line)
             except json.JSONDecodeError as err:
                 raise SystemExit(f"{self.path}:{number} is not a JSON line ({err})") from err
-            if not isinstance(run, dict) or not isinstance(run.get("name"), str):
-                raise SystemExit(f"{self.path}:{number} is not a recorded run (an object with a name)")
+            fields = {"name": str, "baseline": str, "params": dict, "metrics": dict}
+            if not isinstance(run, dict) or not all(isinstance(run.get(k), t) for k, t in fields.items()):
+                raise SystemExit(
+                    f"{self.path}:{number} is not a recorded run (an object with a name, a baseline commit, params "
+                    "and metrics)"
+                )
             out[run["name"]] = run
         return out
 
@@ -143,6 +147,7 @@ class Record:
         params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
         return {
             "name": name,
+            "ran": data.get("timestamp"),  # when the experiment's commit was made; `date` says when it was recorded
             "baseline": entry["baseline"],
             "params": {k: params[k] for k in self.params if k in params},
             "metrics": {path: metrics_of(data, path) for path in self.metrics},
@@ -157,9 +162,10 @@ class Record:
         new = []
         for commit in shown:
             for name, entry in _named(commit, pattern):
-                live.add(name)
-                if "data" not in entry or name in {n for n, _ in new}:  # queued, or an older run of the name
+                if name in live or "data" not in entry:  # an older run of the name (newest first), or queued
+                    live.add(name)
                     continue
+                live.add(name)
                 line = self._line(name, entry)
                 old = recorded.get(name, {})
                 if {k: old.get(k) for k in line} != line:
@@ -185,17 +191,26 @@ class Record:
         return merged
 
 
-def write_table(doc: Path, begin: str, end: str, text: str, rows: Callable[[str], set[Any]], force: bool) -> None:
-    """Replace a generated section of `doc` with `text`, unless that would drop rows (`rows` of a section's text) the
-    section holds now: a clone without the experiments that made them (and without their record) would otherwise
-    erase measured results. `force` writes anyway; either way the caller prints the table."""
-    content = doc.read_text()
-    start, stop = content.find(begin), content.find(end)
-    lost = rows(content[start + len(begin) : stop]) - rows(text) if 0 <= start < stop else set()
+# A generated section to write: (document, begin marker, end marker, new text, the row keys of a section's text).
+Table = tuple[Path, str, str, str, Callable[[str], set[Any]]]
+
+
+def write_tables(tables: list[Table], force: bool) -> None:
+    """Replace generated sections of documents with new text, unless that would drop rows a section holds now: a
+    clone without the experiments that made them (and without their record) would otherwise erase measured results.
+    All are checked before any is written, so a refusal leaves every document as it was; `force` writes anyway."""
+    lost = []
+    for doc, begin, end, text, rows in tables:
+        content = doc.read_text()
+        start, stop = content.find(begin), content.find(end)
+        gone = rows(content[start + len(begin) : stop]) - rows(text) if 0 <= start < stop else set()
+        lost += [f"{doc}: {', '.join(map(str, sorted(gone)))}"] if gone else []
     if lost and not force:
         raise SystemExit(
-            f"not written: {doc} would lose {', '.join(map(str, sorted(lost)))}, which neither a "
-            "live experiment nor the results file under bench/results/ holds. Run them again (`--run`), or pass "
-            "--force to drop them."
+            "nothing written: the tables would lose rows that neither a live experiment nor the results file under "
+            "bench/results/ holds:\n  "
+            + "\n  ".join(lost)
+            + "\nRun them again (`--run`), or pass --force to drop them."
         )
-    replace_section(doc, begin, end, text)
+    for doc, begin, end, text, _ in tables:
+        replace_section(doc, begin, end, text)

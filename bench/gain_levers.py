@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from dvc_queue import ROOT, Record, budget_labels, experiments, metrics_of, run_queue, write_table
+from dvc_queue import ROOT, Record, budget_labels, experiments, metrics_of, run_queue, write_tables
 
 from sslops.config import Project
 
@@ -134,16 +134,20 @@ def rows(shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         data = commit.get("data") or {}
         params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
-        base = f"{commit['rev'][:7]} (`{params.get('pretrain', {}).get('method')}`)"
-        out.append({"name": "default", "base": base, **_row(data)})
+        if data:
+            base = f"{commit['rev'][:7]} (`{params.get('pretrain', {}).get('method')}`)"
+            out.append({"name": "default", "base": base, **_row(data)})
+        else:  # recorded levers of a commit this clone lacks: no committed run to set beside them
+            base = f"{commit['rev'][:7]} (not in this clone)"
         order = [n for n in LEVERS if n in levers] + sorted(set(levers) - set(LEVERS))
         out += [{"name": n, "base": base, **levers[n]} for n in order]
     return out
 
 
 def shown_rows(text: str) -> set[tuple[str, str]]:
-    """(lever, commit it ran from) of every row a generated table shows."""
-    return set(re.findall(r"^\| ([\w-]+) \| [^|]* \| ([^|]+?) \|", text, re.M)) - {("lever", "ran from")}
+    """(lever, commit it ran from) of every finished row a generated table shows (a number of labels: not a queue
+    state)."""
+    return set(re.findall(r"^\| ([\w-]+) \| [^|]* \| ([^|]+?) \| \d+ \|", text, re.M))
 
 
 def main() -> None:
@@ -164,7 +168,7 @@ def main() -> None:
         print(f"the queue took {run_queue(queue) / 60:.1f} min")
     generated = table(rows(experiments(r"lever-.+", record=RECORD)[1]))
     print(generated)
-    write_table(DOC, BEGIN, END, generated, shown_rows, args.force)
+    write_tables([(DOC, BEGIN, END, generated, shown_rows)], args.force)
 
 
 if __name__ == "__main__":

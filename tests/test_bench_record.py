@@ -92,7 +92,11 @@ def test_a_live_experiment_wins_over_its_record_and_an_unknown_baseline_gets_its
 
 def test_a_broken_record_line_is_named(tmp_path: Path) -> None:
     record = _record(tmp_path)
-    record.path.write_text('{"name": "method-a-s1", "baseline": "c", "params": {}, "metrics": {}}\n[1, 2]\n')
+    good = '{"name": "method-a-s1", "baseline": "c", "params": {}, "metrics": {}}'
+    record.path.write_text(f"{good}\n[1, 2]\n")
+    with pytest.raises(SystemExit, match=r"sweep.jsonl:2 is not a recorded run"):
+        record.runs()
+    record.path.write_text(f'{good}\n{{"name": "method-a-s2"}}\n')  # a name, but nothing to build a row of
     with pytest.raises(SystemExit, match=r"sweep.jsonl:2 is not a recorded run"):
         record.runs()
 
@@ -100,20 +104,45 @@ def test_a_broken_record_line_is_named(tmp_path: Path) -> None:
 BEGIN, END = "<!-- t:begin -->", "<!-- t:end -->"
 
 
-def test_a_table_that_would_lose_rows_is_not_written(tmp_path: Path) -> None:
-    doc = tmp_path / "doc.md"
+def test_a_table_that_would_lose_rows_is_not_written_nor_any_other(tmp_path: Path) -> None:
+    doc, other = tmp_path / "doc.md", tmp_path / "other.md"
     before = f"intro\n{BEGIN}\n| simclr | 0, 1, 2 | x |\n| moco | 0 | y |\n{END}\nafter\n"
     doc.write_text(before)
+    other.write_text(f"{BEGIN}\nold\n{END}\n")
     smaller = "| simclr | 0 | x |\n| moco | 0, 1 (+1 pending) | y |"
-    with pytest.raises(SystemExit, match=r"would lose \('simclr', 1\), \('simclr', 2\)"):
-        dvc_queue.write_table(doc, BEGIN, END, smaller, compare_methods.shown_seeds, force=False)
+    tables = [
+        (other, BEGIN, END, "new", compare_methods.shown_seeds),
+        (doc, BEGIN, END, smaller, compare_methods.shown_seeds),
+    ]
+    with pytest.raises(SystemExit, match=r"doc.md: \('simclr', 1\), \('simclr', 2\)"):
+        dvc_queue.write_tables(tables, force=False)
     assert doc.read_text() == before
+    assert other.read_text() == f"{BEGIN}\nold\n{END}\n"  # checked first, written only if every table may be
 
     larger = "| simclr | 0, 1, 2 | x |\n| moco | 0, 1 | y |"
-    dvc_queue.write_table(doc, BEGIN, END, larger, compare_methods.shown_seeds, force=False)
+    dvc_queue.write_tables([(doc, BEGIN, END, larger, compare_methods.shown_seeds)], force=False)
     assert doc.read_text() == f"intro\n{BEGIN}\n{larger}\n{END}\nafter\n"
-    dvc_queue.write_table(doc, BEGIN, END, smaller, compare_methods.shown_seeds, force=True)
-    assert smaller in doc.read_text()
+    dvc_queue.write_tables(tables, force=True)
+    assert smaller in doc.read_text() and "new" in other.read_text()
+
+
+def test_a_name_finished_under_two_commits_is_recorded_once_as_its_newest_run(tmp_path: Path) -> None:
+    """`dvc exp show -A` lists commits newest first: the newest run of a name wins, and reading again appends
+    nothing (an older run must not flip the record back and forth)."""
+    record = _record(tmp_path)
+    shown = [
+        {"rev": "b" * 10, "data": {}, "experiments": [_exp("method-a-s1", _data(1, 0.85))]},
+        {"rev": "a" * 10, "data": {}, "experiments": [_exp("method-a-s1", _data(1, 0.84))]},
+    ]
+    record.merge(shown, r"method-.+")
+    record.merge(shown, r"method-.+")
+    lines = record.path.read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["metrics"][PRETRAIN] == {"knn_acc": 0.85}
+
+
+def test_lever_rows_still_queued_are_not_rows_to_keep() -> None:
+    text = "| default | x | abc (`rotation`) | 600 | a |\n| images-3x | y | abc (`rotation`) | queued | | |"
+    assert gain_levers.shown_rows(text) == {("default", "abc (`rotation`)")}
 
 
 def test_the_guards_read_the_committed_tables() -> None:
@@ -126,7 +155,24 @@ def test_the_guards_read_the_committed_tables() -> None:
     seeds = compare_methods.shown_seeds(
         readme.split(compare_methods.SEEDS_BEGIN)[1].split(compare_methods.SEEDS_END)[0]
     )
-    assert len(seeds) >= 1
+    assert {("rotation", 0), ("rotation", 1), ("rotation", 2)} <= seeds
     benchmarks = (ROOT / "docs" / "benchmarks.md").read_text()
     levers = gain_levers.shown_rows(benchmarks.split(gain_levers.BEGIN)[1].split(gain_levers.END)[0])
     assert {name for name, _ in levers} >= {"default", *gain_levers.LEVERS}
+
+
+def test_the_readme_guard_follows_the_default_method() -> None:
+    old = "`rotation`, pretraining seeds 0, 1, 2: mean ± std"
+    new = "`simclr`, pretraining seeds 0: mean ± std"
+    assert (
+        compare_methods.shown_seeds(old, method="simclr") - compare_methods.shown_seeds(new, method="simclr") == set()
+    )
+    assert compare_methods.shown_seeds(old, method="rotation") == {("rotation", 0), ("rotation", 1), ("rotation", 2)}
+
+
+def test_recorded_levers_of_a_commit_this_clone_lacks_have_no_default_row(tmp_path: Path) -> None:
+    record = dvc_queue.Record(tmp_path / "levers.jsonl", params=(), metrics=(PRETRAIN,))
+    line = {"name": "lever-images-3x", "baseline": "f" * 40, "params": {}, "metrics": {PRETRAIN: {"knn_acc": 0.87}}}
+    record.path.write_text(json.dumps(line) + "\n")
+    rows = gain_levers.rows(record.merge([{"rev": "workspace", "data": {}}], r"lever-.+"))
+    assert [(r["name"], r["base"]) for r in rows] == [("images-3x", "fffffff (not in this clone)")]
