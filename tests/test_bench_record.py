@@ -176,3 +176,13 @@ def test_recorded_levers_of_a_commit_this_clone_lacks_have_no_default_row(tmp_pa
     record.path.write_text(json.dumps(line) + "\n")
     rows = gain_levers.rows(record.merge([{"rev": "workspace", "data": {}}], r"lever-.+"))
     assert [(r["name"], r["base"]) for r in rows] == [("images-3x", "fffffff (not in this clone)")]
+
+
+def test_a_resumed_sweep_queues_only_runs_not_made_with_the_current_params() -> None:
+    expected = {"pretrain": {"method": "dino", "seed": 1, "lr": 1.0e-3}, "finetune": {"crop_scale": (0.6, 1.0)}}
+    made = {"sections": {"pretrain": {"method": "dino", "seed": 1, "lr": 0.001}, "finetune": {"crop_scale": [0.6, 1]}}}
+    assert compare_methods.current(made, expected)
+    assert compare_methods.current({"state": "queued"}, expected)
+    older = {"sections": {**made["sections"], "finetune": {"crop_scale": [0.3, 1]}}}  # other recipes since
+    assert not compare_methods.current(older, expected)
+    assert not compare_methods.current({"sections": {"pretrain": made["sections"]["pretrain"]}}, expected)
