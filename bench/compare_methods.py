@@ -31,9 +31,11 @@ from functools import partial
 from typing import Any
 
 from dvc_queue import ROOT, Record, budget_labels, experiments, metrics_of, run_queue, write_tables
+from machine import cpu_model
 
 from sslops.config import Project
 from sslops.config.schema import FinetuneParams
+from sslops.ml.device import amp_name, pick_device
 from sslops.ml.methods import METHODS
 
 DOC = ROOT / "docs" / "methods.md"
@@ -121,8 +123,15 @@ def _declared(done: list[dict[str, Any]], finetune: FinetuneParams, budget: str,
     return values
 
 
-def table(found: dict[tuple[str, int], dict[str, Any]], finetune: FinetuneParams) -> str:
-    """One row per method: mean ± std over its finished seeds (each 1 % figure itself a mean over 3 label draws)."""
+def _amp(run: dict[str, Any]) -> str:
+    """The precision a run pretrained in (`amp: auto` resolves by the machine: bf16 only on a CPU with it in
+    hardware); runs of different precision are never averaged together."""
+    return str(run["pretrain"].get("amp", "unknown"))
+
+
+def table(found: dict[tuple[str, int], dict[str, Any]], finetune: FinetuneParams, amp: str) -> str:
+    """One row per method: mean ± std over its finished seeds (each 1 % figure itself a mean over 3 label draws).
+    Runs pretrained in another precision than `amp` (the committed run's) get a row of their own, `method (off)`."""
     header = (
         "| method | seeds | kNN (validation) | linear probe, all labels | 1 %: best pretrained | 1 %: best scratch "
         "| 1 %: gain, best vs best | pretraining images | pretraining time | images/s |"
@@ -135,26 +144,31 @@ def table(found: dict[tuple[str, int], dict[str, Any]], finetune: FinetuneParams
         if not done:
             lines.append(f"| {method} | {', '.join(pending) or 'not run yet'} | | | | | | | | |")
             continue
-        seeds = ", ".join(str(r["params"].get("seed")) for r in done) + (
-            f" (+{len(pending)} pending)" if pending else ""
-        )
-        images = sorted({r["params"].get("images") for r in done})
-        lines.append(
-            f"| {method} | {seeds} | {_mean_std(_column(done, 'pretrain', 'knn_acc'))} "
-            f"| {_mean_std(_column(done, 'evaluate', 'test.acc.frac_1.linear.pretrained'))} "
-            f"| {_mean_std(_declared(done, finetune, budget, 'best_pretrained'))} "
-            f"| {_mean_std(_declared(done, finetune, budget, 'best_scratch'))} "
-            f"| {_mean_std(_declared(done, finetune, budget, 'gain_vs_best_scratch'), signed=True)} "
-            f"| {', '.join(f'{i:,}' for i in images if i)} "
-            f"| {_mean_std(_column(done, 'pretrain', 'seconds'), scale=1, digits=0, unit=' s')} "
-            f"| {_mean_std(_column(done, 'pretrain', 'images_per_s'), scale=1, digits=0, unit='')} |"
-        )
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for r in sorted(done, key=lambda r: _amp(r) != amp):  # the committed precision's row first
+            groups.setdefault(_amp(r), []).append(r)
+        for precision, runs in groups.items():
+            label = method if precision == amp else f"{method} ({precision})"
+            seeds = ", ".join(str(r["params"].get("seed")) for r in runs)
+            seeds += f" (+{len(pending)} pending)" if pending and precision == amp else ""
+            images = sorted({r["params"].get("images") for r in runs})
+            lines.append(
+                f"| {label} | {seeds} | {_mean_std(_column(runs, 'pretrain', 'knn_acc'))} "
+                f"| {_mean_std(_column(runs, 'evaluate', 'test.acc.frac_1.linear.pretrained'))} "
+                f"| {_mean_std(_declared(runs, finetune, budget, 'best_pretrained'))} "
+                f"| {_mean_std(_declared(runs, finetune, budget, 'best_scratch'))} "
+                f"| {_mean_std(_declared(runs, finetune, budget, 'gain_vs_best_scratch'), signed=True)} "
+                f"| {', '.join(f'{i:,}' for i in images if i)} "
+                f"| {_mean_std(_column(runs, 'pretrain', 'seconds'), scale=1, digits=0, unit=' s')} "
+                f"| {_mean_std(_column(runs, 'pretrain', 'images_per_s'), scale=1, digits=0, unit='')} |"
+            )
     return "\n".join(lines)
 
 
-def seeds_table(found: dict[tuple[str, int], dict[str, Any]], method: str, finetune: FinetuneParams) -> str:
-    """The default method per label budget of the task: best pretrained, best scratch and the gain over seeds."""
-    done = [r for (m, _), r in sorted(found.items()) if m == method and "state" not in r]
+def seeds_table(found: dict[tuple[str, int], dict[str, Any]], method: str, finetune: FinetuneParams, amp: str) -> str:
+    """The default method per label budget of the task: best pretrained, best scratch and the gain over seeds (those
+    pretrained in the committed run's precision `amp`)."""
+    done = [r for (m, _), r in sorted(found.items()) if m == method and "state" not in r and _amp(r) == amp]
     if not done:
         return f"No finished run of `{method}` yet."
     labels = budget_labels(done[0]["evaluate"])
@@ -186,7 +200,7 @@ def shown_seeds(text: str, method: str | None = None) -> set[tuple[str, int]]:
     """The (method, seed) pairs a generated section shows: the methods table's seeds column (pending ones are not
     shown), or the seeds table's `method`, pretraining seeds ... line; with `method`, that method's only (the README
     shows the default's: a new default is not a loss of the former's seeds, which the methods table keeps)."""
-    pairs = re.findall(r"^\| (\w+) \| ([\d, ]+?)(?: \(\+\d+ pending\))? \|", text, re.M)
+    pairs = re.findall(r"^\| (\w+(?: \(\w+\))?) \| ([\d, ]+?)(?: \(\+\d+ pending\))? \|", text, re.M)
     pairs += re.findall(r"^`(\w+)`, pretraining seeds ([\d, ]+):", text, re.M)
     shown = {(m, int(seed)) for m, seeds in pairs for seed in seeds.split(",")}
     return {pair for pair in shown if method in (None, pair[0])}
@@ -207,9 +221,23 @@ def main() -> None:
     parser.add_argument("--equal-time", action="store_true", help="scale pretrain.images to the default's wall-clock")
     parser.add_argument("--force", action="store_true", help="write the tables even where they lose shown runs")
     parser.add_argument("--rerun", action="store_true", help="with --run: queue runs already made with these params")
+    parser.add_argument(
+        "--any-precision", action="store_true", help="with --run: run where pretraining resolves another precision"
+    )
     args = parser.parse_args()
     project = Project(ROOT)
     default = project.config("pretrain")
+    committed = project.metrics_dir / "pretrain.json"
+    amp = json.loads(committed.read_text()).get("amp", "unknown") if committed.is_file() else "unknown"
+    if args.run and not args.any_precision:
+        here = amp_name(default.amp, pick_device(default.device))
+        if here != amp:
+            raise SystemExit(
+                f"`pretrain.amp: {default.amp}` resolves to `{here}` on this machine ({cpu_model()}), to `{amp}` in "
+                "the committed run: runs made here would not be comparable with the sweep's (other numerics; with "
+                "`auto`, a CPU without bf16 in hardware is also several times slower) and would get rows of their "
+                "own. Run the sweep on a machine like the committed run's, or pass --any-precision."
+            )
     if args.run:
         images = equal_time_images(project) if args.equal_time else {}
         existing = runs()
@@ -230,7 +258,7 @@ def main() -> None:
         print(f"the queue took {seconds / 60:.1f} min")
     found = runs()
     finetune = project.config("finetune")
-    generated, seeds = table(found, finetune), seeds_table(found, default.method, finetune)
+    generated, seeds = table(found, finetune, amp), seeds_table(found, default.method, finetune, amp)
     print(f"{generated}\n\n{seeds}")
     readme = (ROOT / "README.md", SEEDS_BEGIN, SEEDS_END, seeds, partial(shown_seeds, method=default.method))
     write_tables([(DOC, BEGIN, END, generated, shown_seeds), readme], args.force)

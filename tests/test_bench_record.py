@@ -186,3 +186,43 @@ def test_a_resumed_sweep_queues_only_runs_not_made_with_the_current_params() -> 
     older = {"sections": {**made["sections"], "finetune": {"crop_scale": [0.3, 1]}}}  # other recipes since
     assert not compare_methods.current(older, expected)
     assert not compare_methods.current({"sections": {"pretrain": made["sections"]["pretrain"]}}, expected)
+
+
+def _run(seed: int, amp: str, pretrained: float) -> dict[str, Any]:
+    """A finished sweep run as `compare_methods.runs()` gives it, fine-tuned with the committed headline protocols."""
+    from sslops.config import Project
+
+    finetune = Project(ROOT).config("finetune")
+    evaluate = {
+        "headline.frac_0.01.labels": 600,
+        **{
+            f"test.acc.frac_0.01.{finetune.headline_for('fashion-mnist', 'frac_0.01', init)}.{init}": acc
+            for init, acc in (("pretrained", pretrained), ("scratch", 0.82))
+        },
+    }
+    return {
+        "name": f"method-dino-s{seed}",
+        "params": {"seed": seed, "images": 318944},
+        "pretrain": {"amp": amp, "knn_acc": 0.84, "seconds": 200.0, "images_per_s": 1600.0},
+        "evaluate": evaluate,
+    }
+
+
+def test_runs_of_another_precision_are_never_averaged_with_the_committed_ones() -> None:
+    from sslops.config import Project
+
+    finetune = Project(ROOT).config("finetune")
+    found = {
+        ("dino", 0): _run(0, "bf16", 0.84),
+        ("dino", 1): _run(1, "off", 0.80),
+        ("dino", 2): _run(2, "bf16", 0.86),
+        ("rotation", 0): _run(0, "off", 0.83),
+    }
+    rows = {
+        line.split(" | ")[0].lstrip("| "): line for line in compare_methods.table(found, finetune, "bf16").splitlines()
+    }
+    assert "| dino | 0, 2 | 84.00 % ± 0.00 |" in rows["dino"] and "85.00 % ± 1.41" in rows["dino"]
+    assert "| dino (off) | 1 | " in rows["dino (off)"] and "80.00 %" in rows["dino (off)"]
+    assert "rotation (off)" in rows and "rotation" not in rows
+    assert compare_methods.shown_seeds("\n".join(rows.values())) >= {("dino", 0), ("dino (off)", 1)}
+    assert "No finished run" in compare_methods.seeds_table(found, "rotation", finetune, "bf16")
