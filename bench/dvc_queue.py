@@ -162,10 +162,11 @@ class Record:
         new = []
         for commit in shown:
             for name, entry in _named(commit, pattern):
-                if name in live or "data" not in entry:  # an older run of the name (newest first), or queued
-                    live.add(name)
+                if name in live:  # an older run of the name: commits come newest first
                     continue
                 live.add(name)
+                if "data" not in entry:  # queued or running
+                    continue
                 line = self._line(name, entry)
                 old = recorded.get(name, {})
                 if {k: old.get(k) for k in line} != line:
