@@ -26,13 +26,14 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import statistics
+import time
 from functools import partial
 from typing import Any
 
 from dvc_queue import ROOT, Record, budget_labels, experiments, metrics_of, run_queue, write_tables
 from machine import cpu_model
 
+from sslops.commands.report import SEEDS, mean_std, seeds_markdown
 from sslops.config import Project
 from sslops.config.schema import FinetuneParams
 from sslops.ml.device import amp_name, pick_device
@@ -91,15 +92,6 @@ def equal_time_images(project: Project) -> dict[str, int]:
     return {m: round(cfg.images * rates[m] / rates[cfg.method]) for m in METHODS}  # the stage makes epochs of it
 
 
-def _mean_std(values: list[float], scale: float = 100, signed: bool = False, digits: int = 2, unit: str = " %") -> str:
-    """`mean<unit> ± std` (sample std) of `values` x `scale`, as `sslops report` writes a cell; just the mean for one
-    value; empty for none. Points (`signed`) carry no unit."""
-    if not values:
-        return ""
-    mean = f"{scale * statistics.fmean(values):{'+' if signed else ''}.{digits}f}{'' if signed else unit}"
-    return f"{mean} ± {scale * statistics.stdev(values):.{digits}f}" if len(values) > 1 else mean
-
-
 def _column(done: list[dict[str, Any]], source: str, key: str) -> list[float]:
     return [r[source][key] for r in done if isinstance(r[source].get(key), (int, float))]
 
@@ -153,47 +145,40 @@ def table(found: dict[tuple[str, int], dict[str, Any]], finetune: FinetuneParams
             seeds += f" (+{len(pending)} pending)" if pending and precision == amp else ""
             images = sorted({r["params"].get("images") for r in runs})
             lines.append(
-                f"| {label} | {seeds} | {_mean_std(_column(runs, 'pretrain', 'knn_acc'))} "
-                f"| {_mean_std(_column(runs, 'evaluate', 'test.acc.frac_1.linear.pretrained'))} "
-                f"| {_mean_std(_declared(runs, finetune, budget, 'best_pretrained'))} "
-                f"| {_mean_std(_declared(runs, finetune, budget, 'best_scratch'))} "
-                f"| {_mean_std(_declared(runs, finetune, budget, 'gain_vs_best_scratch'), signed=True)} "
+                f"| {label} | {seeds} | {mean_std(_column(runs, 'pretrain', 'knn_acc'))} "
+                f"| {mean_std(_column(runs, 'evaluate', 'test.acc.frac_1.linear.pretrained'))} "
+                f"| {mean_std(_declared(runs, finetune, budget, 'best_pretrained'))} "
+                f"| {mean_std(_declared(runs, finetune, budget, 'best_scratch'))} "
+                f"| {mean_std(_declared(runs, finetune, budget, 'gain_vs_best_scratch'), signed=True)} "
                 f"| {', '.join(f'{i:,}' for i in images if i)} "
-                f"| {_mean_std(_column(runs, 'pretrain', 'seconds'), scale=1, digits=0, unit=' s')} "
-                f"| {_mean_std(_column(runs, 'pretrain', 'images_per_s'), scale=1, digits=0, unit='')} |"
+                f"| {mean_std(_column(runs, 'pretrain', 'seconds'), scale=1, digits=0, unit=' s')} "
+                f"| {mean_std(_column(runs, 'pretrain', 'images_per_s'), scale=1, digits=0, unit='')} |"
             )
     return "\n".join(lines)
 
 
-def seeds_table(found: dict[tuple[str, int], dict[str, Any]], method: str, finetune: FinetuneParams, amp: str) -> str:
-    """The default method per label budget of the task: best pretrained, best scratch and the gain over seeds (those
-    pretrained in the committed run's precision `amp`)."""
+def seeds_summary(
+    found: dict[tuple[str, int], dict[str, Any]], method: str, finetune: FinetuneParams, amp: str
+) -> dict[str, Any] | None:
+    """The default method's headline per label budget of the task, one value per pretraining seed (those pretrained in
+    the committed run's precision `amp`): best pretrained, best scratch and the gain. None before any finished run."""
     done = [r for (m, _), r in sorted(found.items()) if m == method and "state" not in r and _amp(r) == amp]
     if not done:
-        return f"No finished run of `{method}` yet."
+        return None
     labels = budget_labels(done[0]["evaluate"])
-    budgets = sorted(labels, key=labels.get)
-    seeds = ", ".join(str(r["params"].get("seed")) for r in done)
-    intro = (
-        f"`{method}`, pretraining seeds {seeds}: mean ± std over the seeds of each seed's mean over 3 label draws "
-        "(100 %: one subset), test split of Fashion-MNIST. The scratch side does not depend on the pretraining seed "
-        "(its init and label draws follow `finetune.seed`), so its spread here is 0; the spread over label draws is "
-        "in the table above."
-    )
-    lines = [
-        intro,
-        "",
-        "| labels | best pretrained | best scratch | gain, best vs best |",
-        "|---|---|---|---|",
+    budgets = [
+        {
+            "budget": b,
+            "name": done[0]["evaluate"].get(f"headline.{b}.budget_name", b),
+            "labels": labels[b],
+            "best_pretrained": _declared(done, finetune, b, "best_pretrained"),
+            "best_scratch": _declared(done, finetune, b, "best_scratch"),
+            "gain": _declared(done, finetune, b, "gain_vs_best_scratch"),
+        }
+        for b in sorted(labels, key=labels.get)
     ]
-    for b in budgets:
-        name = done[0]["evaluate"].get(f"headline.{b}.budget_name", b)
-        cells = [
-            _mean_std(_declared(done, finetune, b, k), signed=k.startswith("gain"))
-            for k in ("best_pretrained", "best_scratch", "gain_vs_best_scratch")
-        ]
-        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {cells[2]} |")
-    return "\n".join(lines)
+    seeds = [r["params"].get("seed") for r in done]
+    return {"method": method, "amp": amp, "seeds": seeds, "dataset": "Fashion-MNIST", "task": TASK, "budgets": budgets}
 
 
 def shown_seeds(text: str, method: str | None = None) -> set[tuple[str, int]]:
@@ -258,10 +243,13 @@ def main() -> None:
         print(f"the queue took {seconds / 60:.1f} min")
     found = runs()
     finetune = project.config("finetune")
-    generated, seeds = table(found, finetune, amp), seeds_table(found, default.method, finetune, amp)
+    generated, summary = table(found, finetune, amp), seeds_summary(found, default.method, finetune, amp)
+    seeds = seeds_markdown(summary) if summary else f"No finished run of `{default.method}` yet."
     print(f"{generated}\n\n{seeds}")
     readme = (ROOT / "README.md", SEEDS_BEGIN, SEEDS_END, seeds, partial(shown_seeds, method=default.method))
     write_tables([(DOC, BEGIN, END, generated, shown_seeds), readme], args.force)
+    if summary:  # with the README's section, as `sslops report` prints it
+        (ROOT / SEEDS).write_text(json.dumps(summary | {"date": time.strftime("%F")}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -225,4 +225,16 @@ def test_runs_of_another_precision_are_never_averaged_with_the_committed_ones() 
     assert "| dino (off) | 1 | " in rows["dino (off)"] and "80.00 %" in rows["dino (off)"]
     assert "rotation (off)" in rows and "rotation" not in rows
     assert compare_methods.shown_seeds("\n".join(rows.values())) >= {("dino", 0), ("dino (off)", 1)}
-    assert "No finished run" in compare_methods.seeds_table(found, "rotation", finetune, "bf16")
+
+
+def test_the_seeds_summary_keeps_one_value_per_seed_of_the_committed_precision() -> None:
+    from sslops.config import Project
+
+    finetune = Project(ROOT).config("finetune")
+    found = {("dino", 0): _run(0, "bf16", 0.84), ("dino", 1): _run(1, "off", 0.80), ("dino", 2): _run(2, "bf16", 0.86)}
+    summary = compare_methods.seeds_summary(found, "dino", finetune, "bf16")
+    assert summary is not None and summary["seeds"] == [0, 2]
+    (budget,) = summary["budgets"]
+    assert budget["labels"] == 600 and budget["best_pretrained"] == [0.84, 0.86]
+    assert [round(g, 4) for g in budget["gain"]] == [0.02, 0.04]
+    assert compare_methods.seeds_summary(found, "rotation", finetune, "bf16") is None
