@@ -238,3 +238,24 @@ def test_the_seeds_summary_keeps_one_value_per_seed_of_the_committed_precision()
     assert budget["labels"] == 600 and budget["best_pretrained"] == [0.84, 0.86]
     assert [round(g, 4) for g in budget["gain"]] == [0.02, 0.04]
     assert compare_methods.seeds_summary(found, "rotation", finetune, "bf16") is None
+
+
+def test_a_sweep_queues_what_is_missing_and_the_table_budgets_only_for_other_methods() -> None:
+    from sslops.config import Project
+
+    project = Project(ROOT)
+    default = project.config("pretrain").method
+    other = next(m for m in compare_methods.METHODS if m != default)
+    made = {"pretrain": dict(project.params["pretrain"], seed=0), "finetune": project.params["finetune"]}
+    existing = {(default, 0): {"name": "HEAD (committed run)", "sections": made}}
+    queue = compare_methods.queue_for(project, [(default, 0), (default, 1), (other, 1)], {other: 1234}, existing)
+    assert list(queue) == [f"method-{default}-s1", f"method-{other}-s1"]  # seed 0 of the default is committed
+    assert "tasks.fashion-mnist.budgets=[0.01,1.0]" not in queue[f"method-{default}-s1"]  # the README needs them all
+    assert queue[f"method-{other}-s1"] == [
+        "evaluate@fashion-mnist",
+        *("-S", f"pretrain.method={other}", "-S", "pretrain.seed=1", "-S", "pretrain.images=1234"),
+        *("-S", "tasks.fashion-mnist.budgets=[0.01,1.0]"),
+    ]
+    assert len(compare_methods.queue_for(project, [(default, 0)], {}, existing, rerun=True)) == 1
+    full = compare_methods.queue_for(project, [(other, 1)], {}, {}, all_budgets=True)
+    assert not any("budgets" in a for a in full[f"method-{other}-s1"])
