@@ -133,7 +133,7 @@ def table(found: dict[tuple[str, int], dict[str, Any]], finetune: FinetuneParams
         "| 1 %: gain, best vs best | pretraining images | pretraining time | images/s |"
     )
     lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
-    budget, everything = (f"frac_{b:g}" for b in TABLE_BUDGETS)
+    budget, full = (f"frac_{b:g}" for b in TABLE_BUDGETS)
     for method in METHODS:
         done = [r for (m, _), r in sorted(found.items()) if m == method and "state" not in r]
         pending = [r["state"] for (m, _), r in found.items() if m == method and "state" in r]
@@ -143,20 +143,20 @@ def table(found: dict[tuple[str, int], dict[str, Any]], finetune: FinetuneParams
         groups: dict[str, list[dict[str, Any]]] = {}
         for r in sorted(done, key=lambda r: _amp(r) != amp):  # the committed precision's row first
             groups.setdefault(_amp(r), []).append(r)
-        for precision, runs in groups.items():
+        for precision, group in groups.items():
             label = method if precision == amp else f"{method} ({precision})"
-            seeds = ", ".join(str(r["params"].get("seed")) for r in runs)
+            seeds = ", ".join(str(r["params"].get("seed")) for r in group)
             seeds += f" (+{len(pending)} pending)" if pending and precision == amp else ""
-            images = sorted({r["params"].get("images") for r in runs})
+            images = sorted({r["params"].get("images") for r in group})
             lines.append(
-                f"| {label} | {seeds} | {mean_std(_column(runs, 'pretrain', 'knn_acc'))} "
-                f"| {mean_std(_column(runs, 'evaluate', f'test.acc.{everything}.linear.pretrained'))} "
-                f"| {mean_std(_declared(runs, finetune, budget, 'best_pretrained'))} "
-                f"| {mean_std(_declared(runs, finetune, budget, 'best_scratch'))} "
-                f"| {mean_std(_declared(runs, finetune, budget, 'gain_vs_best_scratch'), signed=True)} "
+                f"| {label} | {seeds} | {mean_std(_column(group, 'pretrain', 'knn_acc'))} "
+                f"| {mean_std(_column(group, 'evaluate', f'test.acc.{full}.linear.pretrained'))} "
+                f"| {mean_std(_declared(group, finetune, budget, 'best_pretrained'))} "
+                f"| {mean_std(_declared(group, finetune, budget, 'best_scratch'))} "
+                f"| {mean_std(_declared(group, finetune, budget, 'gain_vs_best_scratch'), signed=True)} "
                 f"| {', '.join(f'{i:,}' for i in images if i)} "
-                f"| {mean_std(_column(runs, 'pretrain', 'seconds'), scale=1, digits=0, unit=' s')} "
-                f"| {mean_std(_column(runs, 'pretrain', 'images_per_s'), scale=1, digits=0, unit='')} |"
+                f"| {mean_std(_column(group, 'pretrain', 'seconds'), scale=1, digits=0, unit=' s')} "
+                f"| {mean_std(_column(group, 'pretrain', 'images_per_s'), scale=1, digits=0, unit='')} |"
             )
     return "\n".join(lines)
 
