@@ -14,7 +14,7 @@ costs more per step gets fewer epochs. Where no experiment has a (method, seed),
 run has it stands in (the default's seed 0; a former default's seed 0 from its last commit).
 The tables are built from the experiments' metrics files, never typed by hand (the queue: bench/dvc_queue.py), and
 every finished run is recorded in bench/results/methods_sweep.jsonl, so a sweep spread over several sessions (33 runs
-of about 13 minutes here) adds up: `--run` queues only the (method, seed) pairs that no finished, recorded or
+of about 13 minutes on a Zen 5) adds up: `--run` queues only the (method, seed) pairs that no finished, recorded or
 committed run has made with the current `pretrain` and `finetune` params (`--rerun`: all of them; a change of the
 stages' code is not seen, rerun then), and a table is not written where it would lose a (method, seed) it shows. Each
 side's figure is the test accuracy of the protocol `finetune.headline` declares now (chosen on held-out labels by
