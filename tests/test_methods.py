@@ -237,7 +237,7 @@ LEARN = {  # (epochs over 4,096 images, options over conftest.METHOD_KNOBS, opti
     "mim": (10, {"patch": 4, "mask_ratio": 0.5, "dec_hidden": 256}, SGD),
     "rotation": (10, {"hidden": 64}, SGD),
     "simsiam": (10, {"proj_hidden": 128, "proj_dim": 64, "pred_hidden": 16}, {**SGD, "weight_decay": 5e-4}),
-    "barlow": (10, {"proj_hidden": 128, "proj_dim": 64, "lambda_offdiag": 1 / 64}, {**LARS, "base_lr": 0.3}),
+    "barlow": (10, {"proj_hidden": 128, "proj_dim": 64, "lambda_offdiag": 1 / 64}, {**SGD, "weight_decay": 5e-4}),
     "vicreg": (10, {"proj_hidden": 128, "proj_dim": 64}, LARS),
     "dino": (
         10,
