@@ -7,6 +7,11 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 MLFLOW_PORT ?= 5000
 PREFECT_PORT ?= 4200
+# pytest workers of `make test` (pytest-xdist; 0: the tests run in pytest's own process). Two keep both cores
+# busy: one process alone leaves a core idle most of the time, because most of an end-to-end test is a stage
+# process importing torch, MLflow and GX on one thread. tests/conftest.py gives each worker one torch thread and
+# says in which order the files are handed out.
+TEST_WORKERS ?= 2
 
 # No telemetry from any tool we drive.
 export GX_ANALYTICS_ENABLED := false
@@ -38,7 +43,7 @@ run: setup  ## run the pipeline on the default data (dvc repro under the project
 	sslops report
 
 test: setup  ## run the whole test suite, end-to-end tests included (the team stack's: make test-stack)
-	pytest -m "not stack"
+	pytest -m "not stack" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-stack: setup  ## the team stack end to end: two clones, a worker, faults, the UIs in Chromium (needs Debian's postgresql, chromium)
 	pytest -m stack
