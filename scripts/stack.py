@@ -378,6 +378,9 @@ def stop_postgres(stack: Stack) -> bool:
 # --- MLflow ------------------------------------------------------------------------------------------------------
 
 
+AUTH_CACHE_S = 60
+
+
 def start_mlflow(stack: Stack, creds: dict[str, str]) -> str:
     pw = creds["SSLOPS_STACK_PG_PASSWORD"]
     ini = stack.path("mlflow", "basic_auth.ini")
@@ -387,7 +390,12 @@ def start_mlflow(stack: Stack, creds: dict[str, str]) -> str:
         "default_permission = READ\n"  # teammates read each other's runs; only owners and admins change them
         f"database_uri = {stack.db_url('psycopg2', 'mlflow_auth', pw)}\n"
         "admin_username = admin\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # Every request carries basic auth, and checking a password is a deliberately slow hash (scrypt): uncached,
+        # the checks alone kept an MLflow worker at ~60 % of a core through a pipeline run on 2 cores. A checked
+        # password is remembered for 60 s per server process: a password changed or a user deleted through
+        # another process is refused there only after up to 60 s (docs/deployment.md).
+        f"auth_cache_ttl_seconds = {AUTH_CACHE_S}\n",
     )
     artifacts = stack.path("mlflow", "artifacts")
     artifacts.mkdir(parents=True, exist_ok=True)

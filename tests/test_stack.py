@@ -129,7 +129,7 @@ def request(url: str, auth: tuple[str, str] | None = None, data: dict | None = N
         return exc.code
 
 
-def test_stack_comes_up_once_and_refuses_strangers(stack: Stack):
+def test_stack_comes_up_once_and_refuses_strangers(stack: Stack, monkeypatch: pytest.MonkeyPatch):
     assert stack.run("status").returncode == 0
     again = stack.run("up")
     assert "already running" in again.stdout
@@ -141,6 +141,12 @@ def test_stack_comes_up_once_and_refuses_strangers(stack: Stack):
     assert request(search) == 401
     assert request(search, ("pipeline", "wrong")) == 401
     assert request(search, pipeline) == 200
+    # A password that checked out is not hashed again for a minute (docs/deployment.md): MLflow's own reader of the
+    # auth config finds the setting in the stack's.
+    from mlflow.server.auth.config import read_auth_config
+
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(stack.dir / "mlflow" / "basic_auth.ini"))
+    assert read_auth_config().auth_cache_ttl_seconds == 60
     prefect_user, _, prefect_password = stack.client["PREFECT_API_AUTH_STRING"].partition(":")
     assert request(f"{prefect}/flows/filter", data={}) == 401
     assert request(f"{prefect}/flows/filter", (prefect_user, "wrong"), data={}) == 401
