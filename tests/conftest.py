@@ -30,10 +30,12 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     # threads of one worker would slow the other down.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-# make test runs each file in one worker (--dist loadfile: a file's tests in order, its module fixtures built once)
-# and hands files out in collection order (--no-loadscope-reorder). The longest files go first, longest first, so
-# that neither worker ends on a long file while the other idles: seconds each took in one worker of two on a 2-core
-# Zen 3 (2026-11-30) were 573, 470, 412, 364, 248 and 214, more than two thirds of the suite's time together.
+# make test runs each file in one worker (--dist loadfile: a file's tests in order, its module fixtures built once;
+# `--dist loadgroup` with an xdist_group mark would do it per mark, but pytest-xdist 3.8 does not group under
+# pytest 9: it renames `item._nodeid`, which pytest 9 no longer reads) and hands files out in collection order
+# (--no-loadscope-reorder). The longest files go first, longest first, so that neither worker ends on a long file
+# while the other idles: in one worker of two on a 2-core Zen 3 (2026-11-30) they took 573, 470, 412, 364, 248 and
+# 214 s, more than two thirds of the suite's time together.
 LONGEST_FIRST = (
     "test_pipeline_dvc.py",
     "test_methods.py",
