@@ -26,8 +26,8 @@ CLASSES = [f"class{i}" for i in range(4)]
 os.environ.update(TELEMETRY_OFF)
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     # Parallel workers (make test) share the cores: one torch thread each, in every process they start too (torch
-    # is not imported yet). Otherwise each would start as many threads as there are cores, and spinning OpenMP
-    # threads of one worker would slow the other down.
+    # is not imported yet). Otherwise each would start as many threads as there are cores, twice as many threads as
+    # cores in all.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # make test runs each file in one worker (--dist loadfile: a file's tests in order, its module fixtures built once;
