@@ -45,7 +45,7 @@ run: setup  ## run the pipeline on the default data (dvc repro under the project
 test: setup  ## run the whole test suite, end-to-end tests included (the team stack's: make test-stack)
 	pytest -m "not stack" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
-test-stack: setup  ## the team stack end to end: two clones, a worker, faults, the UIs in Chromium (needs Debian's postgresql, chromium)
+test-stack: setup  ## the team setup: the stack (two clones, a worker, faults, the UIs in Chromium), a served deployment, two nodes (needs Debian's postgresql, chromium)
 	pytest -m stack
 
 test-fast: $(STAMP)  ## unit tests only: no real MLflow, GX, DVC or Prefect (under 2 minutes)

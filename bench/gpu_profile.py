@@ -105,9 +105,11 @@ def load(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return xtr, ytr, xte, yte
 
 
-def sections(profile: str, method: str | None) -> tuple[PretrainParams, AugmentParams, FinetuneParams]:
-    """params.yaml's pretrain (with `profile` selected), augment and finetune sections, validated."""
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+def sections(
+    profile: str, method: str | None, params: Path = ROOT / "params.yaml"
+) -> tuple[PretrainParams, AugmentParams, FinetuneParams]:
+    """The pretrain (with `profile` selected), augment and finetune sections of `params`, validated."""
+    raw = yaml.safe_load(params.read_text())
     pre = {**raw["pretrain"], "profile": profile} | ({"method": method} if method else {})
     return (
         parse_section("pretrain", pre),
@@ -366,6 +368,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="JSON lines, appended")
     parser.add_argument("--method", help="instead of params.yaml's pretrain.method")
     parser.add_argument("--profile", default="gpu", help="pretrain.profiles.<name> (cpu: a quick smoke test)")
+    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="the params file to read")
     parser.add_argument("--pretrain-s", type=float, default=300.0, help="pretraining budget (seconds of training)")
     parser.add_argument("--epochs", type=int, help="pretrain this many epochs (no calibration, no time budget)")
     parser.add_argument("--seed", type=int, help="instead of params.yaml's pretrain.seed")
@@ -382,7 +385,7 @@ def main() -> None:
     if not (args.role and args.out):
         parser.error("--role and --out are needed to run")
     log = Log(args.out, args.role)
-    pre, augment, fine = sections(args.profile, args.method)
+    pre, augment, fine = sections(args.profile, args.method, args.params)
     overrides = {"batch_size": args.batch_size, "seed": args.seed}
     pre = pre.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     search = args.search_trials.split(",") if args.search_trials else list(fine.trials)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_idx_dataset
+from conftest import REPO, small_params, write_idx_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -26,7 +26,9 @@ def test_both_roles_record_the_search_the_choice_and_a_test_figure_per_draw(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_idx_dataset(tmp_path / "data", n_train=800, n_test=40, size=28)
-    common = ["--profile", "cpu", "--data", str(tmp_path / "data"), "--device", "cpu", "--epochs", "1"]
+    (tmp_path / "params.yaml").write_text(small_params((REPO / "params.yaml").read_text()))  # seconds-long recipes
+    common = ["--profile", "cpu", "--params", str(tmp_path / "params.yaml"), "--data", str(tmp_path / "data")]
+    common += ["--device", "cpu", "--epochs", "1"]
     runs = {  # the pretrained side searches two trials (one of them LP-FT); the scratch side fits one trial alone
         "pretrained": ["--batch-size", "64", "--search-trials", "base,lpft"],
         "scratch": ["--trial", "lr3e-3"],

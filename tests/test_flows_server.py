@@ -3,6 +3,10 @@
 A Prefect server on a free loopback port, `python flows/ssl_pipeline.py` serving the deployment from a
 tiny git + DVC project, and an ad-hoc run with an override triggered through the Prefect client: the
 run must complete, leave a DVC experiment with the override, and tag its MLflow runs with its id.
+
+Marked `stack` with the team setup's tests (`make test-stack`): a real server and a whole served pipeline run take
+about four minutes of a 2-core machine, which `make test` cannot spare within its 20 minutes; the flow itself is
+tested under `prefect_test_harness` in tests/test_flows.py.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from conftest import REPO, mlflow_runs
 from test_flows import make_flow_repo
 from test_pipeline_dvc import sh
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.stack]
 
 
 def free_port() -> int:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 import sys
@@ -23,12 +25,24 @@ def test_model_refs():
     assert parse_ref("candidate", "d") == ("d", "candidate") and parse_ref("@champion", "d") == ("d", "champion")
 
 
-def lineage(root: Path, *args: str) -> dict:
-    return json.loads(sh(sys.executable, "-m", "sslops", "lineage", *args, "--json", cwd=root).stdout)
+def lineage(monkeypatch: pytest.MonkeyPatch, root: Path, *args: str) -> dict:
+    """`sslops lineage <args> --json` in this process, through the CLI's own entry point: a process of its own would
+    import MLflow and open the store again for each of the test's seven queries (seconds each); the command's
+    own process is exercised once, by the text query below."""
+    from sslops.cli import main
+
+    monkeypatch.delenv("SSLOPS_ROOT", raising=False)
+    monkeypatch.chdir(root)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["lineage", *args, "--json"]) == 0
+    return json.loads(out.getvalue())
 
 
 @pytest.mark.integration
-def test_two_datasets_give_two_complete_chains_and_champion_moves_only_on_improvement(tmp_path: Path):
+def test_two_datasets_give_two_complete_chains_and_champion_moves_only_on_improvement(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     """The issue's must-show: `dvc repro` on a hard and then an easy tiny dataset, in one repository."""
     root = make_repo(tmp_path / "proj", noise=160)  # dataset A: heavy noise, classes overlap
     sh("dvc", "repro", cwd=root)
@@ -54,7 +68,7 @@ def test_two_datasets_give_two_complete_chains_and_champion_moves_only_on_improv
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow' / 'mlflow.db'}")
     client.set_registered_model_alias(reg_b["model_name"], "champion", "2")
 
-    chains = {v: lineage(root, str(v)) for v in (1, 2)}
+    chains = {v: lineage(monkeypatch, root, str(v)) for v in (1, 2)}
     for v, md5, reg in ((1, md5_a, reg_a), (2, md5_b, reg_b)):
         chain = chains[v]
         assert chain["data"]["dvc_md5"] == md5
@@ -74,8 +88,8 @@ def test_two_datasets_give_two_complete_chains_and_champion_moves_only_on_improv
     assert not ids[0] & ids[1]  # two separate chains
     assert chains[2]["model"]["aliases"] == ["candidate", "champion"] and chains[1]["model"]["aliases"] == []
 
-    assert [v["version"] for v in lineage(root, "--data", md5_a)["model_versions"]] == [1]
-    assert [v["version"] for v in lineage(root, "--data", md5_b)["model_versions"]] == [2]
+    assert [v["version"] for v in lineage(monkeypatch, root, "--data", md5_a)["model_versions"]] == [1]
+    assert [v["version"] for v in lineage(monkeypatch, root, "--data", md5_b)["model_versions"]] == [2]
     text = sh(sys.executable, "-m", "sslops", "lineage", "champion", cwd=root).stdout
     assert f"data.dvc md5 {md5_b}" in text and "version 2" in text
 
@@ -88,8 +102,8 @@ def test_two_datasets_give_two_complete_chains_and_champion_moves_only_on_improv
     sh("dvc", "repro", "register", cwd=root)  # pretrain and register: their params changed
     reg_c = json.loads((root / "metrics" / "register.json").read_text())
     assert reg_c["version"] == 3 and not reg_c["promoted"] and reg_c["champion_version"] == 2
-    assert lineage(root, "champion")["model"]["version"] == 2
-    assert lineage(root, "candidate")["model"]["version"] == 3
+    assert lineage(monkeypatch, root, "champion")["model"]["version"] == 2
+    assert lineage(monkeypatch, root, "candidate")["model"]["version"] == 3
 
     out = sh(sys.executable, "-m", "sslops", "report", cwd=root).stdout
     assert "| protocol | init |" in out and "champion is version 2" in out

@@ -236,13 +236,16 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(project, tmp_p
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-@pytest.mark.integration
-def test_torchrun_two_cpu_processes_and_two_nodes_train_the_same_model(project):
+TORCHRUN = Path(sys.executable).parent / "torchrun"
+
+
+def _torchrun_two_processes(project: Project) -> dict:
+    """prepare, validate and augment in process, then `torchrun --standalone --nproc_per_node=2 -m sslops pretrain`;
+    its metrics, checked: two ranks, the global batch's steps, one MLflow run (only rank 0 logs)."""
     tiny(project, epochs=2)
     assert main(["prepare"]) == 0 and main(["validate"]) == 0 and main(["augment"]) == 0
-    torchrun = Path(sys.executable).parent / "torchrun"
     out = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "sslops", "pretrain"],
+        [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "sslops", "pretrain"],
         env=_env(project.root),
         capture_output=True,
         text=True,
@@ -254,15 +257,27 @@ def test_torchrun_two_cpu_processes_and_two_nodes_train_the_same_model(project):
     runs = [r for r in mlflow_runs(project.root) if r.info.run_name == "pretrain"]
     assert len(runs) == 1 and runs[0].data.tags["pretrain.world_size"] == "2"  # only rank 0 logs
     assert np.isfinite(summary["loss"])
+    return summary
 
-    # The same training as two nodes of one process each, meeting through a c10d rendezvous (as on two machines;
-    # here both on loopback): the same loss and weights (BatchNorm statistics are per rank in both), and its
-    # checkpoint resumes.
+
+@pytest.mark.integration
+def test_torchrun_two_cpu_processes_train_one_model_and_log_once(project):
+    _torchrun_two_processes(project)
+
+
+@pytest.mark.integration
+@pytest.mark.stack
+def test_two_nodes_train_the_same_model_as_one_node_of_two_processes(project):
+    """Several nodes, the team setup of docs/deployment.md (so `make test-stack`, beside the servers): the run of
+    two processes on one node again as two nodes of one process each, meeting through a c10d rendezvous (as on two
+    machines; here both on loopback). The same loss and weights (BatchNorm statistics are per rank in both), and its
+    checkpoint resumes."""
+    summary = _torchrun_two_processes(project)
     single = load_encoder(project.root / "artifacts" / "pretrain").state_dict()
     shutil.rmtree(project.root / "artifacts" / "checkpoints")  # else the finished 2-process run is resumed
     port = _free_port()
     nodes = [
-        str(torchrun),
+        str(TORCHRUN),
         "--nnodes=2",
         "--nproc_per_node=1",
         "--rdzv-backend=c10d",
