@@ -46,10 +46,10 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from fashion_mnist import load
 
 from sslops.config.schema import AugmentParams, FinetuneParams, PretrainParams, Recipe
 from sslops.config.validation import parse_section
-from sslops.data.idx import read_idx
 from sslops.ml.augment import AugmentConfig, BatchAugment
 from sslops.ml.device import amp_name, pick_device
 from sslops.ml.knn import knn_accuracy
@@ -89,20 +89,6 @@ class Log:
 
     def left(self, deadline_s: float) -> float:
         return deadline_s - (time.perf_counter() - self.started)
-
-
-def load(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Fashion-MNIST's train and test images (N, 28, 28, 1 uint8) and labels from its IDX files (gzipped or not)."""
-
-    def one(stem: str) -> np.ndarray:
-        path = next((p for p in (folder / stem, folder / f"{stem}.gz") if p.exists()), None)
-        if path is None:
-            raise SystemExit(f"{folder} has no {stem}[.gz]: point --data at Fashion-MNIST's IDX files")
-        return read_idx(path)
-
-    xtr, ytr = one("train-images-idx3-ubyte")[..., None], one("train-labels-idx1-ubyte").astype(np.int64)
-    xte, yte = one("t10k-images-idx3-ubyte")[..., None], one("t10k-labels-idx1-ubyte").astype(np.int64)
-    return xtr, ytr, xte, yte
 
 
 def sections(
@@ -228,12 +214,12 @@ class Transfer:
             acc = self.test(model)
             self.log("test", init=self.init, protocol="finetune", trial=trial, draw=draw, acc=acc, **_stats(stats))
 
-    def run(self, encoder: Encoder, trial: str | None, search: list[str]) -> None:
-        """Probe, then fine-tune with params.yaml's choice for this budget, search the `search` trials, and fit the
-        search's choice; or, with `trial` (one chosen by an earlier search), fine-tune with that trial alone."""
-        encoder.to(self.device)
-        feats = features(encoder, self.data[0], self.device)
-        test_feats = features(encoder, self.data[2], self.device)
+    def run(
+        self, encoder: Encoder, feats: torch.Tensor, test_feats: torch.Tensor, trial: str | None, search: list[str]
+    ) -> None:
+        """Probe `encoder`'s train and test features, then fine-tune with params.yaml's choice for this budget,
+        search the `search` trials, and fit the search's choice; or, with `trial` (one chosen by an earlier search),
+        fine-tune with that trial alone."""
         for draw, idx in enumerate(self.subsets):  # the linear probe at 1 %, on test
             probe = self.probe(feats, idx, self.cfg.seed + draw)
             with torch.no_grad():
@@ -307,9 +293,12 @@ def summarize(paths: list[Path]) -> str:
     whose held-out accuracy was best (its architecture and trial chosen without test data); the pretrained side
     is each setting's chosen trial (the search's, or `--trial`), its spread over the pretraining seeds."""
     procs = [proc for path in paths for proc in _processes(path)]
-    for proc in procs:  # name the network each profile resolves to at 28 px (every run here was Fashion-MNIST)
-        backbone = sections(proc["profile"], None)[0].backbone.to_core(BackboneConfig, in_channels=1)
-        proc["profile"] = f"{proc['profile']} ({resolve_backbone(backbone, 28).name})"
+    networks = {}  # the network each profile resolves to at 28 px (every run here was Fashion-MNIST)
+    for profile in {proc["profile"] for proc in procs}:
+        backbone = sections(profile, None)[0].backbone.to_core(BackboneConfig, in_channels=1)
+        networks[profile] = f"{profile} ({resolve_backbone(backbone, 28).name})"
+    for proc in procs:
+        proc["profile"] = networks[proc["profile"]]
     rows = [
         "| file | init | profile | pretraining | protocol (trial) | test accuracy at 600 labels, % |",
         "|---|---|---|---|---|---|",
@@ -337,8 +326,9 @@ def summarize(paths: list[Path]) -> str:
         return "\n".join([*rows, "", "No scratch run searched its recipe on held-out labels: no gain to report."])
     best = max(scratch, key=lambda p: p["chosen"]["holdout_means"][p["chosen"]["trial"]])
     best_trial = best["chosen"]["trial"]
-    best_mean = float(np.mean(finetuned(best, best_trial)))
-    where = f"{best['profile']} profile, trial {best_trial}: {_spread(finetuned(best, best_trial))} % on test"
+    best_accs = finetuned(best, best_trial)
+    best_mean = float(np.mean(best_accs))
+    where = f"{best['profile']} profile, trial {best_trial}: {_spread(best_accs)} % on test"
     lines = ["", f"Best scratch (best held-out accuracy): {where}.", ""]
     settings: dict[tuple, list[float]] = {}
     for proc in procs:
@@ -402,12 +392,15 @@ def main() -> None:
     log("setup", **setup, train_images=len(xtr), argv=sys.argv[1:])
     if args.role == "pretrained":
         encoder = run_pretraining(xtr, pre, augment, device, args.pretrain_s, args.epochs, log)
-        feats, test_feats = features(encoder, xtr, device), features(encoder, xte, device)
-        log("test", init="pretrained", protocol="knn", acc=knn_accuracy(feats, ytr, test_feats, yte, 200, 0.1))
     else:
         torch.manual_seed(fine.seed)  # the finetune stage's scratch encoder: seeded, same architecture and input
-        encoder = make_encoder(xtr, pre).untrained_copy()
-    Transfer((xtr, ytr, xte, yte), fine, args.role, device, log, args.deadline_s).run(encoder, args.trial, search)
+        encoder = make_encoder(xtr, pre).untrained_copy().to(device)
+    feats, test_feats = features(encoder, xtr, device), features(encoder, xte, device)
+    if args.role == "pretrained":
+        log("test", init="pretrained", protocol="knn", acc=knn_accuracy(feats, ytr, test_feats, yte, 200, 0.1))
+    Transfer((xtr, ytr, xte, yte), fine, args.role, device, log, args.deadline_s).run(
+        encoder, feats, test_feats, args.trial, search
+    )
     log("done")
 
 
