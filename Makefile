@@ -12,6 +12,8 @@ PREFECT_PORT ?= 4200
 # process importing torch, MLflow and GX on one thread. tests/conftest.py gives each worker one torch thread and
 # says in which order the files are handed out.
 TEST_WORKERS ?= 2
+# The parts of the team stack `make stack-down` stops (empty: all of them), e.g. SERVICES=mlflow to restart one.
+SERVICES ?=
 
 # No telemetry from any tool we drive.
 export GX_ANALYTICS_ENABLED := false
@@ -77,11 +79,11 @@ deploy: setup  ## register deployment ssl-pipeline/pool on work pool flow.work_p
 stack: $(STAMP)  ## start the team stack on this machine: PostgreSQL, MLflow (auth), Prefect (auth, pool, worker), DVC remote
 	python scripts/stack.py up
 
-stack-down:  ## stop every process of the team stack (its data stays in .stack/)
-	python scripts/stack.py down
+stack-down:  ## stop the team stack's processes, or only SERVICES="mlflow ..." (its data stays in .stack/)
+	python scripts/stack.py down $(SERVICES)
 
 stack-status:  ## which parts of the team stack are running
 	python scripts/stack.py status
 
-clean:  ## remove stage outputs (the DVC cache keeps them: `dvc checkout` restores)
+clean:  ## remove stage outputs (`dvc checkout` restores artifacts from the DVC cache, `git checkout metrics` the metrics)
 	rm -rf artifacts metrics
