@@ -107,4 +107,5 @@ def test_two_datasets_give_two_complete_chains_and_champion_moves_only_on_improv
 
     out = sh(sys.executable, "-m", "sslops", "report", cwd=root).stdout
     assert "| protocol | init |" in out and "champion is version 2" in out
+    assert f"version 2 (weights first trained by pretrain run `{reg_b['pretrain_run_id']}`)" in out  # evaluated
     assert ("bf16 autocast" in out) == cpu_has_native_bf16()

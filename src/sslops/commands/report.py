@@ -81,8 +81,11 @@ def results_markdown(project: Project) -> str:
         raise SslopsError(f"the tasks were evaluated with different model versions ({used}): run `dvc repro` first.")
     pretrain = _metrics(project, "pretrain")
     register = _metrics(project, "register")
+    # The version's own tag: the run that first trained these weights (a later rerun that trained them again bit for
+    # bit, as metrics/register.json's pretrain_run_id may name, reuses the version).
+    first_run = model["pretrain_run_id"]
     lines = [
-        f"Model `{model['name']}` version {model['version']} (pretrain run `{model['pretrain_run_id']}`).",
+        f"Model `{model['name']}` version {model['version']} (weights first trained by pretrain run `{first_run}`).",
         "",
         *tables,
     ]
