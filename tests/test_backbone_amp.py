@@ -43,7 +43,11 @@ def test_a_bf16_autocast_step_on_cpu_trains_the_encoder(tmp_path):
     views = [torch.randint(0, 256, (8, 1, 12, 12), dtype=torch.uint8) for _ in range(2)]
     cfg = train_config(epochs=1, batch_size=8, warmup_epochs=0, amp="bf16")
     batches = lambda epoch: itertools.repeat(views, 2)  # noqa: E731
+    conv = next(m for m in method.encoder.modules() if isinstance(m, torch.nn.Conv2d))
+    computed: list[torch.dtype] = []
+    conv.register_forward_hook(lambda module, inputs, output: computed.append(output.dtype))
     history = train.pretrain(method, batches, 2, cfg, torch.device("cpu"), tmp_path / "c.pt", "f", progress=False)
     assert torch.isfinite(torch.tensor(history[-1].loss))
+    assert computed and set(computed) == {torch.bfloat16}  # every training forward ran under bf16 autocast
     assert all(p.dtype == torch.float32 for p in method.parameters())  # autocast: fp32 weights, bf16 compute
     assert all(not torch.equal(b, p) for b, p in zip(before, method.encoder.parameters(), strict=True) if b.ndim > 1)

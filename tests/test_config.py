@@ -214,12 +214,6 @@ def test_resolve_profile_merges_mappings_one_level_deep() -> None:
     assert resolve_profile(raw) == {"profile": "p", "a": 5, "m": {"x": 1, "y": 3}}
 
 
-def test_yaml_numbers_written_without_a_dot_are_read_as_numbers() -> None:
-    """YAML 1.1 reads `5e-4` as a string; the typed config coerces it rather than failing deep in the optimiser."""
-    cfg = parse_section("pretrain", section("pretrain", weight_decay="5e-4"))
-    assert cfg.weight_decay == 5e-4
-
-
 def test_core_dataclasses_are_filled_from_params_only() -> None:
     """Every field of the ML core's configs comes from a params.yaml key of the same name (no hidden default)."""
     from sslops.ml.augment import AugmentConfig

@@ -58,6 +58,15 @@ def test_official_download_is_checksummed(fake_sources, tmp_path: Path, monkeypa
     monkeypatch.setattr(fetch.urllib.request, "urlretrieve", serve)
     assert fetch.fetch_fashion_mnist(tmp_path / "fm") == "official download"
 
+    def serve_tampered(url: str, dest: Path):  # a mirror or a proxy that hands out other bytes
+        serve(url, dest)
+        Path(dest).write_bytes(Path(dest).read_bytes() + b"x")
+
+    monkeypatch.setattr(fetch.urllib.request, "urlretrieve", serve_tampered)
+    with pytest.raises(SslopsError, match=r"official download: \S+\.gz failed its checksum"):
+        fetch.fetch_fashion_mnist(tmp_path / "tampered")
+    assert not (tmp_path / "tampered").exists() or not any((tmp_path / "tampered").iterdir())
+
 
 def _offline(url, dest):
     raise OSError("Network is unreachable")

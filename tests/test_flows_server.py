@@ -166,10 +166,11 @@ def test_served_deployment_runs_an_override_as_a_dvc_experiment(tmp_path: Path, 
     # MLflow <-> Prefect: the stage runs carry the flow run id, the summary carries their run ids.
     runs = mlflow_runs(root)
     assert {"prepare", "pretrain"} <= {r.info.run_name for r in runs}
+    stage_runs = [r for r in runs if "sslops.stage" in r.data.tags]  # finetune's child runs are nested in theirs
+    assert {"prepare", "pretrain"} <= {r.data.tags["sslops.stage"] for r in stage_runs}
     for r in runs:
         assert r.data.tags["prefect.flow_run_id"] == str(run.id)
-        if "sslops.stage" in r.data.tags:  # stage runs are listed; finetune's child runs are nested in theirs
-            assert r.info.run_id in markdown
+    assert all(r.info.run_id in markdown for r in stage_runs)
     assert {r.data.params["pretrain.seed"] for r in runs if r.info.run_name == "pretrain"} == {"1"}
 
 

@@ -67,13 +67,23 @@ def small(name: str):
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_every_method_trains_a_step_and_only_the_encoder_is_registered(name):
-    method = build_method(small(name), encoder(), SHAPE)
+    """One optimiser step moves the encoder; the method's heads live beside it, never inside it, so what pretrain
+    saves and register publishes (`method.encoder`'s state_dict) is the backbone alone, the same keys whatever the
+    method."""
+    enc = encoder()
+    method = build_method(small(name), enc, SHAPE)
+    assert method.encoder is enc and set(enc.state_dict()) == set(encoder().state_dict())
+    heads = {id(p) for p in method.parameters()} - {id(p) for p in enc.parameters()}
+    assert heads, f"{name} has no parameters of its own"
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
     views = [torch.randint(0, 256, (8, *SHAPE)).float() for _ in range(2)]
     loss = method(views)
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
     assert all(p.grad is not None for p in method.encoder.parameters())
+    torch.optim.SGD(method.parameters(), lr=0.1).step()
     method.after_step(0, 10)
+    assert any(not torch.equal(before[k], v) for k, v in enc.state_dict().items())
 
 
 def test_method_configs_and_methods_name_the_same_methods():

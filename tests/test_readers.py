@@ -82,7 +82,7 @@ def test_idx_corrupt_gzip(tmp_path: Path):
     (tmp_path / "train-labels-idx1-ubyte").unlink()
     compressed = gzip.compress(raw)
     (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(compressed[: len(compressed) // 2])
-    with pytest.raises(SslopsError, match=r"train-labels-idx1-ubyte.gz"):
+    with pytest.raises(SslopsError, match=r"train-labels-idx1-ubyte\.gz: (cannot be|truncated|file is empty)"):
         plan_dataset("idx", tmp_path, CLASSES)
 
 

@@ -19,7 +19,6 @@ import torch
 from conftest import REPO, TINY_BACKBONE, mlflow_runs, set_param
 from sslops.cli import main
 from sslops.config import Project
-from sslops.config.validation import resolve_profile
 from sslops.errors import SslopsError
 from sslops.ml.device import cpu_has_native_bf16
 from sslops.ml.models import BackboneConfig, Encoder
@@ -96,9 +95,6 @@ def test_on_the_fly_mode_without_cache(project):
             ),
         ),
         ("optimizer", "adam", "pretrain.optimizer in params.yaml: must be 'lars', 'sgd' or 'adamw', got 'adam'"),
-        ("profile", "tpu", "pretrain.profile in params.yaml: 'tpu' is not one of pretrain.profiles: cpu, gpu"),
-        ("amp", "fp8", "pretrain.amp in params.yaml: must be 'auto', 'bf16', 'fp16' or 'off', got 'fp8'"),
-        ("images", 0, "pretrain.images in params.yaml: must be greater than 0, got 0"),
         ("learning_rate", 0.1, "pretrain.learning_rate in params.yaml: unknown key (known: profile, method, simclr,"),
     ],
 )
@@ -107,16 +103,6 @@ def test_bad_pretrain_params_are_named(project, capsys, key, value, message):
     assert main(["pretrain"]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
-
-
-def test_gpu_profile_merges_over_defaults():
-    params = {
-        "epochs": 5,
-        "backbone": {"name": "small_cnn", "width": 16},
-        "profile": "gpu",
-        "profiles": {"gpu": {"epochs": 200, "backbone": {"name": "resnet18"}}},
-    }
-    assert resolve_profile(params) == {"epochs": 200, "backbone": {"name": "resnet18", "width": 16}, "profile": "gpu"}
 
 
 def test_the_budget_is_in_images_so_a_small_dataset_gets_more_epochs(capsys):

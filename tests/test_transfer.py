@@ -133,10 +133,18 @@ def test_distillation_spreads_a_teacher_over_unlabeled_images():
 
 
 def test_features_are_raw_and_shaped():
+    """The encoder's own output in eval mode (running BatchNorm statistics), batch by batch, not L2-normalised: the
+    probe standardises them itself and kNN normalises where it needs to."""
+    torch.manual_seed(0)
     encoder = Encoder(backbone_config(width=4, pool=2), [0.5], [0.3])
-    images = np.zeros((5, 12, 12, 1), dtype=np.uint8)
+    images = np.random.default_rng(0).integers(0, 256, (5, 12, 12, 1), dtype=np.uint8)
+    encoder(torch.rand(8, 1, 12, 12) * 255)  # training mode: running statistics move away from their initial values
     feats = features(encoder, images, torch.device("cpu"), batch_size=2)
-    assert feats.shape == (5, 4 * 8 * 2 * 2) and encoder.feature_dim == 128
+    assert feats.shape == (5, 4 * 8 * 2 * 2) and encoder.feature_dim == 128 and encoder.training
+    with torch.no_grad():
+        expected = encoder.eval()(torch.from_numpy(images).permute(0, 3, 1, 2).float())
+    torch.testing.assert_close(feats, expected)
+    assert not torch.allclose(feats.norm(dim=1), torch.ones(5))
 
 
 def test_finetune_skips_a_last_batch_of_one():
