@@ -102,6 +102,17 @@ def test_register_promotes_reuses_its_version_and_keeps_the_champion_without_imp
     assert str(c.get_model_version_by_alias("sslops-encoder-fashion-mnist", "champion").version) == "1"
     assert c.get_model_version("sslops-encoder-fashion-mnist", "2").tags["promotion.decision"] == "kept"
 
+    # The champion moves when a version beats it: the same encoder under a rule it now passes (the champion's score
+    # set just below version 2's, as if version 1 had scored lower), registered again, becomes champion.
+    c.set_model_version_tag("sslops-encoder-fashion-mnist", "1", "promotion.value", str(reg2["value"] - 0.01))
+    set_param(project.root, "register", "min_improvement", 0.0)
+    assert main(["register"]) == 0
+    reg3 = json.loads((project.metrics_dir / "register.json").read_text())
+    assert (reg3["version"], reg3["promoted"], reg3["champion_version"]) == (2, True, 2)
+    assert reg3["reason"].startswith(f"{reg2['value']:.5f} beats champion's")
+    assert str(c.get_model_version_by_alias("sslops-encoder-fashion-mnist", "champion").version) == "2"
+    assert c.get_model_version("sslops-encoder-fashion-mnist", "2").tags["promotion.decision"] == "promoted"
+
 
 @pytest.mark.integration
 def test_register_without_its_pretrain_run_is_a_clear_error(pretrained, capsys, monkeypatch, tmp_path):
