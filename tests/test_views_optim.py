@@ -60,3 +60,16 @@ def test_lars_minimises_a_quadratic():
         (w**2).sum().backward()
         opt.step()
     assert w.abs().max() < 0.5
+
+
+def test_non_square_images_keep_their_shape_without_augment_size(tmp_path):
+    """`augment.size: null` keeps the input size: 8x12 images give 8x12 views, cached and on the fly (they used to
+    come out 8x8, squashed, while the stages planned and built the method for 8x12)."""
+    images = np.random.default_rng(0).integers(0, 256, (10, 8, 12, 3), dtype=np.uint8)
+    index = build_cache(images, np.arange(10), augment_config(), 2, 0, tmp_path, 10, progress=False)
+    assert (index["height"], index["width"], index["bytes_per_view"]) == (8, 12, 3 * 8 * 12)
+    assert np.load(tmp_path / "shard-000.npy").shape == (10, 2, 3, 8, 12)
+    v1, _ = next(on_the_fly_pairs(images, BatchAugment(augment_config()), batch_size=4, epoch=0, seed=0))
+    assert v1.shape == (4, 3, 8, 12)
+    squared, _ = next(on_the_fly_pairs(images, BatchAugment(augment_config(size=6)), batch_size=4, epoch=0, seed=0))
+    assert squared.shape == (4, 3, 6, 6)

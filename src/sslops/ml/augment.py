@@ -55,6 +55,12 @@ class AugmentConfig:
         )
 
 
+def view_size(size: int | None, height: int, width: int) -> tuple[int, int]:
+    """(height, width) of an augmented view of a `height` x `width` image: `size` x `size`, or the image's own
+    shape when `size` is None (non-square images stay non-square rather than being squashed)."""
+    return (size, size) if size else (height, width)
+
+
 def _uniform(n: int, low: float, high: float, gen: torch.Generator | None, device) -> torch.Tensor:
     return torch.rand(n, generator=gen, device=device) * (high - low) + low
 
@@ -80,8 +86,7 @@ def _geometry(images: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | N
         ],
         1,
     )
-    size = cfg.size or h
-    grid = F.affine_grid(theta, [b, images.shape[1], size, size], align_corners=False)
+    grid = F.affine_grid(theta, [b, images.shape[1], *view_size(cfg.size, h, w)], align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
@@ -148,7 +153,7 @@ def _blur(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None) -> t
 
 
 class BatchAugment:
-    """uint8 (B, C, H, W) -> augmented uint8 (B, C, size, size); deterministic for a generator state."""
+    """uint8 (B, C, H, W) -> augmented uint8 (B, C, *view_size(...)); deterministic for a generator state."""
 
     def __init__(self, cfg: AugmentConfig):
         self.cfg = cfg

@@ -1,7 +1,7 @@
 """Build the augmentation cache: K augmented views of every pretraining image, as uint8 shards.
 
 View k of image i is a pure function of (seed, shard, k), so the cache is identical on every rebuild.
-Bytes per view = C x size x size (784 for Fashion-MNIST at 28 px); the cache holds N x K of them.
+Bytes per view = C x H x W of a view (784 for Fashion-MNIST at 28 px); the cache holds N x K of them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sslops.ml.augment import AugmentConfig, BatchAugment
+from sslops.ml.augment import AugmentConfig, BatchAugment, view_size
 from sslops.ml.views import INDEX
 from sslops.outputs.atomic import ensure_space, reserve
 
@@ -67,23 +67,23 @@ def build_cache(
     batch_size: int = 2048,
     progress: bool = True,
 ) -> dict:
-    """Write shards (n_i, K, C, S, S) for `images[rows]` (NHWC uint8) and index.json into `out_dir`.
+    """Write shards (n_i, K, C, H, W) for `images[rows]` (NHWC uint8) and index.json into `out_dir`.
 
     With `views=0` only the index is written: pretraining then augments on the fly.
     """
     from tqdm.auto import tqdm
 
     augment = BatchAugment(cfg)
-    n, (h, _, c) = len(rows), images.shape[1:]
-    size = cfg.size or h
+    n, (h, w, c) = len(rows), images.shape[1:]
+    height, width = view_size(cfg.size, h, w)
     shards = []
-    ensure_space(out_dir, n * views * c * size * size, f"the augmentation cache ({n} images x {views} views)")
+    ensure_space(out_dir, n * views * c * height * width, f"the augmentation cache ({n} images x {views} views)")
     with tqdm(total=n * views, desc="augment", unit="view", disable=not progress, mininterval=1.0) as bar:
         for shard, start in enumerate(range(0, n if views else 0, shard_size)):
             shard_rows = rows[start : start + shard_size]
             name = f"shard-{shard:03d}.npy"
             out = np.lib.format.open_memmap(
-                out_dir / name, mode="w+", dtype=np.uint8, shape=(len(shard_rows), views, c, size, size)
+                out_dir / name, mode="w+", dtype=np.uint8, shape=(len(shard_rows), views, c, height, width)
             )
             reserve(out_dir / name, (out_dir / name).stat().st_size)
             for k in range(views):
@@ -101,8 +101,9 @@ def build_cache(
         "views": views,
         "images": int(n),
         "channels": int(c),
-        "size": int(size),
-        "bytes_per_view": int(c * size * size),
+        "height": int(height),
+        "width": int(width),
+        "bytes_per_view": int(c * height * width),
         "rows": rows.tolist(),
         "shards": shards,
         "seed": seed,

@@ -93,11 +93,12 @@ def _plan(project: Project, cfg: AugmentParams, store: ImageStore, images: int) 
     """The cache that fits both augment.disk_budget_gb and the disk's free space (augment.over_budget decides)."""
     import shutil
 
+    from sslops.ml.augment import view_size
     from sslops.ml.cache import plan_cache
     from sslops.outputs.atomic import HEADROOM_BYTES
 
     height, width, channels = store.images.shape[1:]
-    side_h, side_w = (cfg.size, cfg.size) if cfg.size else (height, width)
+    side_h, side_w = view_size(cfg.size, height, width)
     folder = project.root / "artifacts"
     free = max(shutil.disk_usage(folder if folder.is_dir() else project.root).free - HEADROOM_BYTES, 0)
     budget, limit = int(cfg.disk_budget_gb * 1e9), "augment.disk_budget_gb"
