@@ -124,3 +124,49 @@ def test_a_tracking_server_that_fails_says_whether_credentials_or_the_server_are
     )
     assert isinstance(down, ServiceUnavailable) and down.exit_code == 3 and "database" in str(down)
     assert shown_uri("https://bob:secret@mlflow.example:443/x") == "https://mlflow.example:443/x"
+
+
+@pytest.mark.integration  # a real MLflow client on a real (broken) SQLite file
+def test_a_local_store_mlflow_cannot_open_is_named_with_what_to_do(project):
+    from sslops.errors import SslopsError
+
+    (project.root / "mlflow").mkdir(exist_ok=True)
+    (project.root / "mlflow" / "mlflow.db").write_bytes(b"not a database" * 100)  # a corrupt or foreign file
+    with pytest.raises(SslopsError) as err:
+        tracking.connect(project)
+    message = str(err.value)
+    assert f"the MLflow store sqlite:///{project.root}/mlflow/mlflow.db cannot be opened" in message
+    assert "file is not a database" in message and "move the mlflow/ folder aside" in message
+    assert "[SQL:" not in message
+
+
+def test_a_missing_model_version_is_named_without_the_servers_credentials(monkeypatch):
+    """A registry lookup that fails names the tracking server, never the user:password in MLFLOW_TRACKING_URI."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from sslops.errors import SslopsError
+
+    class NotFound(BaseHTTPRequestHandler):  # what a real server answers for a model it does not have
+        def do_GET(self) -> None:  # noqa: N802 - the http.server interface
+            body = json.dumps({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "not found"}).encode()
+            self.send_response(404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://bob:s3cret@127.0.0.1:{server.server_port}")
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        with pytest.raises(SslopsError) as err:
+            tracking.resolve_version("sslops-encoder-x", "champion")
+    finally:
+        server.shutdown()
+    message = str(err.value)
+    assert f"in http://127.0.0.1:{server.server_port}:" in message and "s3cret" not in message and "bob" not in message

@@ -84,8 +84,23 @@ def connect(project: Project) -> str:
         return _experiment_id(project)  # for a server: the stage's first request that needs its database
     except mlflow.MlflowException as exc:
         if not server:
-            raise
+            raise _store_failure(uri, exc) from None
         raise _server_failure(shown_uri(uri), str(exc)) from None
+    except Exception as exc:  # a local store's SQLAlchemy or migration error: the file is not a store MLflow can open
+        if server:
+            raise
+        raise _store_failure(uri, exc) from None
+
+
+def _store_failure(uri: str, exc: Exception) -> Exception:
+    """A local store MLflow cannot open (corrupt, or made by another MLflow version), named with what to do."""
+    from sslops.errors import SslopsError
+
+    detail = " ".join(str(exc).split("[SQL:")[0].split())[:300]
+    return SslopsError(
+        f"the MLflow store {uri} cannot be opened ({type(exc).__name__}: {detail}). If another MLflow version made "
+        f"it: back the file up, then `mlflow db upgrade {uri}`; to start a new store, move the mlflow/ folder aside."
+    )
 
 
 def _server_failure(shown: str, message: str) -> Exception:
@@ -458,7 +473,7 @@ def resolve_version(name: str, ref: str) -> mlflow.entities.model_registry.Model
             return client().get_model_version(name, str(ref))
         return client().get_model_version_by_alias(name, str(ref))
     except MlflowException as exc:
-        store = os.environ.get("MLFLOW_TRACKING_URI") or "the project store"
+        store = shown_uri(os.environ.get("MLFLOW_TRACKING_URI") or "") or "the project store"
         raise SslopsError(
             f"model '{name}' has no version or alias '{ref}' in {store}: "
             "run the register stage first (dvc repro register; `dvc repro -f register` if DVC thinks it is up to date, "

@@ -193,7 +193,7 @@ def _pretrain_run(project: Project, encoder_dir: Path, metric: str) -> tuple[str
     run = tracking.find_run(project, f"tags.`sslops.stage` = 'pretrain' and tags.`encoder.sha256` = '{sha}'")
     if run is None:
         raise SslopsError(
-            f"no finished pretrain run in {tracking.tracking_uri(project)} logged encoder sha256 "
+            f"no finished pretrain run in {tracking.shown_uri(tracking.tracking_uri(project))} logged encoder sha256 "
             f"{sha[:12]}...: the store does not hold the run that produced artifacts/pretrain "
             "(was mlflow/ reset?). Rerun it with `dvc repro -f pretrain`."
         )
