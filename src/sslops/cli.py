@@ -113,9 +113,10 @@ def _embed(args: argparse.Namespace) -> int:
     from sslops.commands.embed import embed_folder
 
     project = _connect()
-    max_pixels, recorded = project.config("prepare").max_pixels, project.register_record()
+    prepare, recorded = project.config("prepare"), project.register_record()
     model = args.model or f"models:/{project.model_name}@champion"
-    print(json.dumps(embed_folder(model, Path(args.images), Path(args.out), max_pixels, recorded), indent=2))
+    found = embed_folder(model, Path(args.images), Path(args.out), prepare.max_pixels, prepare.resize.mode, recorded)
+    print(json.dumps(found, indent=2))
     return 0
 
 

@@ -2,8 +2,9 @@
 
 The encoder is found through the registry (`models:/<name>@<alias>` or `models:/<name>/<version>`) and rebuilt
 from the version's plain state_dict, its sha256 checked against the version's tag: no pickle is loaded. Images
-are converted to the encoder's channel count and size (those it was pretrained on), and the result is written
-atomically as .npz with `paths` (relative to the folder) and `embeddings` (N x feature_dim, float32).
+are converted to the encoder's channel count and brought to its input size by prepare's own resize rule (aspect kept:
+`prepare.resize.mode` crop or pad, bicubic; `sslops.data.resize`), the way every task's images reach it; the result
+is written atomically as .npz with `paths` (relative to the folder) and `embeddings` (N x feature_dim, float32).
 """
 
 from __future__ import annotations
@@ -14,18 +15,17 @@ import numpy as np
 
 from sslops.adapters import tracking
 from sslops.commands.lineage import parse_ref
-from sslops.data import images
+from sslops.data import images, resize
 from sslops.errors import SslopsError
 from sslops.outputs.atomic import atomic_file
 
 
-def load_images(
-    folder: Path, channels: int, height: int, width: int, max_pixels: int
-) -> tuple[list[str], np.ndarray, dict[str, list[str]]]:
-    """Every image under `folder` (recursively, sorted) as uint8 NHWC at the encoder's input, and what was skipped.
+def load_images(folder: Path, fit: resize.Fit, max_pixels: int) -> tuple[list[str], np.ndarray, dict[str, list[str]]]:
+    """Every image under `folder` (recursively, sorted) as uint8 NHWC fitted to `fit`, and what was skipped.
 
-    Files are read by the same rules as prepare's ImageFolder reader (`sslops.data.images`); a file those rules
-    refuse is skipped, not fatal, and reported by reason (the third value: reason kind -> paths).
+    Files are read by the same rules as prepare's ImageFolder reader (`sslops.data.images`) and resized by its
+    resize rule (`sslops.data.resize.fit_image`); a file those rules refuse is skipped, not fatal, and reported by
+    reason (the third value: reason kind -> paths).
     """
     if not folder.is_dir():
         raise SslopsError(f"{folder} is not a folder of images.")
@@ -36,7 +36,7 @@ def load_images(
     for path in candidates:
         try:
             images.check_path(path, folder)
-            pixels.append(images.read(path, channels, max_pixels, size=(height, width)))
+            pixels.append(resize.fit_image(images.read(path, fit.channels, max_pixels), fit))
             kept.append(str(path.relative_to(folder)))
         except images.ImageRejected as exc:
             skipped.setdefault(exc.kind, []).append(f"{path.relative_to(folder)}: {exc.reason}")
@@ -50,11 +50,12 @@ def load_images(
 
 
 def embed_folder(
-    model_uri: str, folder: Path, out: Path, max_pixels: int, recorded: dict, batch_size: int = 512
+    model_uri: str, folder: Path, out: Path, max_pixels: int, mode: str, recorded: dict, batch_size: int = 512
 ) -> dict:
     """Embeddings of every readable image under `folder` from the registered encoder `model_uri`, written to `out`.
 
-    `recorded` is the project's metrics/register.json: when it names the version, the registry must agree with it.
+    `mode` is `prepare.resize.mode` (crop or pad); `recorded` is the project's metrics/register.json: when it names
+    the version, the registry must agree with it.
     """
     import torch
 
@@ -69,7 +70,7 @@ def embed_folder(
     with tracking.registered_encoder(name, ref, recorded) as (state_dict, _, digests):
         encoder, spec = load_encoder_dir(state_dict, *digests)
     height, width, channels = spec["image_shape"]
-    paths, batch, skipped = load_images(folder, channels, height, width, max_pixels)
+    paths, batch, skipped = load_images(folder, resize.Fit(height, width, channels, mode), max_pixels)
     for kind, files in skipped.items():
         print(f"skipped {len(files)} file(s), {kind}: " + "; ".join(files[:3]) + (" ..." if len(files) > 3 else ""))
     feats = features(encoder, batch, torch.device("cpu"), batch_size).numpy().astype(np.float32)

@@ -103,16 +103,14 @@ def _flatten_alpha(img: Image.Image) -> Image.Image:
     return img
 
 
-def read(path: Path, channels: int, max_pixels: int, size: tuple[int, int] | None = None) -> np.ndarray:
-    """uint8 pixels (H, W, channels) of one image, converted by the module's rule; resized to `size` (H, W) if set."""
+def read(path: Path, channels: int, max_pixels: int) -> np.ndarray:
+    """uint8 pixels (H, W, channels) of one image at its own size, converted by the module's rule."""
     header(path, max_pixels)
     try:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)
             img = _flatten_alpha(_to_8bit(img))
             img = img.convert("L" if channels == 1 else "RGB")
-            if size is not None and img.size != (size[1], size[0]):
-                img = img.resize((size[1], size[0]), Image.BILINEAR)
             pixels = np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageRejected(path, f"corrupt or truncated image ({exc})", "unreadable") from None
