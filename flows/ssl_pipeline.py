@@ -30,6 +30,7 @@ from prefect.states import State
 from sslops import orchestration as orch
 from sslops.config import ROOT_ENV, Project, find_root
 from sslops.config.schema import FlowParams
+from sslops.errors import SslopsError
 
 DEPLOYMENT = "scheduled"  # served by `make serve`
 POOL_DEPLOYMENT = "pool"  # registered by `make deploy`, run by a work pool's workers
@@ -234,4 +235,8 @@ if __name__ == "__main__":
     command = sys.argv[1] if len(sys.argv) > 1 else "serve"
     if command not in commands or len(sys.argv) > 2:
         raise SystemExit(f"usage: python {sys.argv[0]} [{'|'.join(commands)}]")
-    commands[command]()
+    try:
+        commands[command]()
+    except SslopsError as exc:  # a bad params.yaml or no project: one line, as the sslops commands print it
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None

@@ -43,6 +43,10 @@ def test_corrupt_source_is_rejected_and_nothing_is_left(fake_sources, tmp_path: 
     with pytest.raises(SslopsError, match="fails its sha256 check"):
         fetch.fetch_fashion_mnist(target)
     assert not any(target.iterdir())
+    (fake_sources / f"{name}.gz").write_bytes(gzip.compress(b"tampered" * 100)[:-10])  # cut off: no end
+    with pytest.raises(SslopsError, match=r"\.gz: cannot be decompressed \(.+\); the file is truncated or corrupt"):
+        fetch.fetch_fashion_mnist(target)
+    assert not any(target.iterdir())
 
 
 def test_official_download_is_checksummed(fake_sources, tmp_path: Path, monkeypatch):

@@ -46,6 +46,28 @@ def make_flow_repo(root: Path) -> Path:
 # --- helpers, no Prefect ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("command", ["serve", "deploy"])
+def test_serve_and_deploy_name_a_bad_flow_section_in_one_line(tmp_path: Path, command: str):
+    """`make serve` / `make deploy` on a bad params.yaml: the key and what is allowed, exit 2, no traceback."""
+    import subprocess
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["flow"]["retries"] = -1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    env = {**os.environ, "SSLOPS_ROOT": str(tmp_path), "PREFECT_API_URL": "http://127.0.0.1:9/api"}  # never called
+    done = subprocess.run(
+        [sys.executable, str(REPO / "flows" / "ssl_pipeline.py"), command],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "error: flow.retries in params.yaml: must be greater than or equal to 0, got -1" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 @pytest.mark.integration  # real DVC
 def test_stage_order_is_dvcs_topological_order(tmp_path: Path):
     # Declared out of order: DVC's DAG, not the file order, decides. DVC resolves what only it knows how to:

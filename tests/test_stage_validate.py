@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -110,6 +111,13 @@ def test_undeclared_class_is_reported(project, capsys):
 def test_validate_before_prepare_is_a_clear_error(project, capsys):
     assert main(["validate"]) == 2
     assert "run the prepare stage first" in capsys.readouterr().err
+    # A task is checked against the images pretraining learns from: without that store, one line says so.
+    assert main(["prepare"]) == 0 and main(["prepare", "--task", TASK]) == 0
+    shutil.rmtree(project.prepared_dir)
+    capsys.readouterr()
+    assert main(["validate", "--task", TASK]) == 2
+    err = capsys.readouterr().err
+    assert "manifest.parquet is missing: prepare the pretraining dataset first" in err and "Traceback" not in err
 
 
 def test_a_task_whose_test_images_were_pretrained_on_fails(project, capsys):

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import urllib.request
+import zlib
 from pathlib import Path
 
 from sslops.adapters.provenance import file_digest
@@ -53,8 +54,11 @@ def _install_from_gz(gz_files: dict[str, Path], target: Path) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         for name, gz in gz_files.items():
             out = Path(tmp) / name
-            with gzip.open(gz, "rb") as src, open(out, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
+            try:
+                with gzip.open(gz, "rb") as src, open(out, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+                raise SslopsError(f"{gz}: cannot be decompressed ({exc}); the file is truncated or corrupt.") from None
             if file_digest(out) != FILES[name][0]:
                 raise SslopsError(f"{gz}: decompressed content fails its sha256 check; the file is corrupt.")
         for name in gz_files:

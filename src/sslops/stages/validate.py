@@ -102,5 +102,8 @@ def _pretraining_hashes(project: Project) -> pd.Series:
     """sha256 of every image pretraining learns from (the pretraining store's train and unlabeled splits)."""
     import pandas as pd
 
-    manifest = pd.read_parquet(project.prepared_dir / MANIFEST, columns=["split", "sha256"])
+    path = project.prepared_dir / MANIFEST
+    if not path.is_file():  # a task is checked against what pretraining learns from, so that must be prepared
+        raise SslopsError(f"{path} is missing: prepare the pretraining dataset first (dvc repro prepare).")
+    manifest = pd.read_parquet(path, columns=["split", "sha256"])
     return manifest.loc[manifest["split"].isin(PRETRAIN_SPLITS), "sha256"]
