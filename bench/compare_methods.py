@@ -182,7 +182,8 @@ def seeds_summary(
         for b in sorted(labels, key=labels.get)
     ]
     seeds = [r["params"].get("seed") for r in done]
-    return {"method": method, "amp": amp, "seeds": seeds, "dataset": "Fashion-MNIST", "task": TASK, "budgets": budgets}
+    summary = {"method": method, "amp": amp, "seeds": seeds, "draws": finetune.draws, "dataset": "Fashion-MNIST"}
+    return summary | {"task": TASK, "budgets": budgets}
 
 
 def shown_seeds(text: str, method: str | None = None) -> set[tuple[str, int]]:

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SUMMARY = {
     "method": "rotation",
     "seeds": [0, 1, 2],
+    "draws": 5,
     "dataset": "Fashion-MNIST",
     "budgets": [
         {"name": "1 %", "best_pretrained": [0.8430, 0.8420, 0.8470], "best_scratch": [0.8277] * 3, "gain": [0.0153]},
@@ -26,7 +27,7 @@ SUMMARY = {
 def test_the_summary_reads_as_the_readme_section() -> None:
     lines = seeds_markdown(SUMMARY).splitlines()
     assert lines[0].startswith("`rotation`, pretraining seeds 0, 1, 2: mean ± std over the seeds")
-    assert "test split of Fashion-MNIST" in lines[0]
+    assert "each seed's mean over 5 label draws" in lines[0] and "test split of Fashion-MNIST" in lines[0]
     assert lines[2:4] == ["| labels | best pretrained | best scratch | gain, best vs best |", "|---|---|---|---|"]
     assert lines[4] == "| 1 % | 84.40 % ± 0.26 | 82.77 % ± 0.00 | +1.53 |"
     assert lines[5] == "| 100 % | 90.00 % | 88.00 % | +2.00 |"

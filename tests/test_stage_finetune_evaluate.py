@@ -17,6 +17,7 @@ from sslops.config import Project
 from sslops.config.validation import parse_section
 from sslops.errors import SslopsError
 from sslops.ml.transfer import FinetuneConfig
+from sslops.stages.evaluate import FIGURES
 
 
 @pytest.fixture
@@ -104,6 +105,9 @@ def test_finetune_evaluate_report_lineage_and_embed(registered, capsys, tmp_path
     evaluate = next(r for r in runs if r.info.run_name == f"evaluate/{TASK}")
     assert evaluate.data.tags["model.version"] == "2" and evaluate.data.tags["sslops.task"] == TASK
     assert evaluate.data.tags["finetune.run_id"] == index["parent_run_id"]
+    store = mlflow.MlflowClient(f"sqlite:///{project.root / 'mlflow' / 'mlflow.db'}")
+    logged = {a.path for a in store.list_artifacts(evaluate.info.run_id, "evaluation")}
+    assert {f"evaluation/{name}" for name in FIGURES} | {"evaluation/results.json"} <= logged  # the CSVs too
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == index["parent_run_id"]]
     assert len(children) == len(index["entries"]) and all("test.acc" in r.data.metrics for r in children)
     parent = next(r for r in runs if r.info.run_id == index["parent_run_id"])

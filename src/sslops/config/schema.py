@@ -181,7 +181,7 @@ class ValidateParams(Section):
 
 
 class AugmentParams(Section):
-    """`augment:` the cache's shape (views, seed, shard_size) and the augmentation recipe (the core's AugmentParams)."""
+    """`augment:` the cache's shape (views, seed, shard_size) and the augmentation recipe (the core's AugmentConfig)."""
 
     views: NonNegativeInt
     seed: NonNegativeInt
@@ -429,7 +429,8 @@ BudgetKey = Annotated[str, AfterValidator(_budget_key)]
 
 
 class Distill(Section):
-    """`finetune.distill`: self-training on the unlabeled pool after fine-tuning, at the budgets listed."""
+    """`finetune.distill`: self-training on all of a task's train images (labels only from the budget's subset)
+    after fine-tuning, at the budgets listed."""
 
     budgets: list[BudgetKey]  # budget keys to distill at, for both inits; empty: none
     recipe: Recipe  # the student's training, written as its changes to `finetune.recipe`; epochs count the pool

@@ -15,9 +15,10 @@ architecture at random initialisation, so the gain from pretraining is a measure
 And one semi-supervised protocol on top of fine-tuning, for the budgets that ask for it:
 
 - distillation (the third step of SimCLRv2, Chen et al., 2020, arXiv:2006.10029): the fine-tuned network is the
-  teacher; a student of the same architecture, from the same init, trains on the whole unlabeled pool against the
-  teacher's predicted class probabilities (the true label where the image is labelled), augmented as in
-  fine-tuning, so what the few labels taught spreads over images no one labelled.
+  teacher; a student of the same architecture, from the same init, trains on all of the task's train images (the
+  pool, its labels unused beyond the budget's subset) against the teacher's predicted class probabilities (the
+  true label where the image is in the subset), augmented as in fine-tuning, so what the few labels taught spreads
+  over the images the budget leaves unlabelled. (A task's `unlabeled/` folder is not part of the pool.)
 """
 
 from __future__ import annotations
@@ -288,7 +289,7 @@ def finetune(
 def soft_targets(
     teacher: nn.Module, images: np.ndarray, labelled: np.ndarray, labels: np.ndarray, device: torch.device
 ) -> np.ndarray:
-    """A distillation student's targets for uint8 NHWC `images` (the unlabeled pool): the teacher's class
+    """A distillation student's targets for uint8 NHWC `images` (the task's train images): the teacher's class
     probabilities (float32, N x C), one-hot with the true label at the `labelled` positions.
 
     The teacher sees each image unaugmented, once; the student sees it augmented at every visit (as in Noisy

@@ -32,7 +32,7 @@ from sslops.outputs.atomic import atomic_dir, atomic_file, write_json
 if TYPE_CHECKING:
     import torch
 
-FIGURES = ("label_efficiency.png", "confusion.png", "embedding_map.png", "label_efficiency.csv")
+FIGURES = ("label_efficiency.png", "confusion.png", "embedding_map.png", "label_efficiency.csv", "confusion.csv")
 MAPPED = ("pretrained", "scratch")  # the encoders drawn as t-SNE maps
 
 
