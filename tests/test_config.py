@@ -49,6 +49,21 @@ def test_a_declared_headline_protocol_is_one_that_finetune_runs() -> None:
     assert set(get_args(Protocol)) == set(PROTOCOLS)
 
 
+def test_the_schema_offers_what_the_core_implements() -> None:
+    """The config layer lists formats and backbones as Literals for its error messages; the core has its own tuples:
+    a value one side adds and the other lacks would pass validation and fail deep in a stage, or never be offered."""
+    from typing import get_args
+
+    from sslops.config.schema import BackboneKnobs, Format, Method
+    from sslops.data.formats import FORMATS
+    from sslops.ml.methods import METHODS
+    from sslops.ml.models import BACKBONES
+
+    assert set(get_args(Format)) == set(FORMATS)
+    assert set(get_args(BackboneKnobs.model_fields["name"].annotation)) == {"auto", *BACKBONES}
+    assert set(get_args(Method)) == set(METHODS)
+
+
 # The bad values an audit found (issue 11), one per kind, and the message each now gives.
 BAD = [
     ("pretrain", {"images": 0}, "pretrain.images in params.yaml: must be greater than 0, got 0"),

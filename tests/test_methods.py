@@ -27,7 +27,6 @@ from sslops.ml.methods import (
     DenoisingAutoencoder,
     MoCo,
     build_method,
-    from_tiles,
     jigsaw_permutations,
     shuffle_tiles,
     to_tiles,
@@ -188,6 +187,12 @@ def test_jigsaw_permutations_are_distinct_far_apart_and_fixed():
     distance = (nine[:, None] != nine[None]).sum(2)
     # the paper's greedy choice maximises the summed distance: above the 9 * 8/9 = 8 expected of random orderings
     assert distance[~np.eye(30, dtype=bool)].mean() > 8.2
+
+
+def from_tiles(tiles: torch.Tensor, grid: int) -> torch.Tensor:
+    """The inverse of `to_tiles` (the test's own: the method never reassembles an image)."""
+    n, _, c, th, tw = tiles.shape
+    return tiles.reshape(n, grid, grid, c, th, tw).permute(0, 3, 1, 4, 2, 5).reshape(n, c, grid * th, grid * tw)
 
 
 def test_jigsaw_tiles_shuffle_and_invert():

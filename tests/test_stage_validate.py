@@ -31,7 +31,7 @@ def test_clean_data_passes_and_writes_docs_metrics_and_run(project, capsys):
     assert main(["prepare"]) == 0 and main(["validate"]) == 0
     summary = json.loads((project.metrics_dir / "validate.json").read_text())
     assert summary["success"] is True and summary["failed"] == 0 and summary["evaluated"] >= 30
-    docs = project.validation_dir / "data_docs"
+    docs = project.outputs().validation / "data_docs"
     assert (docs / "index.html").is_file()
     assert list(docs.glob("validations/manifest/**/*.html")) and list(docs.glob("validations/class_balance/**/*.html"))
     run = mlflow_runs(project.root)[0]

@@ -60,7 +60,6 @@ class DatasetOutputs:
     """One dataset's outputs: the pretraining dataset's at the top of artifacts/, metrics/ and plots/; a downstream
     task's in `tasks/<name>/` below each, so tasks never share a file and DVC reruns only the task that changed."""
 
-    task: str | None
     artifacts: Path
     metrics: Path
     plots: Path
@@ -145,21 +144,17 @@ class Project:
     def outputs(self, task: str | None = None) -> DatasetOutputs:
         """Where a dataset's stage outputs live: the pretraining dataset's (`task` None) or task `task`'s."""
         if task is None:
-            return DatasetOutputs(None, self.root / "artifacts", self.metrics_dir, self.root / "plots")
+            return DatasetOutputs(self.root / "artifacts", self.metrics_dir, self.root / "plots")
         names = self.config("tasks").names()
         if task not in names:
             raise SslopsError(f"unknown task '{task}': params.yaml's tasks are {', '.join(names)}.")
         sub = Path("tasks") / task
-        return DatasetOutputs(task, self.root / "artifacts" / sub, self.metrics_dir / sub, self.root / "plots" / sub)
+        return DatasetOutputs(self.root / "artifacts" / sub, self.metrics_dir / sub, self.root / "plots" / sub)
 
     @property
     def prepared_dir(self) -> Path:
         """The pretraining dataset's store."""
         return self.outputs().prepared
-
-    @property
-    def validation_dir(self) -> Path:
-        return self.outputs().validation
 
     @property
     def validated_marker(self) -> Path:

@@ -26,9 +26,6 @@ from PIL import Image
 
 from sslops.data.sources import Part, Plan
 
-MODES = ("crop", "pad")
-
-
 @dataclass(frozen=True)
 class Fit:
     """The shape every image is brought to, and how (`crop` or `pad`, see the module docstring)."""

@@ -467,12 +467,6 @@ def to_tiles(x: torch.Tensor, grid: int) -> torch.Tensor:
     return tiles.reshape(n, grid * grid, c, h // grid, w // grid)
 
 
-def from_tiles(tiles: torch.Tensor, grid: int) -> torch.Tensor:
-    """The inverse of `to_tiles`."""
-    n, _, c, th, tw = tiles.shape
-    return tiles.reshape(n, grid, grid, c, th, tw).permute(0, 3, 1, 4, 2, 5).reshape(n, c, grid * th, grid * tw)
-
-
 def shuffle_tiles(tiles: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
     """Tiles (N, T, ...) rearranged so that position i of image n holds its tile orders[n, i]."""
     return tiles[torch.arange(len(tiles), device=tiles.device)[:, None], orders]
