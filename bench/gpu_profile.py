@@ -48,13 +48,14 @@ import torch
 import yaml
 from fashion_mnist import load
 
+from sslops.commands.report import mean_std
 from sslops.config.schema import AugmentParams, FinetuneParams, PretrainParams, Recipe
 from sslops.config.validation import parse_section
 from sslops.ml.augment import AugmentConfig, BatchAugment
 from sslops.ml.device import amp_name, pick_device
 from sslops.ml.knn import knn_accuracy
 from sslops.ml.methods import METHOD_CONFIGS, Method, build_method
-from sslops.ml.models import BackboneConfig, Encoder, resolve_backbone
+from sslops.ml.models import BackboneConfig, Encoder, pixel_statistics, resolve_backbone
 from sslops.ml.train import EpochStats, TrainConfig, epochs_for, pretrain
 from sslops.ml.transfer import (
     Classifier,
@@ -63,6 +64,7 @@ from sslops.ml.transfer import (
     features,
     finetune,
     fit_linear_probe,
+    holdout_split,
     predict,
 )
 from sslops.ml.views import on_the_fly_pairs
@@ -105,11 +107,8 @@ def sections(
 
 
 def make_encoder(images: np.ndarray, cfg: PretrainParams) -> Encoder:
-    """The profile's encoder, its input normalised by the pixel statistics of a seeded 10,000-image sample (as the
-    pretrain stage sets it)."""
-    sample = images[np.sort(np.random.default_rng(0).choice(len(images), min(len(images), 10000), replace=False))]
-    pixels = sample.reshape(-1, sample.shape[-1]).astype(np.float64) / 255
-    mean, std = pixels.mean(0).tolist(), np.maximum(pixels.std(0), 1e-3).tolist()
+    """The profile's encoder, its input normalised as the pretrain stage normalises it."""
+    mean, std = pixel_statistics(images, np.arange(len(images)))
     backbone = cfg.backbone.to_core(BackboneConfig, in_channels=int(images.shape[-1]))
     return Encoder(resolve_backbone(backbone, min(images.shape[1:3])), mean, std)
 
@@ -238,9 +237,8 @@ class Transfer:
                     self.log("skipped", init=self.init, what=f"search {trial} draw {draw}: past the deadline")
                     return
                 seed = self.cfg.seed + draw
-                order = np.random.default_rng(seed).permutation(len(idx))  # the finetune stage's search split
-                n_held = max(1, round(self.cfg.search.holdout * len(idx)))
-                held_idx, fit_idx = idx[order[:n_held]], idx[order[n_held:]]
+                held_pos, fit_pos = holdout_split(len(idx), self.cfg.search.holdout, seed)  # the stage's split
+                held_idx, fit_idx = idx[held_pos], idx[fit_pos]
                 probe = self.probe(feats, fit_idx, seed) if recipe.head == "probe" else None
                 model, stats = self.fit(encoder, recipe, seed, fit_idx, probe)
                 acc = float((predict(model, self.data[0][held_idx], self.device) == self.data[1][held_idx]).mean())
@@ -281,12 +279,6 @@ def _seed(pretrain: dict[str, Any]) -> int:
     return int(pretrain.get("seed", 0))
 
 
-def _spread(values: list[float]) -> str:
-    """Mean ± sample standard deviation in percent, as sslops reports spreads."""
-    pct = [100 * v for v in values]
-    return f"{np.mean(pct):.2f} ± {np.std(pct, ddof=1):.2f}" if len(pct) > 1 else f"{pct[0]:.2f}"
-
-
 def summarize(paths: list[Path]) -> str:
     """Markdown: every process's test results at 1 % (mean ± std over the label draws), then the gain of each
     pretraining setting over the best scratch fine-tuning, best against best: the scratch side is the fine-tuning
@@ -314,9 +306,8 @@ def summarize(paths: list[Path]) -> str:
         chosen = proc.get("chosen", {}).get("trial")
         for group, accs in groups.items():
             mark = " held-out choice" if chosen and group == f"finetune ({chosen})" else ""
-            rows.append(
-                f"| {proc['file']} | {proc['role']} | {proc['profile']} | {setting} | {group}{mark} | {_spread(accs)} |"
-            )
+            cells = [proc["file"], proc["role"], proc["profile"], setting, f"{group}{mark}", mean_std(accs, unit="")]
+            rows.append(f"| {' | '.join(cells)} |")
 
     def finetuned(proc: dict[str, Any], trial: str) -> list[float]:
         return [t["acc"] for t in proc["tests"] if t["protocol"] == "finetune" and t.get("trial") == trial]
@@ -328,7 +319,7 @@ def summarize(paths: list[Path]) -> str:
     best_trial = best["chosen"]["trial"]
     best_accs = finetuned(best, best_trial)
     best_mean = float(np.mean(best_accs))
-    where = f"{best['profile']} profile, trial {best_trial}: {_spread(best_accs)} % on test"
+    where = f"{best['profile']} profile, trial {best_trial}: {mean_std(best_accs, unit='')} % on test"
     lines = ["", f"Best scratch (best held-out accuracy): {where}.", ""]
     settings: dict[tuple, list[float]] = {}
     for proc in procs:

@@ -8,16 +8,33 @@ import torch
 
 from conftest import backbone_config, finetune_config, synthetic_images
 from sslops.ml.metrics import confusion_matrix, scores
-from sslops.ml.models import Encoder
+from sslops.ml.models import Encoder, pixel_statistics
 from sslops.ml.transfer import (
     Classifier,
     balanced_subset,
     features,
     finetune,
     fit_linear_probe,
+    holdout_split,
     predict,
     soft_targets,
 )
+
+
+def test_holdout_split_is_seeded_disjoint_and_never_empty():
+    held, fit = holdout_split(10, 0.2, seed=3)
+    assert len(held) == 2 and sorted([*held, *fit]) == list(range(10))
+    assert np.array_equal(held, holdout_split(10, 0.2, seed=3)[0])
+    assert not np.array_equal(np.sort(held), np.sort(holdout_split(10, 0.2, seed=4)[0]))
+    assert len(holdout_split(3, 0.01, seed=0)[0]) == 1  # at least one held-out label, however small the subset
+
+
+def test_pixel_statistics_per_channel_from_the_rows_given():
+    images = np.zeros((4, 2, 2, 2), dtype=np.uint8)
+    images[:2, ..., 0] = 255  # channel 0: white in rows 0-1, black in 2-3; channel 1 black everywhere
+    mean, std = pixel_statistics(images, np.arange(4))
+    assert mean == [0.5, 0.0] and std == [0.5, 1e-3]  # a constant channel's std is floored
+    assert pixel_statistics(images, np.array([0, 1]))[0] == [1.0, 0.0]  # only the rows asked for
 
 
 def test_balanced_subset_is_balanced_nested_and_seeded():

@@ -13,6 +13,7 @@ import pickle
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -117,6 +118,14 @@ class ProjectionHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+def pixel_statistics(images: np.ndarray, rows: np.ndarray, sample: int = 10_000) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (in 0..1) of uint8 NHWC `images[rows]`, from a seeded sample of `sample` of them: the
+    encoder's input normalisation. A floor of 1e-3 on the std keeps a constant channel finite."""
+    picked = images[np.sort(np.random.default_rng(0).choice(rows, min(len(rows), sample), replace=False))]
+    pixels = picked.reshape(-1, picked.shape[-1]).astype(np.float64) / 255
+    return pixels.mean(0).tolist(), np.maximum(pixels.std(0), 1e-3).tolist()
 
 
 class Normalize(nn.Module):

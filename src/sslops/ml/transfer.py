@@ -62,6 +62,14 @@ def balanced_subset(labels: np.ndarray, fraction: float | None, per_class: int |
     return np.sort(np.concatenate(picked))
 
 
+def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(held, fit) positions into a labelled subset of `n`: a seeded `fraction` (at least one) held out to score a
+    recipe on, never on test; the rest to fit it with. The recipe search's split, in the stage and in bench/."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_held = max(1, round(fraction * n))
+    return order[:n_held], order[n_held:]
+
+
 @torch.no_grad()
 def _apply(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int) -> torch.Tensor:
     """`model` outputs for uint8 NHWC `images`, batch by batch in eval mode, gathered on the CPU."""

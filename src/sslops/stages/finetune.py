@@ -301,14 +301,12 @@ class _Fit:
         headline protocol; it does not depend on the trial)."""
         import torch
 
-        from sslops.ml.transfer import fit_linear_probe, predict
+        from sslops.ml.transfer import fit_linear_probe, holdout_split, predict
 
         cfg, (rows, labels, feats) = self.cfg, subset
         trial, recipe = cfg.recipe_for(self.task, base["budget"], base["init"])
         n_classes, seed = int(labels.max()) + 1, cfg.seed + base["draw"]
-        order = np.random.default_rng(seed).permutation(len(rows))
-        n_held = max(1, round(cfg.search.holdout * len(rows)))
-        held, fit = order[:n_held], order[n_held:]
+        held, fit = holdout_split(len(rows), cfg.search.holdout, seed)
         scored = {**base, "held_out": len(held)}
         with tracking.child_run(f"{name}/search-linear", {**base, "protocol": "linear"}):
             y = torch.as_tensor(labels[fit])  # the L2 penalty is picked on part of `fit`, as in the linear protocol

@@ -191,11 +191,9 @@ def _build_method(store: ImageStore, rows: np.ndarray, cfg: PretrainParams, augm
     """The configured method around a fresh encoder whose input normalisation fits the pretraining images."""
     from sslops.ml.augment import view_size
     from sslops.ml.methods import METHOD_CONFIGS, build_method
-    from sslops.ml.models import BackboneConfig, Encoder, resolve_backbone
+    from sslops.ml.models import BackboneConfig, Encoder, pixel_statistics, resolve_backbone
 
-    sample = store.images[np.sort(np.random.default_rng(0).choice(rows, min(len(rows), 10000), replace=False))]
-    pixels = sample.reshape(-1, sample.shape[-1]).astype(np.float64) / 255
-    mean, std = pixels.mean(0).tolist(), np.maximum(pixels.std(0), 1e-3).tolist()
+    mean, std = pixel_statistics(store.images, rows)
     height, width, channels = store.images.shape[1:]
     image_shape = (channels, *view_size(augment.size, height, width))  # what the views look like
     backbone = resolve_backbone(cfg.backbone.to_core(BackboneConfig, in_channels=int(channels)), min(image_shape[1:]))
