@@ -65,6 +65,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from machine import cpu_model
 
 from sslops.env import TELEMETRY_OFF  # no telemetry from the tools this starts
 
@@ -281,10 +282,7 @@ def run_schedule(root: Path, schedule: Schedule, batch: int, steps_per_epoch: in
 
 def machine() -> dict[str, Any]:
     """Where the figures were measured (wall times mean little without it, nor on a busy machine: load average)."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
+    cpu = cpu_model()  # family, model and vector unit: "AMD EPYC" alone names both a Zen 3 and a Zen 5 here
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     versions = {}
     for package in ("torch", "dvc", "mlflow", "scikit-learn", "pillow"):
