@@ -24,7 +24,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
-from sslops.data.sources import Part, Plan
+from sslops.data.sources import Plan
+
 
 @dataclass(frozen=True)
 class Fit:
@@ -97,6 +98,6 @@ def fit_plan(plan: Plan, fit: Fit | None) -> tuple[Plan, dict[str, object]]:
     if resized:
         sizes = sorted({p.shape[:2] for p in plan.parts})
         seen = ", ".join(f"{h}x{w}" for h, w in sizes[:4]) + (f" and {len(sizes) - 4} more" if len(sizes) > 4 else "")
-        notes += (f"{resized} of {plan.total} images ({seen}) resized to {fit.height}x{fit.width}x{fit.channels} "
-                  f"({fit.mode})",)
+        shape = f"{fit.height}x{fit.width}x{fit.channels}"
+        notes += (f"{resized} of {plan.total} images ({seen}) resized to {shape} ({fit.mode})",)
     return Plan(parts=parts, classes=plan.classes, notes=notes), record

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+
 @dataclass(frozen=True)
 class Part:
     """A run of images from one source file, all of one shape, loaded on demand.
