@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import mlflow_runs
+from conftest import mlflow_runs, set_param
 from sslops.adapters import dvcmeta, tracking
 from sslops.adapters.provenance import git_state
-from sslops.config import flatten, params_hash
+from sslops.config import Project, flatten, params_hash
 
 
 def test_default_store_is_sqlite_by_absolute_path(project, monkeypatch):
@@ -124,6 +125,8 @@ def test_a_tracking_server_that_fails_says_whether_credentials_or_the_server_are
     )
     assert isinstance(down, ServiceUnavailable) and down.exit_code == 3 and "database" in str(down)
     assert shown_uri("https://bob:secret@mlflow.example:443/x") == "https://mlflow.example:443/x"
+    assert shown_uri("postgresql://bob:secret@db:5432/mlflow") == "postgresql://db:5432/mlflow"
+    assert shown_uri("sqlite:////abs/mlflow.db") == "sqlite:////abs/mlflow.db"  # an absolute path keeps its slashes
 
 
 @pytest.mark.integration  # a real MLflow client on a real (broken) SQLite file
@@ -138,6 +141,21 @@ def test_a_local_store_mlflow_cannot_open_is_named_with_what_to_do(project):
     assert f"the MLflow store sqlite:///{project.root}/mlflow/mlflow.db cannot be opened" in message
     assert "file is not a database" in message and "move the mlflow/ folder aside" in message
     assert "[SQL:" not in message
+    # Another database named by MLFLOW_TRACKING_URI: no advice to move mlflow/ aside, and no password printed.
+    other = project.root / "elsewhere.db"
+    other.write_bytes(b"not a database" * 100)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{other}"
+    try:
+        with pytest.raises(SslopsError) as err:
+            tracking.connect(project)
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
+    assert f"sqlite:///{other} cannot be opened" in str(err.value) and "mlflow/ folder" not in str(err.value)
+    # A bad `tracking:` section is named as such, not taken for a broken store.
+    set_param(project.root, "tracking", "experiment", "")
+    with pytest.raises(SslopsError) as err:
+        tracking.connect(Project(project.root))
+    assert "tracking.experiment in params.yaml" in str(err.value) and "cannot be opened" not in str(err.value)
 
 
 def test_a_missing_model_version_is_named_without_the_servers_credentials(monkeypatch):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from sslops.adapters import dvcmeta
 from sslops.adapters.provenance import dvc_stage, lineage_tags
 from sslops.config import Project, flatten
+from sslops.errors import SslopsError
 
 if TYPE_CHECKING:
     import mlflow
@@ -84,22 +85,24 @@ def connect(project: Project) -> str:
         return _experiment_id(project)  # for a server: the stage's first request that needs its database
     except mlflow.MlflowException as exc:
         if not server:
-            raise _store_failure(uri, exc) from None
+            raise  # MLflow's own message names what is wrong with the store
         raise _server_failure(shown_uri(uri), str(exc)) from None
-    except Exception as exc:  # a local store's SQLAlchemy or migration error: the file is not a store MLflow can open
+    except SslopsError:
+        raise  # our own, already clear (e.g. a bad `tracking:` section)
+    except Exception as exc:  # SQLAlchemy or a migration failing: the store is not one MLflow can open
         if server:
             raise
-        raise _store_failure(uri, exc) from None
+        raise _store_failure(shown_uri(uri), exc, own=uri == default_uri(project)) from None
 
 
-def _store_failure(uri: str, exc: Exception) -> Exception:
-    """A local store MLflow cannot open (corrupt, or made by another MLflow version), named with what to do."""
-    from sslops.errors import SslopsError
-
+def _store_failure(shown: str, exc: Exception, own: bool) -> Exception:
+    """A database store MLflow cannot open (corrupt, or made by another MLflow version), named with what to do;
+    `own`: the project's SQLite file under mlflow/, which can be moved aside to start a new store."""
     detail = " ".join(str(exc).split("[SQL:")[0].split())[:300]
+    fresh = "; to start a new store, move the mlflow/ folder aside" if own else ""
     return SslopsError(
-        f"the MLflow store {uri} cannot be opened ({type(exc).__name__}: {detail}). If another MLflow version made "
-        f"it: back the file up, then `mlflow db upgrade {uri}`; to start a new store, move the mlflow/ folder aside."
+        f"the MLflow store {shown} cannot be opened ({type(exc).__name__}: {detail}). If another MLflow version made "
+        f"it: back it up, then `mlflow db upgrade <its URI>`{fresh}."
     )
 
 
@@ -125,6 +128,8 @@ def shown_uri(uri: str) -> str:
     from urllib.parse import urlsplit
 
     parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri  # nothing to hide; and geturl() would drop the empty authority of sqlite:////abs/path
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
