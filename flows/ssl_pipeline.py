@@ -30,7 +30,7 @@ from prefect.states import State
 from sslops import orchestration as orch
 from sslops.config import ROOT_ENV, Project, find_root
 from sslops.config.schema import FlowParams
-from sslops.errors import SslopsError
+from sslops.errors import ServiceUnavailable, SslopsError
 
 DEPLOYMENT = "scheduled"  # served by `make serve`
 POOL_DEPLOYMENT = "pool"  # registered by `make deploy`, run by a work pool's workers
@@ -238,5 +238,6 @@ if __name__ == "__main__":
     try:
         commands[command]()
     except SslopsError as exc:  # a bad params.yaml or no project: one line, as the sslops commands print it
-        print(f"error: {exc}", file=sys.stderr)
+        kind = "unavailable" if isinstance(exc, ServiceUnavailable) else "error"
+        print(f"{kind}: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
