@@ -182,8 +182,10 @@ def seeds_summary(
         for b in sorted(labels, key=labels.get)
     ]
     seeds = [r["params"].get("seed") for r in done]
-    summary = {"method": method, "amp": amp, "seeds": seeds, "draws": finetune.draws, "dataset": "Fashion-MNIST"}
-    return summary | {"task": TASK, "budgets": budgets}
+    # The label draws the runs themselves made (their finetune params), not today's params.yaml.
+    draws = sorted({(r["sections"].get("finetune") or {}).get("draws") for r in done} - {None})
+    summary = {"method": method, "amp": amp, "seeds": seeds, "draws": " or ".join(map(str, draws)) or "the"}
+    return summary | {"dataset": "Fashion-MNIST", "task": TASK, "budgets": budgets}
 
 
 def shown_seeds(text: str, method: str | None = None) -> set[tuple[str, int]]:

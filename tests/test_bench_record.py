@@ -203,6 +203,7 @@ def _run(seed: int, amp: str, pretrained: float) -> dict[str, Any]:
     return {
         "name": f"method-dino-s{seed}",
         "params": {"seed": seed, "images": 318944},
+        "sections": {"pretrain": {"seed": seed}, "finetune": {"draws": 4}},  # as the run was made (params.yaml: 3)
         "pretrain": {"amp": amp, "knn_acc": 0.84, "seconds": 200.0, "images_per_s": 1600.0},
         "evaluate": evaluate,
     }
@@ -234,6 +235,7 @@ def test_the_seeds_summary_keeps_one_value_per_seed_of_the_committed_precision()
     found = {("dino", 0): _run(0, "bf16", 0.84), ("dino", 1): _run(1, "off", 0.80), ("dino", 2): _run(2, "bf16", 0.86)}
     summary = compare_methods.seeds_summary(found, "dino", finetune, "bf16")
     assert summary is not None and summary["seeds"] == [0, 2]
+    assert summary["draws"] == "4"  # the runs' own label draws, whatever params.yaml says today
     (budget,) = summary["budgets"]
     assert budget["labels"] == 600 and budget["best_pretrained"] == [0.84, 0.86]
     assert [round(g, 4) for g in budget["gain"]] == [0.02, 0.04]

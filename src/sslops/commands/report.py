@@ -133,11 +133,12 @@ def seeds_markdown(summary: dict[str, Any]) -> str:
     """The headline per label budget over pretraining seeds (bench/compare_methods.py's summary): each seed's value is
     its mean over the label draws; shown as mean ± std over the seeds."""
     seeds = ", ".join(map(str, summary["seeds"]))
+    draws = summary.get("draws", "the")  # a summary written before the runs' draws were recorded says "the"
     intro = (
-        f"`{summary['method']}`, pretraining seeds {seeds}: mean ± std over the seeds of each seed's mean over "
-        f"{summary['draws']} label draws (100 %: one subset), test split of {summary['dataset']}. The scratch side "
-        "does not depend on the pretraining seed (its init and label draws follow `finetune.seed`), so its spread "
-        "here is 0; the spread over label draws is in the table above."
+        f"`{summary['method']}`, pretraining seeds {seeds}: mean ± std over the seeds of each seed's mean over {draws} "
+        f"label draws (100 %: one subset), test split of {summary['dataset']}. The scratch side does not depend on the "
+        "pretraining seed (its init and label draws follow `finetune.seed`), so its spread here is 0; the spread over "
+        "label draws is in the table above."
     )
     lines = [intro, "", "| labels | best pretrained | best scratch | gain, best vs best |", "|---|---|---|---|"]
     for b in summary["budgets"]:
