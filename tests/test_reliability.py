@@ -341,21 +341,21 @@ def test_embed_reads_with_the_same_rules_and_says_what_it_skipped(tmp_path: Path
     from PIL import Image
 
     from sslops.commands.embed import load_images
-    from sslops.data.resize import Fit, fit_image
+    from sslops.data.resize import Fit
 
     wide = np.zeros((6, 12, 3), dtype=np.uint8)
     wide[:, :3] = 255  # the left quarter white: a stretch keeps it as a white column, a centre crop cuts it off
     Image.fromarray(wide).save(tmp_path / "ok.png")
     _png_declaring(tmp_path / "bomb.png", 6000, 6000)
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
-    fit = Fit(4, 4, 1, "crop")
-    paths, pixels, skipped = load_images(tmp_path, fit, max_pixels=25_000_000)
+    paths, pixels, skipped = load_images(tmp_path, Fit(4, 4, 1, "crop"), max_pixels=25_000_000)
     assert paths == ["ok.png"] and pixels.shape == (1, 4, 4, 1)
     assert {k: len(v) for k, v in skipped.items()} == {"too-large": 1, "unreadable": 1}
-    # The same pixels as a task's images get from prepare's resize rule (aspect kept, centre crop), not a stretch.
-    gray = np.asarray(Image.fromarray(wide).convert("L"))[..., None]
-    assert np.array_equal(pixels[0], fit_image(gray, fit))
-    assert pixels[0].max() < 128  # the white quarter is outside the centre square
+    # Prepare's resize rule, not a stretch: the centre crop cuts the white quarter off (a stretch keeps it as a
+    # column); padding keeps the whole width, white column included, between black bands.
+    assert pixels[0].max() < 128
+    _, padded, _ = load_images(tmp_path, Fit(4, 4, 1, "pad"), max_pixels=25_000_000)
+    assert padded[0, 1:3, 0].min() > 128 and padded[0, 0].max() == padded[0, 3].max() == 0
 
 
 def _sslops_while_locked(project, holder: str, command: str, **env: str):
