@@ -55,6 +55,7 @@ from pretrain_throughput import ROOT, augment_recipe, default_params
 
 from sslops.config import Project
 from sslops.data import images as image_files
+from sslops.data.resize import Fit, fit_image
 from sslops.ml.augment import AugmentConfig, BatchAugment
 from sslops.ml.cache import build_cache
 from sslops.ml.device import amp_name, cpu_has_native_bf16, pick_device
@@ -140,11 +141,13 @@ def disk_bytes(paths: list[Path]) -> dict[str, int]:
 
 
 def decode_store(paths: list[Path], out: Path, size: int) -> np.ndarray:
-    """Decode every file once into a memory-mapped uint8 (N, size, size, 3) .npy, with prepare's reader rules
-    (`sslops.data.images.read`), and return it opened read-only as the pipeline's stages open the store."""
+    """Decode every file once into a memory-mapped uint8 (N, size, size, 3) .npy, with prepare's reader and resize
+    rules (`sslops.data.images.read`, `sslops.data.resize.fit_image`: the files are written at `size` already), and
+    return it opened read-only as the pipeline's stages open the store."""
     store = np.lib.format.open_memmap(out, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+    fit = Fit(size, size, 3, "crop")
     for i, path in enumerate(paths):
-        store[i] = image_files.read(path, 3, MAX_PIXELS, size=(size, size))
+        store[i] = fit_image(image_files.read(path, 3, MAX_PIXELS), fit)
     store.flush()
     del store
     return np.load(out, mmap_mode="r")

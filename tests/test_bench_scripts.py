@@ -17,3 +17,20 @@ def test_each_bench_script_imports(script: str, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.syspath_prepend(str(BENCH))  # the scripts import each other as they do when run from bench/
     module = importlib.import_module(script)
     assert module.__doc__, f"bench/{script}.py says nothing of what it measures"
+
+
+def test_large_images_decodes_its_folder_by_prepares_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Importing does not call anything: bench/large_images.py once called `images.read(size=...)` after that
+    argument was gone, which only running its decoding shows."""
+    import numpy as np
+    from PIL import Image
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    large_images = importlib.import_module("large_images")
+    paths = []
+    for i, colour in enumerate(((255, 0, 0), (0, 0, 255))):
+        paths.append(tmp_path / f"{i}.jpg")
+        Image.new("RGB", (8, 8), colour).save(paths[-1], quality=95)
+    store = large_images.decode_store(paths, tmp_path / "store.npy", 8)
+    assert store.shape == (2, 8, 8, 3) and store.dtype == np.uint8
+    assert store[0, ..., 0].min() > 200 and store[1, ..., 2].min() > 200  # red, then blue
