@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from sslops.adapters import dvcmeta
 from sslops.adapters.provenance import dvc_stage, lineage_tags
 from sslops.config import Project, flatten
-from sslops.errors import SslopsError
+from sslops.errors import ServiceUnavailable, SslopsError
 
 if TYPE_CHECKING:
     import mlflow
@@ -109,7 +109,6 @@ def _store_failure(shown: str, exc: Exception, own: bool) -> Exception:
 def _server_failure(shown: str, message: str) -> Exception:
     """A tracking server that answers but refuses or fails the first request, as one error that says which:
     credentials (the user's to fix) or the server and its database (unavailable: a later run may succeed)."""
-    from sslops.errors import ServiceUnavailable, SslopsError
 
     detail = " ".join(message.split())[:300]
     if re.search(r"\b40[13]\b", message):
@@ -143,8 +142,6 @@ def _check_reachable(uri: str, timeout_s: float) -> None:
     from urllib.parse import urlsplit
     from urllib.request import getproxies, proxy_bypass
 
-    from sslops.errors import ServiceUnavailable
-
     parts, shown = urlsplit(uri), shown_uri(uri)
     if parts.scheme in getproxies() and not proxy_bypass(parts.hostname or ""):
         return  # reached through a proxy, as MLflow's client does: only its bounded retries can tell
@@ -176,8 +173,6 @@ def stage_run(
     never shows two live runs.
     """
     import mlflow
-
-    from sslops.errors import ServiceUnavailable
 
     experiment_id = connect(project)
     checkout = checkout_id(project.root)
@@ -471,8 +466,6 @@ def resolve_version(name: str, ref: str) -> mlflow.entities.model_registry.Model
     """A model version from an alias (`champion`) or a version number (`3`); a clear error otherwise."""
     from mlflow.exceptions import MlflowException
 
-    from sslops.errors import SslopsError
-
     try:
         if str(ref).isdigit():
             return client().get_model_version(name, str(ref))
@@ -547,8 +540,6 @@ def registered_encoder(name: str, ref: str, recorded: dict[str, Any] | None = No
     import tempfile
 
     import mlflow
-
-    from sslops.errors import SslopsError
 
     version = resolve_version(name, ref)
     run_id = version.tags.get("register.run_id")
