@@ -229,3 +229,20 @@ def test_headline_refuses_results_without_exactly_one_declared_protocol_per_init
         r"\(linear, finetune\)",
     ):
         headline(both)
+
+
+@pytest.mark.parametrize("k", [3, 6, 11, 22, 46])  # accuracies out of 500 whose float mean of three overshoots
+def test_tied_draws_average_to_their_value_and_plot_with_zero_spread(tmp_path, k):
+    """Three draws that tie at k/500 aggregate to k/500 itself, spread 0: `statistics.fmean` gave one rounding step
+    above the maximum for these k, a negative error bar, and the evaluate stage's plot crashed."""
+    from sslops.ml.results import aggregate, headline
+    from sslops.outputs.plots import label_efficiency
+
+    acc = k / 500
+    rows = [_row("frac_0.01", d, i, "finetune", acc, True) for i in ("pretrained", "scratch") for d in range(3)]
+    agg = aggregate(rows)
+    assert all(r["acc_min"] <= r["acc"] <= r["acc_max"] and r["acc"] == acc and r["acc_std"] == 0 for r in agg)
+    h = headline(rows)["frac_0.01"]
+    assert (h["gain_vs_best_scratch"], h["gain_vs_best_scratch_std"]) == (0.0, 0.0)
+    label_efficiency(agg, tmp_path / "label_efficiency.png", "Task tied")
+    assert (tmp_path / "label_efficiency.png").stat().st_size > 0

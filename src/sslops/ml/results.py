@@ -8,6 +8,7 @@ labelled train split) or `per_class_10` ("10/class" in params.yaml) in one place
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterable
 from typing import Any
 
 INITS = ("pretrained", "scratch", "pixels")  # pixels: the task's prepared pixels as features (no fine-tuning)
@@ -33,9 +34,17 @@ def budget_name(budget: float | str) -> str:
     return f"{100 * fraction:g} %" if per_class is None else f"{per_class}/class"
 
 
-def _spread(values: list[float]) -> float:
-    """Sample standard deviation; 0 for a single value (a budget of 100 % is one subset)."""
-    return statistics.stdev(values) if len(values) > 1 else 0.0
+def mean(values: Iterable[float]) -> float:
+    """The correctly rounded mean (exact arithmetic, then one rounding), so it never leaves [min, max]: tied label
+    draws average to their own value. `statistics.fmean` can land one rounding step above the maximum (three draws
+    of 0.006 each), which made an error bar's length negative and crashed the evaluate stage's plot."""
+    return float(statistics.mean(values))
+
+
+def spread(values: list[float]) -> float:
+    """Sample standard deviation (exact arithmetic: tied values spread 0); 0 for a single value (a budget of 100 %
+    is one subset)."""
+    return float(statistics.stdev(values)) if len(values) > 1 else 0.0
 
 
 def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -57,11 +66,11 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "init": init,
                 "protocol": protocol,
                 "draws": len(members),
-                "acc": statistics.fmean(accs),
-                "acc_std": _spread(accs),
+                "acc": mean(accs),
+                "acc_std": spread(accs),
                 "acc_min": min(accs),
                 "acc_max": max(accs),
-                "macro_f1": statistics.fmean(r["macro_f1"] for r in members),
+                "macro_f1": mean(r["macro_f1"] for r in members),
                 "headline": any(r.get("headline", False) for r in members),
             }
         )
@@ -120,7 +129,7 @@ def _paired_gain(results: list[dict[str, Any]], a: dict[str, Any], b: dict[str, 
     """Mean and std over the draws of a's accuracy minus b's on the same labels (a and b: aggregated rows)."""
     of_a = {r.get("draw", 0): r["acc"] for r in results if _same(r, a)}
     diffs = [of_a[r.get("draw", 0)] - r["acc"] for r in results if _same(r, b)]
-    return {"mean": statistics.fmean(diffs), "std": _spread(diffs)}
+    return {"mean": mean(diffs), "std": spread(diffs)}
 
 
 def _same(row: dict[str, Any], of: dict[str, Any]) -> bool:

@@ -37,6 +37,7 @@ from sslops.config import Project
 from sslops.config.schema import Budget, FinetuneParams, Recipe, TasksParams
 from sslops.data.store import ImageStore
 from sslops.errors import SslopsError
+from sslops.ml.results import mean, spread
 from sslops.outputs.atomic import atomic_dir, write_json
 
 if TYPE_CHECKING:
@@ -114,8 +115,8 @@ def _holdout_metrics(entries: list[dict[str, Any]]) -> dict[str, float]:
     out = {}
     for key, accs in scores.items():
         metric, rest = key.split(".", 1)
-        out[f"holdout.{metric}.{rest}"] = round(float(np.mean(accs)), 5)
-        out[f"holdout.{metric}_std.{rest}"] = round(float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0, 5)
+        out[f"holdout.{metric}.{rest}"] = round(mean(accs), 5)
+        out[f"holdout.{metric}_std.{rest}"] = round(spread(accs), 5)
     return out
 
 
