@@ -31,12 +31,11 @@ from functools import partial
 from typing import Any
 
 from dvc_queue import ROOT, Record, budget_labels, experiments, metrics_of, run_queue, write_tables
-from machine import cpu_model
 
 from sslops.commands.report import SEEDS, mean_std, seeds_markdown
 from sslops.config import Project
 from sslops.config.schema import FinetuneParams
-from sslops.ml.device import amp_name, pick_device
+from sslops.ml.device import amp_name, cpu_model, pick_device
 from sslops.ml.methods import METHODS
 
 DOC = ROOT / "docs" / "methods.md"

@@ -23,9 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from machine import cpu_model
-
 from sslops.commands.report import replace_section
+from sslops.ml.device import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -32,10 +32,10 @@ import time
 from typing import Any
 
 from dvc_queue import ROOT, experiments, metrics_of, run_queue
-from machine import cpu_model
 
 from sslops.commands.report import replace_section
 from sslops.config import Project
+from sslops.ml.device import cpu_model
 from sslops.ml.results import INITS
 
 DOC = ROOT / "docs" / "benchmarks.md"

@@ -50,7 +50,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from machine import cpu_model
 from pretrain_throughput import ROOT, augment_recipe, default_params
 
 from sslops.config import Project
@@ -58,7 +57,7 @@ from sslops.data import images as image_files
 from sslops.data.resize import Fit, fit_image
 from sslops.ml.augment import AugmentConfig, BatchAugment
 from sslops.ml.cache import build_cache
-from sslops.ml.device import amp_name, cpu_has_native_bf16, pick_device
+from sslops.ml.device import amp_name, cpu_has_native_bf16, cpu_model, pick_device
 from sslops.ml.methods import SimCLR, SimCLRConfig
 from sslops.ml.models import BACKBONES, BackboneConfig, Encoder
 from sslops.ml.train import TrainConfig, pretrain

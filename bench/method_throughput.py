@@ -19,11 +19,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from machine import cpu_model
 
 from sslops.config import Project
 from sslops.data.store import ImageStore
-from sslops.ml.device import amp_name, pick_device
+from sslops.ml.device import amp_name, cpu_model, pick_device
 from sslops.ml.methods import METHODS
 from sslops.ml.train import TrainConfig, pretrain
 from sslops.ml.views import INDEX, ViewCache, cached_pairs

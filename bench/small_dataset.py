@@ -65,9 +65,9 @@ from typing import Any
 
 import numpy as np
 import yaml
-from machine import cpu_model
 
 from sslops.env import TELEMETRY_OFF  # no telemetry from the tools this starts
+from sslops.ml.device import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = "digits-photos"

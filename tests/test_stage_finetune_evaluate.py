@@ -9,6 +9,7 @@ import re
 import mlflow
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import TASK, mlflow_runs, run_task, set_param
@@ -16,6 +17,7 @@ from sslops.cli import main
 from sslops.config import Project
 from sslops.config.validation import parse_section
 from sslops.errors import SslopsError
+from sslops.ml.device import amp_name, cpu_model
 from sslops.ml.transfer import FinetuneConfig
 from sslops.stages.evaluate import FIGURES
 
@@ -65,7 +67,10 @@ def test_finetune_evaluate_report_lineage_and_embed(registered, capsys, tmp_path
     # each budget and init fine-tunes with its chosen trial (finetune.chosen), else the base recipe
     trials = {(e["budget"], e["init"]): e["trial"] for e in index["entries"] if e["protocol"] == "finetune"}
     assert trials.pop(("frac_0.25", "pretrained")) == "lpft" and set(trials.values()) == {"base"}
-    assert json.loads((out_dir.metrics / "finetune.json").read_text())["models"] == len(index["entries"]) == 62
+    finetuned = json.loads((out_dir.metrics / "finetune.json").read_text())
+    assert finetuned["models"] == len(index["entries"]) == 62
+    # the machine and precision travel with the results (finetune.amp `auto` as it resolved here)
+    assert finetuned["machine"] == cpu_model() and finetuned["amp"] == amp_name("auto", torch.device("cpu"))
     # each init's headline protocol is flagged (finetune.headline, else fine-tuning; raw pixels: the linear probe)
     flagged = {(e["budget"], e["init"], e["protocol"]) for e in index["entries"] if e["headline"]}
     assert flagged == {

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import backbone_config, finetune_config, synthetic_images
+from sslops.ml.device import Precision
 from sslops.ml.metrics import confusion_matrix, scores
 from sslops.ml.models import Encoder, pixel_statistics
 from sslops.ml.transfer import (
@@ -102,6 +103,24 @@ def test_finetune_learns_and_is_deterministic(optimizer, lr):
     assert stats["steps"] == 45  # 15 epochs x 3 batches, under the 60-step cap
     assert (preds == labels).mean() > 0.9  # far above the 25 % of chance on 4 balanced classes
     assert np.array_equal(preds, train()[0])
+
+
+def test_finetune_learns_in_bf16_autocast_and_channels_last_with_fp32_weights():
+    """`finetune.amp` and `finetune.channels_last` change how the steps compute, not what is learned or kept: the
+    same task is learned, the weights and their saved state stay fp32, and the layout is the one asked for."""
+    images, labels = synthetic_images(96, size=12, seed=1)
+    torch.manual_seed(0)
+    model = Classifier(Encoder(backbone_config(width=4), [0.5], [0.3]), 4)
+    cfg = finetune_config(optimizer="adamw", epochs=15, max_steps=60, batch_size=32, lr=3e-3)
+    fast = Precision(torch.bfloat16, torch.channels_last)
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    computed = set()
+    hook = conv.register_forward_hook(lambda _m, _i, out: computed.add(out.dtype))
+    finetune(model, images, labels.astype(np.int64), cfg, torch.device("cpu"), pretrained=False, precision=fast)
+    hook.remove()
+    assert (predict(model, images, torch.device("cpu")) == labels).mean() > 0.9
+    assert computed == {torch.bfloat16} and all(p.dtype == torch.float32 for p in model.parameters())
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_finetune_on_one_hot_probabilities_is_finetune_on_labels():

@@ -449,6 +449,8 @@ class FinetuneParams(Section):
     seed: NonNegativeInt
     draws: PositiveInt  # label subsets per budget below 100 % (seeds seed, seed + 1, ...)
     device: Device
+    amp: Literal["auto", "bf16", "fp16", "off"]  # the fine-tuning steps' autocast, resolved as pretrain.amp
+    channels_last: StrictBool | Literal["auto"]
     probe: ProbeSearch
     recipe: Recipe
     trials: Annotated[dict[Name, Recipe], Field(min_length=1)]  # each written as its changes to `recipe`

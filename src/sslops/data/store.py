@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from sslops.data.sources import Plan
 from sslops.errors import SslopsError
 from sslops.outputs.atomic import ensure_space, reserve
+from sslops.outputs.progress import progress_bar
 
 PRETRAIN_SPLITS = ("train", "unlabeled")  # the images pretraining learns from (their labels are never read)
 IMAGES = "images.npy"
@@ -59,7 +59,7 @@ def write_store(plan: Plan, out_dir: Path, progress: bool = True) -> pd.DataFram
     sha = np.empty(n, dtype=object)
     columns: dict[str, list] = {"split": [], "source": [], "index": [], "label": [], "source_size": []}
     row = 0
-    with tqdm(total=n, desc="prepare", unit="img", disable=not progress, mininterval=1.0) as bar:
+    with progress_bar(n, "prepare", "img", enabled=progress) as bar:
         for part in plan.parts:
             pixels = part.load()
             if pixels.shape != (part.count, h, w, c):

@@ -16,6 +16,7 @@ import torch
 from sslops.ml.augment import AugmentConfig, BatchAugment, view_size
 from sslops.ml.views import INDEX
 from sslops.outputs.atomic import ensure_space, reserve
+from sslops.outputs.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -71,14 +72,12 @@ def build_cache(
 
     With `views=0` only the index is written: pretraining then augments on the fly.
     """
-    from tqdm.auto import tqdm
-
     augment = BatchAugment(cfg)
     n, (h, w, c) = len(rows), images.shape[1:]
     height, width = view_size(cfg.size, h, w)
     shards = []
     ensure_space(out_dir, n * views * c * height * width, f"the augmentation cache ({n} images x {views} views)")
-    with tqdm(total=n * views, desc="augment", unit="view", disable=not progress, mininterval=1.0) as bar:
+    with progress_bar(n * views, "augment", "view", enabled=progress) as bar:
         for shard, start in enumerate(range(0, n if views else 0, shard_size)):
             shard_rows = rows[start : start + shard_size]
             name = f"shard-{shard:03d}.npy"

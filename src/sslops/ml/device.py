@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -51,4 +55,64 @@ def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
 
 def amp_name(setting: str, device: torch.device) -> str:
     """What `setting` resolves to on `device` as a setting name (bf16, fp16 or off): recorded with each run."""
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype(setting, device), "off")
+    return Precision(amp_dtype(setting, device), torch.contiguous_format).amp
+
+
+def memory_format(setting: bool | str, device: torch.device) -> torch.memory_format:
+    """channels_last when asked (`True`), or on `auto` on CUDA and CPU, where convolutions run faster in it (bench/
+    finetune_throughput.py, bench/pretrain_throughput.py: docs/benchmarks.md); contiguous otherwise (MPS)."""
+    wanted = setting is True or (setting == "auto" and device.type in ("cuda", "cpu"))
+    return torch.channels_last if wanted else torch.contiguous_format
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a training loop computes: the autocast dtype (None: fp32) and the layout of its images and weights."""
+
+    dtype: torch.dtype | None
+    memory_format: torch.memory_format
+
+    @classmethod
+    def resolve(cls, amp: str, channels_last: bool | str, device: torch.device) -> Precision:
+        """The settings of params.yaml (`amp`, `channels_last`) as they come out on `device`."""
+        return cls(amp_dtype(amp, device), memory_format(channels_last, device))
+
+    @property
+    def amp(self) -> str:
+        """bf16, fp16 or off: what a run records as its precision."""
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "off")
+
+
+FP32 = Precision(None, torch.contiguous_format)  # plain fp32, the layout torch gives: what bench/ scripts compare
+
+
+# Vector units torch's CPU kernels use, best first: bf16 in hardware (what `amp: auto` looks for), then widths.
+UNITS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """`<model name> (family F model M, <best unit>)` from /proc/cpuinfo (or the text given), else what `platform`
+    knows, e.g. `AMD EPYC (family 25 model 1, avx2)`."""
+    if cpuinfo is None:
+        cpuinfo = ""
+        with contextlib.suppress(OSError):
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in fields:  # the first processor's
+            fields[key.strip()] = value.strip()
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    unit = next((u for u in UNITS if u in flags), None)
+    details = [f"family {fields['cpu family']} model {fields['model']}" if "cpu family" in fields else "", unit or ""]
+    details = [d for d in details if d]
+    return f"{name} ({', '.join(details)})" if details else name
+
+
+def machine(device: torch.device) -> str:
+    """What a result was computed on, recorded beside it: the GPU's name on CUDA, else the CPU (`cpu_model`). The
+    same run on two machines agrees within the seed spread, bit for bit only on one machine and precision."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_model()

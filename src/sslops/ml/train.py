@@ -20,10 +20,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from sslops.ml.device import amp_dtype
+from sslops.ml.device import amp_dtype, memory_format
 from sslops.ml.methods import Method
 from sslops.ml.optim import build_optimizer, scaled_lr, warmup_cosine
 from sslops.outputs.atomic import atomic_file
+from sslops.outputs.progress import progress_bar
 
 Batches = Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 EpochHook = Callable[["EpochStats"], dict[str, float]]  # rank 0, after each epoch: monitoring and logging
@@ -152,9 +153,8 @@ def _prepare(method: Method, cfg: TrainConfig, device: torch.device, steps_per_e
     """Move and wrap the method (channels_last, SyncBN + DDP, compile) and build optimiser, scaler and schedule."""
     world_size = world()[1]
     method.to(device)
-    channels_last = cfg.channels_last is True or (cfg.channels_last == "auto" and device.type in ("cuda", "cpu"))
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    method.to(memory_format=memory_format)
+    layout = memory_format(cfg.channels_last, device)
+    method.to(memory_format=layout)
     model: nn.Module = method
     if world_size > 1:
         if device.type == "cuda":
@@ -168,7 +168,7 @@ def _prepare(method: Method, cfg: TrainConfig, device: torch.device, steps_per_e
         optimizer=build_optimizer(method, cfg.optimizer, peak_lr, cfg.weight_decay, cfg.momentum),
         scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
         dtype=dtype,
-        memory_format=memory_format,
+        memory_format=layout,
         peak_lr=peak_lr,
         total_steps=cfg.epochs * steps_per_epoch,
         warmup_steps=int(cfg.warmup_epochs * steps_per_epoch),
@@ -215,21 +215,13 @@ def pretrain(
     `batches(epoch)` yields (view1, view2) uint8 tensors of this rank's share of the global batch.
     `on_epoch` runs on rank 0 after each epoch (monitoring, logging) and may add metrics to the stats.
     """
-    from tqdm.auto import tqdm
-
     rank, world_size = world()
     step = _prepare(method, cfg, device, steps_per_epoch)
     start_epoch, n, history = _resume(step, checkpoint, fingerprint, on_epoch)
     for epoch in range(start_epoch, cfg.epochs):
         step.forward.train()
         started = time.perf_counter()
-        with tqdm(
-            total=steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            unit="batch",
-            disable=not progress or rank != 0,
-            mininterval=2.0,
-        ) as bar:
+        with progress_bar(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", "batch", progress and rank == 0) as bar:
             n, seen, lr, loss_sum = train_one_epoch(step, batches(epoch), cfg, device, n, bar)
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # kernels are queued asynchronously: time the work, not the launches
@@ -250,3 +242,22 @@ def pretrain(
         if world_size > 1:
             dist.barrier()
     return history
+
+
+def step_seconds(method: Method, cfg: TrainConfig, device: torch.device, steps: int = 3) -> float:
+    """Seconds per optimisation step of `method` under `cfg` (its global batch in one process, its precision and
+    layout) on random views, after one untimed step that pays for first-call allocations: the pretraining part of
+    `sslops estimate`'s calibration. The method's weights move: pass one built for the measurement."""
+    c, h, w = method.image_shape
+    gen = torch.Generator().manual_seed(0)
+    pair = tuple(torch.randint(0, 256, (cfg.batch_size, c, h, w), dtype=torch.uint8, generator=gen) for _ in "12")
+    step = _prepare(method, cfg, device, steps_per_epoch=steps + 1)
+    timed = []
+    with progress_bar(steps, "calibration", "step", enabled=False) as bar:
+        for count in (1, steps):
+            started = time.perf_counter()
+            train_one_epoch(step, iter([pair] * count), cfg, device, 0, bar)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            timed.append(time.perf_counter() - started)
+    return timed[1] / steps

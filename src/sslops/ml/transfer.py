@@ -34,7 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslops.ml.augment import AugmentConfig, BatchAugment
+from sslops.ml.device import FP32, Precision
 from sslops.ml.models import Encoder
+from sslops.outputs.progress import progress_bar
 
 
 def balanced_subset(labels: np.ndarray, fraction: float | None, per_class: int | None, seed: int) -> np.ndarray:
@@ -232,13 +234,14 @@ def finetune(
     device: torch.device,
     pretrained: bool,
     progress: bool = False,
+    precision: Precision = FP32,
 ) -> dict[str, float]:
     """Train all of `model` on uint8 NHWC `images`; returns training loss/accuracy of the last epoch and time.
 
     `labels` are class indices (N,), or class probabilities (N, C) to train against (distillation: cross-entropy
-    with soft targets; the training accuracy then counts agreement with the most probable class)."""
-    from tqdm.auto import tqdm
-
+    with soft targets; the training accuracy then counts agreement with the most probable class). `precision`: the
+    autocast dtype and memory layout of the steps (the stage's `finetune.amp` and `finetune.channels_last`); the
+    weights and the optimiser stay fp32 either way."""
     gen = torch.Generator().manual_seed(cfg.seed)
     augment = BatchAugment(AugmentConfig.crop_flip(cfg.crop_scale, cfg.flip_p))
     backbone_lr = cfg.lr * (cfg.backbone_lr_scale if pretrained else 1.0)
@@ -254,13 +257,14 @@ def finetune(
     for group in groups:
         group["initial_lr"] = group["lr"]
     optimizer = _optimizer(groups, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.dtype == torch.float16)
     pool = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2)
     soft = np.ndim(labels) == 2
     targets = torch.as_tensor(labels, dtype=torch.float32 if soft else torch.long)
     total = cfg.steps(len(pool))
-    model.to(device).train()
+    model.to(device, memory_format=precision.memory_format).train()
     started, step, seen, correct, loss_sum = time.perf_counter(), 0, 0, 0, 0.0
-    bar = tqdm(total=total, desc="fine-tune", unit="step", disable=not progress, mininterval=2.0, leave=False)
+    bar = progress_bar(total, "fine-tune", "step", enabled=progress, leave=False)
     while step < total:
         order = torch.randperm(len(pool), generator=gen)
         seen, correct, loss_sum = 0, 0, 0.0  # statistics of the last (possibly partial) epoch
@@ -270,15 +274,17 @@ def finetune(
             idx = order[start : start + cfg.batch_size]
             if len(idx) < 2:  # BatchNorm cannot normalise a batch of one: skip that remainder
                 continue
-            x = augment(pool[idx], gen).to(device).float()
+            x = augment(pool[idx], gen).to(device).float().contiguous(memory_format=precision.memory_format)
             y = targets[idx].to(device)
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * 0.5 * (1 + math.cos(math.pi * step / total))
-            logits = model(x)
+            with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.dtype is not None):
+                logits = model(x).float()
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             step += 1
             bar.update()
             seen += len(idx)

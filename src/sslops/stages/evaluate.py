@@ -37,7 +37,7 @@ MAPPED = ("pretrained", "scratch")  # the encoders drawn as t-SNE maps
 
 
 def run(project: Project, task: str | None = None) -> dict[str, Any]:
-    from sslops.ml.device import pick_device
+    from sslops.ml.device import machine, pick_device
     from sslops.ml.transfer import features
 
     if task is None:
@@ -67,7 +67,7 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
             "finetune.run_id": index["parent_run_id"],
             "task": task,
         }
-        tracking.set_tags({**tags, "pretrain.run_id": model["pretrain_run_id"]})
+        tracking.set_tags({**tags, "pretrain.run_id": model["pretrain_run_id"], "evaluate.machine": machine(device)})
         started = time.perf_counter()
         encoders = _encoders(folder, model, device)
         test_feats = {init: features(enc, store.images[test_rows], device) for init, enc in encoders.items()}
@@ -78,6 +78,7 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
             write_json(tmp / "results.json", record)
         _draw(out.plots, task, cfg, results, summary, store.classes, test_labels, test_feats)
         metrics = {**_metrics(results, summary), "seconds": round(time.perf_counter() - started, 1)}
+        metrics["machine"] = machine(device)
         write_json(out.metrics / "evaluate.json", metrics)
         tracking.log_metrics({k: v for k, v in metrics.items() if type(v) in (int, float)})  # not str, not bool
         tracking.log_artifacts(out.evaluate, "evaluation")

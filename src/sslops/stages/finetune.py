@@ -43,6 +43,7 @@ from sslops.outputs.atomic import atomic_dir, write_json
 if TYPE_CHECKING:
     import torch
 
+    from sslops.ml.device import Precision
     from sslops.ml.models import Encoder
     from sslops.ml.transfer import Classifier, LinearProbe
 
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 def run(project: Project, task: str | None = None) -> dict[str, Any]:
     import torch
 
-    from sslops.ml.device import pick_device
+    from sslops.ml.device import Precision, machine, pick_device
     from sslops.ml.models import Pixels, input_shape, load_encoder_dir
 
     if task is None:
@@ -61,6 +62,7 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
     _warn_undeclarable(cfg, task, budgets)
     name, out = project.model_name, project.outputs(task)
     device = pick_device(cfg.device)
+    precision = Precision.resolve(cfg.amp, cfg.channels_last, device)
     store = ImageStore.open(out.prepared)
     train = store.labelled("train")
     record = project.register_record()
@@ -72,8 +74,11 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
         pretrain_run = version.tags.get("pretrain.run_id", "unknown")
         model_tags = {"model.name": name, "model.version": version.version, "model.ref": cfg.model}
         model_tags |= {"pretrain.run_id": pretrain_run, "task": task}
-        tracking.set_tags(model_tags)
-        print(f"fine-tuning {name} version {version.version} (ref '{cfg.model}') on task {task}, {device}")
+        tracking.set_tags({**model_tags, "finetune.amp": precision.amp})
+        print(
+            f"fine-tuning {name} version {version.version} (ref '{cfg.model}') on task {task}, {device}, "
+            f"precision {precision.amp}"
+        )
         torch.manual_seed(cfg.seed)  # the scratch encoder: same architecture and normalisation, seeded init
         encoders = {
             "pretrained": pretrained,
@@ -87,7 +92,7 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
         started = time.perf_counter()
         with atomic_dir(out.finetune) as tmp:
             torch.save(encoders["scratch"].state_dict(), tmp / "scratch-encoder.pt")
-            fit = _Fit(tmp, cfg, task, store, budgets, model_tags, device)
+            fit = _Fit(tmp, cfg, task, store, budgets, model_tags, device, precision)
             entries = [
                 entry for init, encoder in encoders.items() for entry in fit.init(train, init, encoder.to(device))
             ]
@@ -98,9 +103,10 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
             index |= {"search": search, "n_classes": int(train[1].max()) + 1, "entries": entries}
             (tmp / "index.json").write_text(json.dumps(index, indent=2))
         metrics = {**(_holdout_metrics(entries) if search else {}), "models": len(entries)}
-        metrics["seconds"] = round(time.perf_counter() - started, 1)
-        write_json(out.metrics / "finetune.json", metrics)
-        tracking.log_metrics(metrics)
+        metrics |= {"seconds": round(time.perf_counter() - started, 1), "machine": machine(device)}
+        write_json(out.metrics / "finetune.json", {**metrics, "amp": precision.amp})
+        tracking.log_metrics({k: v for k, v in metrics.items() if k != "machine"})
+        tracking.set_tags({"finetune.machine": metrics["machine"]})
         tracking.log_artifacts(out.finetune / "index.json")
     return {"model": f"{name}/{version.version}", "task": task, "models_trained": len(entries), "budgets": budgets}
 
@@ -193,8 +199,10 @@ class _Fit:
         budgets: list[Budget],
         model_tags: dict[str, Any],
         device: torch.device,
+        precision: Precision,
     ):
         self.folder, self.cfg, self.task, self.store, self.device = folder, cfg, task, store, device
+        self.precision = precision
         self.budgets, self.tags = budgets, model_tags
 
     def init(self, train: tuple[np.ndarray, np.ndarray], init: str, encoder: Encoder) -> list[dict[str, Any]]:
@@ -360,5 +368,6 @@ class _Fit:
             self.device,
             pretrained=init == "pretrained",
             progress=True,
+            precision=self.precision,
         )
         return model, stats

@@ -52,7 +52,7 @@ def run(project: Project) -> dict[str, Any]:
 def _run(project: Project) -> dict[str, Any]:
     import torch
 
-    from sslops.ml.device import amp_name, pick_device
+    from sslops.ml.device import amp_name, machine, pick_device
     from sslops.ml.train import pretrain, world
 
     cfg: PretrainParams = project.config("pretrain")
@@ -77,7 +77,7 @@ def _run(project: Project) -> dict[str, Any]:
     run_ctx = tracking.stage_run(project, "pretrain", cfg.record(), system_metrics=True) if rank == 0 else None
     with run_ctx or contextlib.nullcontext():
         started = time.perf_counter()
-        setup = {"device": str(device), "amp": amp, "world_size": world_size}
+        setup = {"device": str(device), "machine": machine(device), "amp": amp, "world_size": world_size}
         if rank == 0:
             tags = {f"pretrain.{k}": v for k, v in setup.items()} | {"pretrain.epochs": train.epochs}
             tags |= {"augment.cache_views": views, "data.manifest_digest": data_digest}
@@ -189,12 +189,21 @@ def _view_source(
 
 def _build_method(store: ImageStore, rows: np.ndarray, cfg: PretrainParams, augment: AugmentParams) -> Method:
     """The configured method around a fresh encoder whose input normalisation fits the pretraining images."""
+    from sslops.ml.models import pixel_statistics
+
+    return build_method_for(store.images.shape[1:], *pixel_statistics(store.images, rows), cfg, augment)
+
+
+def build_method_for(
+    shape: tuple[int, int, int], mean: list[float], std: list[float], cfg: PretrainParams, augment: AugmentParams
+) -> Method:
+    """The configured method around a fresh encoder for images of `shape` (H, W, C) normalised by `mean`, `std`:
+    what the stage trains, and what `sslops estimate` times a step of before any image is prepared."""
     from sslops.ml.augment import view_size
     from sslops.ml.methods import METHOD_CONFIGS, build_method
-    from sslops.ml.models import BackboneConfig, Encoder, pixel_statistics, resolve_backbone
+    from sslops.ml.models import BackboneConfig, Encoder, resolve_backbone
 
-    mean, std = pixel_statistics(store.images, rows)
-    height, width, channels = store.images.shape[1:]
+    height, width, channels = shape
     image_shape = (channels, *view_size(augment.size, height, width))  # what the views look like
     backbone = resolve_backbone(cfg.backbone.to_core(BackboneConfig, in_channels=int(channels)), min(image_shape[1:]))
     encoder = Encoder(backbone, mean, std)

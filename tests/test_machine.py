@@ -1,13 +1,8 @@
-"""bench/machine.py names a CPU well enough to tell two development machines apart."""
+"""Every result names its machine well enough to tell two development machines apart (sslops.ml.device)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-from machine import cpu_model  # noqa: E402  (a script beside the package, importable once bench/ is on the path)
+from sslops.ml.device import cpu_model
 
 ZEN3 = (
     "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n"
