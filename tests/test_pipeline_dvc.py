@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from conftest import REPO, TASK, mlflow_runs, small_params, synthetic_images, write_idx_dataset
+from sslops.commands.estimate import FIXED_S
 from sslops.data.idx import read_idx, write_idx
 
 pytestmark = pytest.mark.integration
@@ -76,7 +77,9 @@ def make_repo(root: Path, noise: int = 40) -> Path:
 
 def test_dvc_repro_end_to_end(tmp_path: Path):
     root = make_repo(tmp_path / "proj")
-    sh("dvc", "repro", cwd=root)
+    first = sh(sys.executable, "-m", "sslops", "repro", cwd=root).stdout  # make run's command: dvc repro, timed
+    estimated, timed = first.split("sslops: estimate", 1)[1], first.split("sslops: time per stage", 1)[1]
+    assert all(f"  {stage} " in estimated and f"  {stage} " in timed for stage in STAGES), first
 
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     assert set(lock) == set(STAGES)
@@ -112,7 +115,8 @@ def test_dvc_repro_end_to_end(tmp_path: Path):
     assert all(declared[n] for n in RUNS), declared
     assert runs["validate"].data.tags["data.manifest_digest"] == runs["prepare"].data.tags["data.manifest_digest"]
 
-    again = sh("dvc", "repro", cwd=root)
+    again = sh(sys.executable, "-m", "sslops", "repro", cwd=root)
+    assert "every stage is up to date (dvc status): nothing to run." in again.stdout
     assert "Data and pipelines are up to date" in again.stdout
     assert len(stage_runs(root)) == len(STAGES)  # nothing ran, nothing logged
 
@@ -129,10 +133,15 @@ def test_dvc_repro_end_to_end(tmp_path: Path):
     params["tasks"]["small"] = {**params["tasks"][TASK], "root": "data/small", "budgets": ["2/class", 1.0]}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     before = len(stage_runs(root))
-    added = sh("dvc", "repro", cwd=root).stdout
+    added = sh(sys.executable, "-m", "sslops", "repro", cwd=root).stdout
     runs_now = stage_runs(root)  # newest first
-    new = [r.info.run_name for r in runs_now[: len(runs_now) - before]]
+    new = {r.info.run_name: r for r in runs_now[: len(runs_now) - before]}
     assert sorted(new) == sorted(run_names("small")), added
+    # the estimate named exactly the stages that ran; each run records it (where sizes were known) and its wall time
+    planned = added.split("sslops: estimate", 1)[1].split("\n  total", 1)[0]
+    assert [line.split()[0] for line in planned.splitlines()[1:]] == task_stages("small"), added
+    assert new["prepare/small"].data.metrics["estimate.seconds"] == FIXED_S["task_prepare"]
+    assert all(r.data.metrics["wall.seconds"] > 0 for r in new.values())
     small = json.loads((root / "metrics" / "tasks" / "small" / "prepare.json").read_text())
     assert small["shape"] == [12, 12, 1] and small["resized"] == 60
     assert "gain_vs_pixels" in (root / "metrics" / "tasks" / "small" / "evaluate.json").read_text()

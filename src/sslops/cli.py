@@ -10,10 +10,11 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sslops.env import TELEMETRY_OFF
+from sslops.env import ESTIMATES_ENV, STARTED, TELEMETRY_OFF, TIMINGS_ENV
 from sslops.errors import ServiceUnavailable, SslopsError
 
 if TYPE_CHECKING:
@@ -46,6 +47,12 @@ def _run_stage(args: argparse.Namespace) -> int:
         summary = run(project, task) if args.command in TASK_STAGES else run(project)
     if summary:  # torchrun ranks other than 0 return nothing to report
         print(json.dumps(summary, indent=2, default=str))
+    if os.environ.get(TIMINGS_ENV) and summary:  # `sslops repro` prints it beside the estimate
+        from sslops.adapters.provenance import dvc_stage
+
+        with open(os.environ[TIMINGS_ENV], "a") as timings:
+            line = {"stage": dvc_stage(args.command, task), "seconds": round(time.monotonic() - STARTED, 1)}
+            timings.write(json.dumps(line) + "\n")
     return 0
 
 
@@ -128,19 +135,47 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _repro(args: argparse.Namespace) -> int:
-    """`dvc repro` under the project lock that flow runs take, so `make run` and a Prefect run never interleave."""
-    import subprocess
+def _estimate(args: argparse.Namespace) -> int:
+    from sslops.commands.estimate import estimate, format_estimate
+    from sslops.config import Project
+    from sslops.orchestration.pipeline import stage_order, stages_to_run
 
+    project = Project.discover()
+    stages = stage_order(project.root) if args.all else stages_to_run(project.root)
+    print(format_estimate(estimate(project, stages)))
+    return 0
+
+
+def _repro(args: argparse.Namespace) -> int:
+    """`dvc repro` under the project lock that flow runs take, so `make run` and a Prefect run never interleave;
+    a plain `sslops repro` first says what each stage that will run costs here, and after it what each one took."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from sslops.commands.estimate import estimate, format_actuals, format_estimate
     from sslops.config import Project
     from sslops.orchestration import overridden_params, project_lock, stage_env
+    from sslops.orchestration.pipeline import stages_to_run
 
     project = Project.discover()
     timeout = project.config("flow").lock_timeout_s
     holder = f"sslops repro (pid {os.getpid()})"
     with project_lock(project.root, timeout, holder, on_wait=print), overridden_params(project.root, {}, warn=print):
         # no overrides: this only restores params.yaml if a killed flow run left it overridden
-        return subprocess.call(["dvc", "repro", *args.dvc_args], cwd=project.root, env=stage_env(project.root, None))
+        env = stage_env(project.root, None)
+        planned = None if args.dvc_args else estimate(project, stages_to_run(project.root))
+        if planned is not None:
+            print(format_estimate(planned), flush=True)
+            env[ESTIMATES_ENV] = json.dumps(planned.seconds())
+        with tempfile.TemporaryDirectory() as tmp:
+            env[TIMINGS_ENV] = str(Path(tmp) / "timings.jsonl")
+            code = subprocess.call(["dvc", "repro", *args.dvc_args], cwd=project.root, env=env)
+            timings = Path(env[TIMINGS_ENV])
+            lines = timings.read_text().splitlines() if timings.is_file() else []
+    if planned is not None and lines:
+        print(format_actuals(planned, {(t := json.loads(line))["stage"]: t["seconds"] for line in lines}))
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default="embeddings.npz", help="output .npz with `paths` and `embeddings` (default: %(default)s)"
     )
     emb.set_defaults(func=_embed)
+    est = sub.add_parser("estimate", help="the minutes each stage that `sslops repro` would run takes on this machine")
+    est.add_argument("--all", action="store_true", help="every stage, as on a fresh clone, not only the stale ones")
+    est.set_defaults(func=_estimate)
     rep_ = sub.add_parser("repro", help="dvc repro under the project lock that Prefect flow runs take (make run)")
     rep_.add_argument("dvc_args", nargs=argparse.REMAINDER, help="passed on to `dvc repro`")
     rep_.set_defaults(func=_repro)

@@ -9,9 +9,11 @@ named after the stage, params logged flat as `<stage>.<key>`, lineage tags on ev
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from sslops.adapters import dvcmeta
 from sslops.adapters.provenance import dvc_stage, lineage_tags
 from sslops.config import Project, flatten
+from sslops.env import ESTIMATES_ENV, STARTED
 from sslops.errors import ServiceUnavailable, SslopsError
 
 if TYPE_CHECKING:
@@ -186,7 +189,11 @@ def stage_run(
         ) as run:
             mlflow.log_params({k: _param_value(v) for k, v in flatten({stage: params}).items()})
             _declare_inputs(project.root, tags, context=name)
+            estimated = json.loads(os.environ.get(ESTIMATES_ENV) or "{}").get(dvc_stage(stage, task))
+            if estimated is not None:  # `sslops repro`'s estimate, beside the actual below
+                mlflow.log_metric("estimate.seconds", estimated)
             yield run
+            mlflow.log_metric("wall.seconds", round(time.monotonic() - STARTED, 1))  # process start to here
     except mlflow.MlflowException as exc:
         uri = tracking_uri(project)
         if not (uri.startswith(("http://", "https://")) and OUTAGE.search(str(exc))):

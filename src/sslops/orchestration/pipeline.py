@@ -43,17 +43,35 @@ def stage_order(root: Path) -> list[str]:
     `.dvc` files (tracked data) are inputs, not stages to run. Ties keep the order DVC lists the stages in,
     which follows dvc.yaml.
     """
+    return [name for name, _ in _walk(root, with_status=False)]
+
+
+def stages_to_run(root: Path) -> list[str]:
+    """The stages a `dvc repro` would run now, in run order: those DVC finds changed since dvc.lock (each stage's own
+    `dvc status`: deps, outs, params, command) and every stage downstream of one, whose inputs will change. An
+    upper bound: DVC restores a stage from its run cache instead when it ran with these inputs before."""
+    runs: list[str] = []
+    for name, (changed, upstream) in _walk(root, with_status=True):
+        if changed or upstream & set(runs):
+            runs.append(name)
+    return runs
+
+
+def _walk(root: Path, with_status: bool) -> list[tuple[str, tuple[bool, set[str]]]]:
+    """(stage, (changed since dvc.lock, the stages it takes outputs of)) in run order; `changed` is False unless
+    `with_status` asks DVC."""
     from dvc.stage import PipelineStage
 
     with _index(root) as index:
         graph = index.graph  # an edge runs from a stage to each stage that produces one of its deps
         names = {node: _address(node) for node in graph.nodes if isinstance(node, PipelineStage)}
         upstream = {names[node]: {names[dep] for dep in graph.successors(node) if dep in names} for node in names}
+        changed = {names[node]: with_status and bool(node.status()) for node in names}
     stages = list(names.values())
     order: list[str] = []
     while len(order) < len(stages):  # no cycle to guard against: DVC refuses one when it builds the graph
         order.append(next(s for s in stages if s not in order and upstream[s] <= set(order)))
-    return order
+    return [(name, (changed[name], upstream[name])) for name in order]
 
 
 def _address(stage: PipelineStage) -> str:
