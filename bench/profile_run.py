@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
+from ruamel.yaml import YAML
 
 from sslops.adapters.provenance import dvc_stage
 from sslops.ml.device import cpu_model
@@ -96,7 +97,7 @@ def run(copy: Path, overrides: list[str]) -> dict:
         section = params
         for part in path:
             section = section[part]
-        section[last] = yaml.safe_load(value)
+        section[last] = YAML(typ="safe").load(value)  # YAML 1.2, as `dvc exp run -S`: `off` stays a string
     (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     wrapped = f"python {copy / 'bench' / 'profile_run.py'} --stage"
     (copy / "dvc.yaml").write_text((copy / "dvc.yaml").read_text().replace("python -m sslops", wrapped))
