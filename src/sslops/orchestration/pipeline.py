@@ -60,13 +60,17 @@ def stages_to_run(root: Path) -> list[str]:
 def _walk(root: Path, with_status: bool) -> list[tuple[str, tuple[bool, set[str]]]]:
     """(stage, (changed since dvc.lock, the stages it takes outputs of)) in run order; `changed` is False unless
     `with_status` asks DVC."""
+    from dvc.repo import lock_repo
     from dvc.stage import PipelineStage
 
     with _index(root) as index:
         graph = index.graph  # an edge runs from a stage to each stage that produces one of its deps
         names = {node: _address(node) for node in graph.nodes if isinstance(node, PipelineStage)}
         upstream = {names[node]: {names[dep] for dep in graph.successors(node) if dep in names} for node in names}
-        changed = {names[node]: with_status and bool(node.status()) for node in names}
+        changed = dict.fromkeys(names.values(), False)
+        if with_status:
+            with lock_repo(index.repo):  # what `dvc status` takes: a stage's status reads its outputs' state
+                changed = {names[node]: bool(node.status()) for node in names}
     stages = list(names.values())
     order: list[str] = []
     while len(order) < len(stages):  # no cycle to guard against: DVC refuses one when it builds the graph
