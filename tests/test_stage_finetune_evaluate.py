@@ -131,6 +131,7 @@ def test_finetune_evaluate_report_lineage_and_embed(registered, capsys, tmp_path
     assert "| protocol | init | 2/class (8 labels, 3 draws) | 25 % (20 labels, 3 draws) | 100 % (80 labels) |" in out
     assert "best pretrained − best scratch (best against best)" in out
     assert "best pretrained − linear probe on raw pixels" in out
+    assert f"Fine-tuned on {cpu_model()}, precision {amp_name('auto', torch.device('cpu'))}." in out
     assert re.search(r"\| linear \| scratch \| \d+\.\d\d % ± \d+\.\d\d \| [^|]+ \| \d+\.\d\d % \|", out)
     assert re.search(r"\| distill \| pretrained \| — \| \d+\.\d\d % ± \d+\.\d\d \| — \|", out)
 

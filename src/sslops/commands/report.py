@@ -73,6 +73,9 @@ def results_markdown(project: Project) -> str:
         models.append(results["model"])
         table = format_table(results["results"], results["headline"])
         tables += [f"**Task `{task}`**: test accuracy on its full test split", "", table, ""]
+        finetuned = _metrics(project, f"tasks/{task}/finetune")
+        if "machine" in finetuned:  # results travel: each table says where and in what precision it was computed
+            tables += [f"Fine-tuned on {finetuned['machine']}, precision {finetuned['amp']}.", ""]
     model = models[0]
     if any((m["name"], m["version"]) != (model["name"], model["version"]) for m in models):
         tasks = project.config("tasks").names()
@@ -92,7 +95,8 @@ def results_markdown(project: Project) -> str:
         amp = f", {pretrain['amp']} autocast" if pretrain.get("amp", "off") != "off" else ""
         lines.append(
             f"Pretraining: {pretrain.get('epochs')} epochs ({pretrain.get('steps')} steps) in "
-            f"{pretrain.get('seconds')} s on {pretrain.get('device')}{amp} ({pretrain.get('images_per_s')} images/s); "
+            f"{pretrain.get('seconds')} s on {pretrain.get('machine', pretrain.get('device'))}{amp} "
+            f"({pretrain.get('images_per_s')} images/s); "
             f"on its validation split ({pretrain.get('val_images')} labelled train images held out): "
             f"kNN {100 * pretrain.get('knn_acc', 0):.2f} %, linear probe {100 * pretrain.get('linear_acc', 0):.2f} %."
         )
