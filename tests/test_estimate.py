@@ -87,3 +87,15 @@ def test_a_stage_whose_data_was_never_prepared_has_no_estimate(project):
     assert "unknown until prepare has run once" in format_estimate(est)
     assert "+ 2 unknown" in format_estimate(est)
     assert format_estimate(estimate(project, [])).endswith("nothing to run.")
+
+
+def test_an_estimate_that_fails_warns_and_lets_the_run_go_on(project, monkeypatch, capsys):
+    """The estimate advises: a calibration that breaks must not stop `sslops repro` from running the pipeline."""
+    from sslops import cli
+
+    def broken(*_):
+        raise RuntimeError("no such kernel")
+
+    monkeypatch.setattr("sslops.commands.estimate.estimate", broken)
+    assert cli._advisory_estimate(project, ["pretrain"]) is None
+    assert "warning: no estimate (RuntimeError: no such kernel); running anyway." in capsys.readouterr().err

@@ -18,6 +18,7 @@ from sslops.env import ESTIMATES_ENV, STARTED, TELEMETRY_OFF, TIMINGS_ENV
 from sslops.errors import ServiceUnavailable, SslopsError
 
 if TYPE_CHECKING:
+    from sslops.commands.estimate import Estimate
     from sslops.config import Project
 
 STAGES = ("prepare", "validate", "augment", "pretrain", "register", "finetune", "evaluate")
@@ -153,7 +154,7 @@ def _repro(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from sslops.commands.estimate import estimate, format_actuals, format_estimate
+    from sslops.commands.estimate import format_actuals, format_estimate
     from sslops.config import Project
     from sslops.orchestration import overridden_params, project_lock, stage_env
     from sslops.orchestration.pipeline import stages_to_run
@@ -164,7 +165,7 @@ def _repro(args: argparse.Namespace) -> int:
     with project_lock(project.root, timeout, holder, on_wait=print), overridden_params(project.root, {}, warn=print):
         # no overrides: this only restores params.yaml if a killed flow run left it overridden
         env = stage_env(project.root, None)
-        planned = None if args.dvc_args else estimate(project, stages_to_run(project.root))
+        planned = None if args.dvc_args else _advisory_estimate(project, stages_to_run(project.root))
         if planned is not None:
             print(format_estimate(planned), flush=True)
             env[ESTIMATES_ENV] = json.dumps(planned.seconds())
@@ -176,6 +177,18 @@ def _repro(args: argparse.Namespace) -> int:
     if planned is not None and lines:
         print(format_actuals(planned, {(t := json.loads(line))["stage"]: t["seconds"] for line in lines}))
     return code
+
+
+def _advisory_estimate(project: Project, stages: list[str]) -> Estimate | None:
+    """The estimate `sslops repro` prints, or None with a warning when it cannot be made: it advises, so a failure to
+    estimate (say, a calibration the machine cannot run) never stops the run itself."""
+    from sslops.commands.estimate import estimate
+
+    try:
+        return estimate(project, stages)
+    except Exception as exc:  # noqa: BLE001 - advisory: any failure is reported and the run goes on
+        print(f"sslops repro: warning: no estimate ({type(exc).__name__}: {exc}); running anyway.", file=sys.stderr)
+        return None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -95,7 +95,7 @@ def estimate(project: Project, stages: list[str]) -> Estimate:
         return out
     shape = _input_shape(project)
     started = time.perf_counter()
-    rates = _calibrate(project, shape, tuned, device) if shape else None
+    rates = _calibrate(project, shape, device, (tuned, pick_device(finetune.device))) if shape else None
     out.calibration_s = time.perf_counter() - started
     for stage in stages:
         kind, _, task = stage.partition("@")
@@ -115,8 +115,12 @@ def _input_shape(project: Project) -> tuple[int, int, int] | None:
     return tuple(shape) if shape else None
 
 
-def _calibrate(project: Project, shape: tuple[int, int, int], tuned: Precision, device: torch.device) -> _Rates:
-    """Time the three kinds of work with the configured method, backbone and precisions."""
+def _calibrate(
+    project: Project, shape: tuple[int, int, int], device: torch.device, tuning: tuple[Precision, torch.device]
+) -> _Rates:
+    """Time each kind of work with the configured method, backbone and precisions: pretraining on `device`,
+    fine-tuning in the precision and on the device of `tuning`, the rest (features, probes, kNN) as the stages
+    compute them."""
     import torch
 
     from sslops.ml import calibrate
@@ -132,8 +136,8 @@ def _calibrate(project: Project, shape: tuple[int, int, int], tuned: Precision, 
     batches = {finetune.recipe.batch_size} | {r.batch_size for r in finetune.trials.values()}
     return _Rates(
         pretrain_step=step_seconds(method, schedule(pretrain, 2, warn=lambda _: None), device),
-        finetune_step={b: calibrate.finetune_step(encoder, chw, b, tuned, device) for b in sorted(batches)},
-        forward_image=calibrate.forward_image(encoder.eval(), chw, device),
+        finetune_step={b: calibrate.finetune_step(encoder, chw, b, *tuning) for b in sorted(batches)},
+        forward_image=calibrate.forward_image(encoder.eval(), chw, tuning[1]),
         probe_label_fit=calibrate.probe_label_fit(encoder.feature_dim),
         knn_pair=calibrate.knn_pair(encoder.feature_dim),
     )
