@@ -15,13 +15,12 @@ import argparse
 import json
 import time
 
-import numpy as np
 import torch
 
 from sslops.config import Project
+from sslops.ml.calibrate import finetune_step
 from sslops.ml.device import Precision, cpu_has_native_bf16, cpu_model
 from sslops.ml.models import BackboneConfig, Encoder, resolve_backbone
-from sslops.ml.transfer import Classifier, FinetuneConfig, finetune
 
 SETTINGS = {  # name: (autocast dtype, memory format)
     "fp32 contiguous": (None, torch.contiguous_format),
@@ -32,17 +31,10 @@ SETTINGS = {  # name: (autocast dtype, memory format)
 
 
 def rate(backbone: BackboneConfig, batch: int, steps: int, precision: Precision) -> float:
-    """Images/s of `steps` fine-tuning steps of a fresh model (one untimed step before)."""
+    """Images/s of `steps` fine-tuning steps of a fresh model (`calibrate.finetune_step`: one untimed step first)."""
     torch.manual_seed(0)
-    images = np.random.default_rng(0).integers(0, 256, (4096, 28, 28, 1), dtype=np.uint8)
-    labels = np.arange(len(images)) % 10
-    model = Classifier(Encoder(backbone, [0.29], [0.35]), 10)
-    cfg = FinetuneConfig("adamw", "fresh", 1, 1, batch, 1e-3, 1.0, 1e-4, (0.6, 1.0), 0.5, 0)
-    cpu = torch.device("cpu")
-    finetune(model, images, labels, cfg, cpu, False, precision=precision)
-    cfg = FinetuneConfig("adamw", "fresh", steps, steps, batch, 1e-3, 1.0, 1e-4, (0.6, 1.0), 0.5, 0)
-    stats = finetune(model, images, labels, cfg, cpu, False, precision=precision)
-    return stats["steps"] * batch / stats["seconds"]
+    encoder = Encoder(backbone, [0.29], [0.35])
+    return batch / finetune_step(encoder, (1, 28, 28), batch, precision, torch.device("cpu"), steps=steps)
 
 
 def main() -> None:

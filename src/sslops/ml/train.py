@@ -250,7 +250,7 @@ def step_seconds(method: Method, cfg: TrainConfig, device: torch.device, steps: 
     `sslops estimate`'s calibration. The method's weights move: pass one built for the measurement."""
     c, h, w = method.image_shape
     gen = torch.Generator().manual_seed(0)
-    pair = tuple(torch.randint(0, 256, (cfg.batch_size, c, h, w), dtype=torch.uint8, generator=gen) for _ in "12")
+    pair = tuple(torch.randint(0, 256, (cfg.batch_size, c, h, w), dtype=torch.uint8, generator=gen) for _ in range(2))
     step = _prepare(method, cfg, device, steps_per_epoch=steps + 1)
     timed = []
     with progress_bar(steps, "calibration", "step", enabled=False) as bar:
