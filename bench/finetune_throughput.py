@@ -31,7 +31,8 @@ SETTINGS = {  # name: (autocast dtype, memory format)
 
 
 def rate(backbone: BackboneConfig, batch: int, steps: int, precision: Precision) -> float:
-    """Images/s of `steps` fine-tuning steps of a fresh model (`calibrate.finetune_step`: one untimed step first)."""
+    """Images/s of fine-tuning a fresh model (`calibrate.finetune_step`: the median of three runs of `steps` steps,
+    after an untimed one)."""
     torch.manual_seed(0)
     encoder = Encoder(backbone, [0.29], [0.35])
     return batch / finetune_step(encoder, (1, 28, 28), batch, precision, torch.device("cpu"), steps=steps)

@@ -89,6 +89,20 @@ def test_a_stage_whose_data_was_never_prepared_has_no_estimate(project):
     assert format_estimate(estimate(project, [])).endswith("nothing to run.")
 
 
+def test_the_json_estimate_gives_scripts_the_total_and_what_is_unknown(project, monkeypatch, capsys):
+    """`sslops estimate --all --json` is what CI reads to decide whether `make run` fits its time: every stage, the
+    total in seconds, and the stages it could not estimate (so a script never mistakes unknown for free)."""
+    from sslops import cli
+
+    stages = ["prepare", "pretrain", f"finetune@{TASK}"]
+    monkeypatch.setattr("sslops.orchestration.pipeline.stage_order", lambda root: stages)
+    assert cli.main(["estimate", "--all", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out["stages"]) == stages and out["unknown"] == stages[1:]
+    assert out["total_s"] == out["stages"]["prepare"] == FIXED_S["prepare"]
+    assert out["precision"].keys() == {"pretrain", "finetune"} and out["machine"]
+
+
 def test_an_estimate_that_fails_warns_and_lets_the_run_go_on(project, monkeypatch, capsys):
     """The estimate advises: a calibration that breaks must not stop `sslops repro` from running the pipeline."""
     from sslops import cli

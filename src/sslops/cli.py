@@ -143,7 +143,8 @@ def _estimate(args: argparse.Namespace) -> int:
 
     project = Project.discover()
     stages = stage_order(project.root) if args.all else stages_to_run(project.root)
-    print(format_estimate(estimate(project, stages)))
+    est = estimate(project, stages)
+    print(json.dumps(est.to_dict(), indent=2) if args.json else format_estimate(est))
     return 0
 
 
@@ -229,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     emb.set_defaults(func=_embed)
     est = sub.add_parser("estimate", help="the minutes each stage that `sslops repro` would run takes on this machine")
     est.add_argument("--all", action="store_true", help="every stage, as on a fresh clone, not only the stale ones")
+    est.add_argument("--json", action="store_true", help="machine-readable: seconds per stage and in total")
     est.set_defaults(func=_estimate)
     rep_ = sub.add_parser("repro", help="dvc repro under the project lock that Prefect flow runs take (make run)")
     rep_.add_argument("dvc_args", nargs=argparse.REMAINDER, help="passed on to `dvc repro`")

@@ -70,6 +70,16 @@ class Estimate:
         """{stage address: estimated seconds}: what each stage's MLflow run records beside its actual time."""
         return {s.stage: round(s.seconds, 1) for s in self.stages if s.seconds is not None}
 
+    def to_dict(self) -> dict[str, Any]:
+        """`sslops estimate --json`: for scripts that decide whether a run fits their time (CI's `make run`)."""
+        return {
+            "machine": self.machine,
+            "precision": self.precision,
+            "total_s": round(self.total, 1),
+            "unknown": [s.stage for s in self.stages if s.seconds is None],
+            "stages": {s.stage: None if s.seconds is None else round(s.seconds, 1) for s in self.stages},
+        }
+
 
 @dataclass(frozen=True)
 class _Rates:

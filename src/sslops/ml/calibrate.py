@@ -10,6 +10,7 @@ pixels cost what real ones do: no step branches on the values.
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import replace
 
@@ -35,17 +36,20 @@ def finetune_step(
     batch_size: int,
     precision: Precision,
     device: torch.device,
-    steps: int = 4,
+    steps: int = 3,
+    repeats: int = 3,
 ) -> float:
     """Seconds per step of `transfer.finetune` (augmentation, forward, backward, AdamW) at `batch_size` on images
-    of `shape`, after one untimed step that pays for first-call allocations."""
+    of `shape`: the median of `repeats` short runs of `steps` steps, after an untimed run that pays for first-call
+    allocations. The median, because the first timings on a CPU that was idle come out up to a fifth slower."""
     images = random_images(2 * batch_size, shape)
     labels = np.arange(len(images)) % 10
-    cfg = FinetuneConfig("adamw", "fresh", 1, 1, batch_size, 1e-3, 1.0, 1e-4, (0.6, 1.0), 0.5, 0)
+    cfg = FinetuneConfig("adamw", "fresh", 1, 2, batch_size, 1e-3, 1.0, 1e-4, (0.6, 1.0), 0.5, 0)
     model = Classifier(encoder.untrained_copy(), 10)
     finetune(model, images, labels, cfg, device, False, precision=precision)
     cfg = replace(cfg, epochs=steps, max_steps=steps)
-    return finetune(model, images, labels, cfg, device, False, precision=precision)["seconds"] / steps
+    runs = [finetune(model, images, labels, cfg, device, False, precision=precision) for _ in range(repeats)]
+    return statistics.median(run["seconds"] for run in runs) / steps
 
 
 def forward_image(encoder: Encoder, shape: tuple[int, int, int], device: torch.device, n: int = 2048) -> float:

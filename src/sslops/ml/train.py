@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -244,20 +245,21 @@ def pretrain(
     return history
 
 
-def step_seconds(method: Method, cfg: TrainConfig, device: torch.device, steps: int = 3) -> float:
+def step_seconds(method: Method, cfg: TrainConfig, device: torch.device, steps: int = 5) -> float:
     """Seconds per optimisation step of `method` under `cfg` (its global batch in one process, its precision and
-    layout) on random views, after one untimed step that pays for first-call allocations: the pretraining part of
-    `sslops estimate`'s calibration. The method's weights move: pass one built for the measurement."""
+    layout) on random views: the median of `steps` steps timed one by one, after two untimed ones that pay for
+    first-call allocations (the median, as the first steps on a CPU that was idle run up to a fifth slower). The
+    pretraining part of `sslops estimate`'s calibration. The method's weights move: pass one built for it."""
     c, h, w = method.image_shape
     gen = torch.Generator().manual_seed(0)
     pair = tuple(torch.randint(0, 256, (cfg.batch_size, c, h, w), dtype=torch.uint8, generator=gen) for _ in range(2))
-    step = _prepare(method, cfg, device, steps_per_epoch=steps + 1)
+    step = _prepare(method, cfg, device, steps_per_epoch=steps + 2)
     timed = []
     with progress_bar(steps, "calibration", "step", enabled=False) as bar:
-        for count in (1, steps):
+        for count in [2] + [1] * steps:
             started = time.perf_counter()
             train_one_epoch(step, iter([pair] * count), cfg, device, 0, bar)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             timed.append(time.perf_counter() - started)
-    return timed[1] / steps
+    return statistics.median(timed[1:])
