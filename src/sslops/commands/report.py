@@ -62,8 +62,19 @@ def _cell(value: float, std: float, draws: int, signed: bool = False) -> str:
     return f"{text} ± {100 * std:.2f}" if draws > 1 else text
 
 
-def results_markdown(project: Project) -> str:
-    """The model, then one table per task (params.yaml order), then pretraining and registry figures."""
+def kind_of(machine: str) -> str:
+    """What the README says of a recorded machine: its class ("a CPU with avx512_bf16"), not its model name, which
+    the metrics files keep; a GPU's name as recorded. A CPU is `name (family F model M, unit)` (`device.cpu_model`)."""
+    if not machine.endswith(")"):
+        return machine
+    unit = machine.rpartition("(")[2].rstrip(")").split(",")[-1].strip()
+    return "a CPU" if unit.startswith("family") else f"a CPU with {unit}"
+
+
+def results_markdown(project: Project, readme: bool = False) -> str:
+    """The model, then one table per task (params.yaml order), then pretraining and registry figures. `readme`: the
+    README's version, which names each machine by its class and leaves run ids to `sslops lineage`."""
+    where = kind_of if readme else str
     tables, models = [], []
     for task in project.config("tasks").names():
         path = project.outputs(task).evaluate / "results.json"
@@ -75,7 +86,7 @@ def results_markdown(project: Project) -> str:
         tables += [f"**Task `{task}`**: test accuracy on its full test split", "", table, ""]
         finetuned = _metrics(project, f"tasks/{task}/finetune")
         if "machine" in finetuned:  # results travel: each table says where and in what precision it was computed
-            tables += [f"Fine-tuned on {finetuned['machine']}, precision {finetuned['amp']}.", ""]
+            tables += [f"Fine-tuned on {where(finetuned['machine'])}, precision {finetuned['amp']}.", ""]
     model = models[0]
     if any((m["name"], m["version"]) != (model["name"], model["version"]) for m in models):
         tasks = project.config("tasks").names()
@@ -85,17 +96,17 @@ def results_markdown(project: Project) -> str:
     register = _metrics(project, "register")
     # The version's own tag: the run that first trained these weights (a later rerun that trained them again bit for
     # bit, as metrics/register.json's pretrain_run_id may name, reuses the version).
-    first_run = model["pretrain_run_id"]
-    lines = [
-        f"Model `{model['name']}` version {model['version']} (weights first trained by pretrain run `{first_run}`).",
-        "",
-        *tables,
-    ]
+    origin = (
+        "`sslops lineage` traces it"
+        if readme
+        else f"weights first trained by pretrain run `{model['pretrain_run_id']}`"
+    )
+    lines = [f"Model `{model['name']}` version {model['version']} ({origin}).", "", *tables]
     if pretrain:
         amp = f", {pretrain['amp']} autocast" if pretrain.get("amp", "off") != "off" else ""
         lines.append(
             f"Pretraining: {pretrain.get('epochs')} epochs ({pretrain.get('steps')} steps) in "
-            f"{pretrain.get('seconds')} s on {pretrain.get('machine', pretrain.get('device'))}{amp} "
+            f"{pretrain.get('seconds')} s on {where(pretrain.get('machine', pretrain.get('device')))}{amp} "
             f"({pretrain.get('images_per_s')} images/s); "
             f"on its validation split ({pretrain.get('val_images')} labelled train images held out): "
             f"kNN {100 * pretrain.get('knn_acc', 0):.2f} %, linear probe {100 * pretrain.get('linear_acc', 0):.2f} %."
@@ -169,5 +180,5 @@ def print_report(project: Project, update_readme: bool = False) -> str:
     (which the README has in a section of its own)."""
     text = results_markdown(project)
     if update_readme:
-        replace_section(project.root / "README.md", BEGIN, END, text)
+        replace_section(project.root / "README.md", BEGIN, END, results_markdown(project, readme=True))
     return f"{text}\n\n{seeds_section(project)}"
