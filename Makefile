@@ -26,8 +26,17 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 .PHONY: help setup data run test test-fast test-stack lint format ui prefect-server serve deploy stack stack-down \
 	stack-status clean
 
-help:  ## list the commands
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
+.DEFAULT_GOAL := help
+
+##@ Run the pipeline
+run: setup  ## run the pipeline on the default data, print the results
+	sslops repro
+	sslops report
+
+setup: $(STAMP) data  ## create .venv (pip, locked versions) and get the data
+
+data: $(STAMP)  ## make data/ match data.dvc (DVC cache, remote, or fetch)
+	@bash scripts/setup_data.sh
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -35,55 +44,54 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,stack]'
 	touch $@
 
-setup: $(STAMP) data  ## create .venv (pip, locked versions) and get the default data
+clean:  ## remove artifacts/ (metrics/ and plots/ are in git)
+	rm -rf artifacts
 
-data: $(STAMP)  ## make data/ match data.dvc (local cache, DVC remote, or Fashion-MNIST + scikit-learn digits, verified)
-	@bash scripts/setup_data.sh
-
-run: setup  ## run the pipeline on the default data (dvc repro under the project lock), then print the results table
-	sslops repro
-	sslops report
-
-test: setup  ## run the whole test suite, end-to-end tests included (the team stack's: make test-stack)
-	pytest -m "not stack" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
-
-test-stack: setup  ## the team setup: the stack (two clones, a worker, faults, the UIs in Chromium), a served deployment, two nodes (needs Debian's postgresql, chromium)
-	pytest -m stack
-
-test-fast: $(STAMP)  ## unit tests only: no real MLflow, GX, DVC or Prefect (under 2 minutes)
-	pytest -m "not integration and not slow"
-
-lint: $(STAMP)  ## ruff: lint and format check (pyproject.toml, line length 120)
-	ruff check .
-	ruff format --check .
-
-format: $(STAMP)  ## ruff: fix what can be fixed and format the tree
-	ruff check --fix .
-	ruff format .
-
-ui: $(STAMP)  ## open the MLflow UI on http://$(HOST):$(MLFLOW_PORT)
+##@ See the results
+ui: $(STAMP)  ## the MLflow UI on http://$(HOST):$(MLFLOW_PORT)
 	@echo "the runs: http://$(HOST):$(MLFLOW_PORT)/#/experiments/1/runs?workflowType=machine_learning"
 	mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow/mlflow.db" --host $(HOST) --port $(MLFLOW_PORT)
 
-prefect-server: $(STAMP)  ## start a local Prefect server and UI on http://$(HOST):$(PREFECT_PORT) (SQLite in .prefect/)
+prefect-server: $(STAMP)  ## a local Prefect server and UI on http://$(HOST):$(PREFECT_PORT)
 	# The UI finds its API through these settings, not through --port: without them it calls port 4200.
 	PREFECT_HOME="$(CURDIR)/.prefect" PREFECT_SERVER_API_HOST=$(HOST) PREFECT_SERVER_API_PORT=$(PREFECT_PORT) \
 	PREFECT_UI_API_URL="http://$(HOST):$(PREFECT_PORT)/api" prefect server start --host $(HOST) --port $(PREFECT_PORT)
 
-serve: setup  ## serve the Prefect deployment ssl-pipeline/scheduled (schedule: flow.cron in params.yaml)
+serve: setup  ## serve the scheduled deployment (flow.cron in params.yaml)
 	PREFECT_API_URL="$${PREFECT_API_URL:-http://$(HOST):$(PREFECT_PORT)/api}" python flows/ssl_pipeline.py
 
-deploy: setup  ## register deployment ssl-pipeline/pool on work pool flow.work_pool (for its workers; see make stack)
+deploy: setup  ## register the deployment for the work pool's workers
 	python flows/ssl_pipeline.py deploy
 
-stack: $(STAMP)  ## start the team stack on this machine: PostgreSQL, MLflow (auth), Prefect (auth, pool, worker), DVC remote
+##@ Team stack (docs/deployment.md)
+stack: $(STAMP)  ## PostgreSQL, MLflow, Prefect, a DVC remote for a team
 	python scripts/stack.py up
 
-stack-down:  ## stop the team stack's processes, or only SERVICES="mlflow ..." (its data stays in .stack/)
+stack-down:  ## stop it, or only SERVICES="mlflow ..." (data stays)
 	python scripts/stack.py down $(SERVICES)
 
 stack-status:  ## which parts of the team stack are running
 	python scripts/stack.py status
 
-clean:  ## remove stage outputs (`dvc checkout` restores artifacts from the DVC cache, `git checkout metrics` the metrics)
-	rm -rf artifacts metrics
+##@ Development
+test: setup  ## every test but the team stack's (end-to-end included)
+	pytest -m "not stack" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
+test-fast: $(STAMP)  ## unit tests only: no real MLflow, GX, DVC or Prefect
+	pytest -m "not integration and not slow"
+
+test-stack: setup  ## the team stack's tests (Debian's postgresql, chromium)
+	pytest -m stack
+
+lint: $(STAMP)  ## ruff: lint and format check
+	ruff check .
+	ruff format --check .
+
+format: $(STAMP)  ## ruff: fix what it can and format the tree
+	ruff check --fix .
+	ruff format .
+
+help:  ## this list
+	@awk 'BEGIN {FS = ":.*## "} /^##@ / {printf "\n%s\n", substr($$0, 5)} \
+		/^[a-z-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST) \
+		| sed -e 's/$$(HOST)/$(HOST)/g' -e 's/$$(MLFLOW_PORT)/$(MLFLOW_PORT)/g' -e 's/$$(PREFECT_PORT)/$(PREFECT_PORT)/g'
