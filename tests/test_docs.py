@@ -90,3 +90,60 @@ def test_the_reliability_count_is_the_tables() -> None:
     assert [int(r) for r in rows] == list(range(1, len(rows) + 1))
     counted = re.search(r"Count: (\d+) faults and bad inputs tried \(the rows above\); (\d+) end", text)
     assert counted and int(counted.group(1)) == int(counted.group(2)) == len(rows)
+
+
+def test_the_generated_references_are_current() -> None:
+    """docs/configuration.md and docs/cli.md are what `sslops docs` makes of today's params.yaml, schema, dvc.yaml
+    and argument parser: a new key, a changed default or a new option without `sslops docs` fails here."""
+    from sslops.cli import build_parser
+    from sslops.commands.docs import CLI, CONFIGURATION, cli_markdown, configuration_markdown
+    from sslops.config import Project
+
+    assert (REPO / CONFIGURATION).read_text() == configuration_markdown(Project(REPO)), "run `sslops docs`"
+    assert (REPO / CLI).read_text() == cli_markdown(build_parser()), "run `sslops docs`"
+
+
+def test_every_params_key_is_in_the_configuration_reference() -> None:
+    import yaml
+
+    from sslops.config import flatten
+
+    text = (REPO / "docs" / "configuration.md").read_text()
+    keys = flatten(yaml.safe_load((REPO / "params.yaml").read_text()))
+    # mappings of names (profiles, trials, the search's choices) are one row each: their entries are named by the user
+    named = ("pretrain.profiles.", "finetune.trials.", "finetune.chosen.", "finetune.headline.")
+    missing = [k for k in keys if f"| `{k}` |" not in text and not k.startswith(named)]
+    assert not missing and all(f"| `{k.rstrip('.')}` |" in text for k in named)
+
+
+def test_types_ranges_and_comments_are_read_as_written() -> None:
+    from typing import Annotated, Literal
+
+    from pydantic import Field
+
+    from sslops.commands.docs import _depends, yaml_comments
+    from sslops.config.reference import describe
+    from sslops.config.schema import Budget, NonNegativeInt, Probability
+
+    assert describe(Probability) == "float in [0, 1]"
+    assert describe(Annotated[float, Field(gt=0, lt=1)]) == "float in (0, 1)"
+    assert describe(NonNegativeInt | None) == "int ≥ 0 or null"
+    assert describe(Literal["auto", 1, 3]) == '"auto" | 1 | 3'
+    assert describe(tuple[Probability, Probability]) == "[float in [0, 1], float in [0, 1]]"
+    assert describe(list[Budget]) == "list of a fraction in (0, 1] or `N/class`"
+    text = "a:   # first\n  b: 1  # one\n      # and more\n  c: 2\n# top\nd: 3\n"
+    assert yaml_comments(text) == {"a": "first", "a.b": "one and more"}
+    assert _depends("tasks.digits.budgets", "tasks.${key}.budgets") and _depends("tasks", "tasks.${key}.root")
+    assert _depends("prepare.root", "prepare") and not _depends("prepare.root", "prepare.classes")
+
+
+def test_docs_check_names_a_stale_page_and_writes_nothing(tmp_path: Path) -> None:
+    from sslops.commands.docs import write_or_check
+
+    page = Path("docs") / "x.md"
+    (tmp_path / "docs").mkdir()
+    (tmp_path / page).write_text("old\n")
+    assert write_or_check(tmp_path, {page: "new\n"}, check=True) == [page]
+    assert (tmp_path / page).read_text() == "old\n"
+    assert write_or_check(tmp_path, {page: "new\n"}, check=False) == [page]
+    assert (tmp_path / page).read_text() == "new\n" and write_or_check(tmp_path, {page: "new\n"}, check=True) == []

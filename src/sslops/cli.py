@@ -148,6 +148,18 @@ def _estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _docs(args: argparse.Namespace) -> int:
+    from sslops.commands.docs import CLI, CONFIGURATION, cli_markdown, configuration_markdown, write_or_check
+    from sslops.config import Project
+
+    project = Project.discover()
+    pages = {CONFIGURATION: configuration_markdown(project), CLI: cli_markdown(build_parser())}
+    stale = write_or_check(project.root, pages, check=args.check)
+    for path in stale:
+        print(f"{path}: {'stale: run `sslops docs`' if args.check else 'written'}")
+    return 1 if stale and args.check else 0
+
+
 def _repro(args: argparse.Namespace) -> int:
     """`dvc repro` under the project lock that flow runs take, so `make run` and a Prefect run never interleave;
     a plain `sslops repro` first says what each stage that will run costs here, and after it what each one took."""
@@ -235,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep_ = sub.add_parser("repro", help="dvc repro under the project lock that Prefect flow runs take (make run)")
     rep_.add_argument("dvc_args", nargs=argparse.REMAINDER, help="passed on to `dvc repro`")
     rep_.set_defaults(func=_repro)
+    doc = sub.add_parser("docs", help="write docs/configuration.md and docs/cli.md from params.yaml, schema, parser")
+    doc.add_argument("--check", action="store_true", help="write nothing; exit 1 if either page is stale")
+    doc.set_defaults(func=_docs)
     rep = sub.add_parser("report", help="print one results table per downstream task (their last evaluate runs)")
     rep.add_argument("--readme", action="store_true", help="also rewrite the results section of README.md")
     rep.set_defaults(func=_report)

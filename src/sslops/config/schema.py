@@ -95,7 +95,7 @@ class ResizeKnobs(Section):
     """`prepare.resize`: how images of other sizes are brought to one (`sslops.data.resize`)."""
 
     side: PositiveInt | None  # null: keep one shared size; a mix of sizes gets the median shorter side
-    mode: Literal["crop", "pad"]
+    mode: Literal["crop", "pad"]  # crop: shorter side to `side`, centre crop; pad: longer side to `side`, black borders
 
 
 class PrepareParams(Section):
@@ -130,10 +130,10 @@ class PrepareParams(Section):
 class TaskParams(Section):
     """`tasks.<name>`: one labelled downstream task, prepared to the encoder's input (size, channels)."""
 
-    format: Format
-    root: Annotated[str, Field(min_length=1)]
-    classes: list[Name]
-    budgets: Annotated[list[Budget], Field(min_length=1)]
+    format: Format  # how the task's files are laid out, as `prepare.format`
+    root: Annotated[str, Field(min_length=1)]  # the task's folder inside the project's data/
+    classes: list[Name]  # class names in label order; empty: taken from the data
+    budgets: Annotated[list[Budget], Field(min_length=1)]  # fractions of the labelled train split, or N/class
 
     _root = field_validator("root")(_inside_project)
 
@@ -164,12 +164,12 @@ class TasksParams(RootModel[Annotated[dict[TaskName, TaskParams], Field(min_leng
 
 class ValidateParams(Section):
     splits: Annotated[list[Literal["train", "test", "unlabeled"]], Field(min_length=1)]
-    min_rows: NonNegativeInt
-    max_rows: PositiveInt
+    min_rows: NonNegativeInt  # fewest images the dataset may hold
+    max_rows: PositiveInt  # most images the dataset may hold
     min_class_share: Probability
     max_duplicate_share: Probability
     max_blank_share: Probability
-    blank_std: NonNegativeFloat
+    blank_std: NonNegativeFloat  # pixel standard deviation below which an image counts as blank
     max_leaked_test: NonNegativeInt
     examples: NonNegativeInt
 
@@ -184,22 +184,22 @@ class AugmentParams(Section):
     """`augment:` the cache's shape (views, seed, shard_size) and the augmentation recipe (the core's AugmentConfig)."""
 
     views: NonNegativeInt
-    seed: NonNegativeInt
+    seed: NonNegativeInt  # view k of shard s is a function of (seed, s, k): a rebuild is byte-identical
     shard_size: PositiveInt
     disk_budget_gb: PositiveFloat  # the most the cache may take; the disk's free space caps it too
     over_budget: Literal["fewer_views", "on_the_fly", "refuse"]
     size: PositiveInt | None
-    crop_scale: tuple[Probability, Probability]
-    crop_ratio: Range
-    flip_p: Probability
-    jitter_p: Probability
-    brightness: NonNegativeFloat
-    contrast: NonNegativeFloat
+    crop_scale: tuple[Probability, Probability]  # random resized crop: share of the image's area
+    crop_ratio: Range  # random resized crop: aspect ratio range
+    flip_p: Probability  # probability of a horizontal flip
+    jitter_p: Probability  # probability of colour jitter
+    brightness: NonNegativeFloat  # colour jitter: brightness factor range, 1 ± this
+    contrast: NonNegativeFloat  # colour jitter: contrast factor range, 1 ± this
     saturation: NonNegativeFloat
     hue: Annotated[float, Field(ge=0, le=0.5)]
     grayscale_p: Probability
-    blur_p: Probability
-    blur_sigma: Range
+    blur_p: Probability  # probability of a Gaussian blur
+    blur_sigma: Range  # Gaussian blur: sigma range in px
     rotation: Annotated[float, Field(ge=0, le=180)]
 
     @model_validator(mode="after")
@@ -304,21 +304,21 @@ class JigsawKnobs(Section):
 
 class BackboneKnobs(Section):
     name: Literal["auto", "small_cnn", "resnet18", "resnet34", "resnet50"]  # auto: by image size (resolve_backbone)
-    width: PositiveInt
-    stem_width: PositiveInt | None
-    pool: PositiveInt
-    small_stem: StrictBool
+    width: PositiveInt  # small_cnn: channels after the stem (then 2x, 4x, 8x)
+    stem_width: PositiveInt | None  # small_cnn: channels of the first conv; null: width
+    pool: PositiveInt  # small_cnn: the last feature map pooled to pool x pool cells (1: global)
+    small_stem: StrictBool  # ResNets: 3x3 stem without max-pool, for images up to ~32 px
 
 
 class MonitorKnn(Section):
-    k: PositiveInt
-    temperature: PositiveFloat
-    monitor_bank_size: PositiveInt | None
+    k: PositiveInt  # neighbours of the monitor's weighted kNN
+    temperature: PositiveFloat  # temperature of its similarity weights
+    monitor_bank_size: PositiveInt | None  # bank of intermediate epochs; the last uses every other labelled image
 
 
 class MonitorProbe(Section):
-    weight_decay: NonNegativeFloat
-    iterations: PositiveInt
+    weight_decay: NonNegativeFloat  # L2 penalty of the last epoch's linear probe
+    iterations: PositiveInt  # its L-BFGS iterations
 
 
 class PretrainParams(Section):
@@ -343,16 +343,16 @@ class PretrainParams(Section):
     batch_size: PositiveInt
     optimizer: Literal["lars", "sgd", "adamw"]
     base_lr: PositiveFloat
-    weight_decay: NonNegativeFloat
-    momentum: Annotated[float, Field(ge=0, lt=1)]
+    weight_decay: NonNegativeFloat  # L2 penalty of the optimiser
+    momentum: Annotated[float, Field(ge=0, lt=1)]  # momentum of LARS and SGD
     warmup_fraction: Annotated[float, Field(ge=0, lt=1)]  # of all steps
-    final_lr_fraction: Probability
+    final_lr_fraction: Probability  # the cosine schedule ends at base LR times this
     amp: Literal["auto", "bf16", "fp16", "off"]
-    channels_last: StrictBool | Literal["auto"]
-    compile: StrictBool
+    channels_last: StrictBool | Literal["auto"]  # auto: on CPU and CUDA (faster convolutions)
+    compile: StrictBool  # torch.compile the model (did not pay on CPU: docs/benchmarks.md)
     device: Device
     threads: PositiveInt | None
-    seed: NonNegativeInt
+    seed: NonNegativeInt  # initial weights and the order of the images
     val_fraction: Annotated[float, Field(gt=0, lt=1)]  # of labelled train, for the monitor and promotion metric
     val_seed: NonNegativeInt  # the split's own seed: another pretraining seed is still scored on the same images
     knn: MonitorKnn
@@ -380,8 +380,8 @@ class RegisterParams(Section):
 
 
 class ProbeSearch(Section):
-    weight_decays: Annotated[list[NonNegativeFloat], Field(min_length=1)]
-    iterations: PositiveInt
+    weight_decays: Annotated[list[NonNegativeFloat], Field(min_length=1)]  # L2 penalties, one chosen on held-out labels
+    iterations: PositiveInt  # L-BFGS iterations of each probe fit
 
 
 class Recipe(Section):
@@ -389,14 +389,14 @@ class Recipe(Section):
 
     optimizer: Literal["sgd", "adamw"]
     head: Literal["probe", "fresh"]
-    epochs: PositiveInt
+    epochs: PositiveInt  # passes over the labelled subset (capped by max_steps)
     max_steps: PositiveInt
-    batch_size: PositiveInt
+    batch_size: PositiveInt  # labelled images per step
     lr: PositiveFloat
     backbone_lr_scale: NonNegativeFloat
-    weight_decay: NonNegativeFloat
+    weight_decay: NonNegativeFloat  # AdamW's or SGD's weight decay
     crop_scale: tuple[Probability, Probability]
-    flip_p: Probability
+    flip_p: Probability  # probability of a horizontal flip while fine-tuning
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:
@@ -446,9 +446,9 @@ class FinetuneParams(Section):
     """`finetune:` the transfer protocols, shared by every task; each task names its own label budgets."""
 
     model: Name | NonNegativeInt  # `candidate` (the version in metrics/register.json), another alias, or a number
-    seed: NonNegativeInt
+    seed: NonNegativeInt  # label draws and initial weights: draw d uses seed + d
     draws: PositiveInt  # label subsets per budget below 100 % (seeds seed, seed + 1, ...)
-    device: Device
+    device: Device  # auto: cuda, then mps, then cpu
     amp: Literal["auto", "bf16", "fp16", "off"]  # the fine-tuning steps' autocast, resolved as pretrain.amp
     channels_last: StrictBool | Literal["auto"]
     probe: ProbeSearch
@@ -524,16 +524,16 @@ class FinetuneParams(Section):
 
 
 class KnnClassifier(Section):
-    k: PositiveInt
-    temperature: PositiveFloat
+    k: PositiveInt  # neighbours of the weighted kNN classifier
+    temperature: PositiveFloat  # temperature of the kNN's similarity weights
 
 
 class EvaluateParams(Section):
-    seed: NonNegativeInt
-    device: Device
+    seed: NonNegativeInt  # the t-SNE maps' seed
+    device: Device  # auto: cuda, then mps, then cpu
     knn: KnnClassifier
     map_points: Annotated[StrictInt, Field(ge=2)]
-    perplexity: PositiveFloat
+    perplexity: PositiveFloat  # t-SNE's perplexity
 
 
 class FlowParams(Section):
@@ -543,7 +543,7 @@ class FlowParams(Section):
     work_pool: Name
     timezone: Name
     retries: NonNegativeInt
-    retry_delay_s: NonNegativeFloat
+    retry_delay_s: NonNegativeFloat  # seconds between a failed stage and its retry
     lock_timeout_s: NonNegativeFloat
     mlflow_ui: Name
 
