@@ -148,6 +148,56 @@ def _estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _init(args: argparse.Namespace) -> int:
+    import shutil
+    from pathlib import Path
+
+    from sslops.commands.estimate import pretrain_estimate
+    from sslops.commands.init import data_folder, describe, fit_budget, propose
+    from sslops.config import Project
+    from sslops.data.survey import survey
+    from sslops.ml.models import BackboneConfig, resolve_backbone
+    from sslops.orchestration import project_lock
+    from sslops.orchestration.overrides import write_params
+    from sslops.orchestration.runner import run_dvc, stage_env
+
+    project = Project.discover()
+    root = data_folder(project, Path(args.path))
+    prepare, pretrain = project.config("prepare"), project.config("pretrain")
+    here = Path(os.path.relpath(project.root / root))  # what a person typed, in every message about a file
+    found = survey(here, prepare.unlabeled_dir, prepare.max_pixels)
+    proposal = propose(project, found, root, args.replace_tasks, args.side)
+    height, width = (proposal.side, proposal.side) if proposal.side else found.sizes[0]
+    backbone = resolve_backbone(
+        pretrain.backbone.to_core(BackboneConfig, in_channels=proposal.channels), min(height, width)
+    )
+    images = found.labelled + found.unlabeled
+    cost = pretrain_estimate(project, (height, width, proposal.channels), images, found.labelled)
+    pretraining = fit_budget(proposal, pretrain.images, cost.seconds, pretrain.batch_size, pretrain.min_steps)
+    pretraining += f" ({cost.work} at the full budget)"
+    name = backbone.name + (
+        " (standard stem)" if backbone.name.startswith("resnet") and not backbone.small_stem else ""
+    )
+    print(describe(found, proposal, name, pretraining), flush=True)
+    if args.dry_run:
+        print("dry run: nothing written.")
+        return 0
+    holder = f"sslops init (pid {os.getpid()})"
+    with project_lock(project.root, project.config("flow").lock_timeout_s, holder, on_wait=print):
+        write_params(project.params_file, proposal.updates, proposal.deletions)
+        for task in proposal.removed_tasks:  # the outputs of tasks that are gone, so no table shows them again
+            for folder in ("artifacts", "metrics", "plots"):
+                shutil.rmtree(project.root / folder / "tasks" / task, ignore_errors=True)
+        sections = dict.fromkeys(key.split(".")[0] for key in [*proposal.updates, *proposal.deletions])
+        print(f"written: params.yaml ({', '.join(sections)})")
+        code, tail = run_dvc(project.root, ["add", "-q", "data"], stage_env(project.root, None), lambda _: None)
+        if code != 0:
+            raise SslopsError("dvc add data failed:\n" + "\n".join(tail[-10:]))
+    print("dvc add data: data.dvc updated")
+    print(f"next: git add data.dvc params.yaml && git commit -m 'Add {proposal.task}', then make run")
+    return 0
+
+
 def _docs(args: argparse.Namespace) -> int:
     from sslops.commands.docs import CLI, CONFIGURATION, cli_markdown, configuration_markdown, write_or_check
     from sslops.config import Project
@@ -247,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep_ = sub.add_parser("repro", help="dvc repro under the project lock that Prefect flow runs take (make run)")
     rep_.add_argument("dvc_args", nargs=argparse.REMAINDER, help="passed on to `dvc repro`")
     rep_.set_defaults(func=_repro)
+    ini = sub.add_parser("init", help="survey a folder of your images under data/, write params for it, dvc add")
+    ini.add_argument("path", help="the folder, inside data/ (train/<class>/, test/<class>/, optional unlabeled/)")
+    ini.add_argument("--replace-tasks", action="store_true", help="make its task the only one (default: add it)")
+    ini.add_argument("--side", type=int, metavar="PX", help="resize every image to PX x PX (default: the median side)")
+    ini.add_argument("--dry-run", action="store_true", help="print the survey and the proposal; write nothing")
+    ini.set_defaults(func=_init)
     doc = sub.add_parser("docs", help="write docs/configuration.md and docs/cli.md from params.yaml, schema, parser")
     doc.add_argument("--check", action="store_true", help="write nothing; exit 1 if either page is stale")
     doc.set_defaults(func=_docs)

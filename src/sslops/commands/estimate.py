@@ -185,23 +185,40 @@ def _pretrain_images(project: Project) -> int | None:
 
 
 def _pretrain(project: Project, rates: _Rates) -> tuple[float | None, str]:
+    """The pretrain stage's counted work, for the data sizes the last prepare recorded."""
+    images, prepared = _pretrain_images(project), _metrics(project, None, "prepare")
+    if images is None or not prepared:
+        return None, "unknown until prepare has run once"
+    return _pretrain_work(project, rates, images, prepared["images_train"])
+
+
+def _pretrain_work(project: Project, rates: _Rates, images: int, labelled: int) -> tuple[float, str]:
     """Optimiser steps, and the monitor after each epoch: the validation queries and a bank through the encoder and
     the kNN between them; after the last, all other train images as the bank, and one linear probe fit on them."""
     from sslops.ml.train import epochs_for
 
-    cfg, images = project.config("pretrain"), _pretrain_images(project)
-    prepared = _metrics(project, None, "prepare")
-    if images is None or not prepared:
-        return None, "unknown until prepare has run once"
+    cfg = project.config("pretrain")
     steps_per_epoch = max(1, images // cfg.batch_size)
     epochs = epochs_for(cfg.images, cfg.batch_size, steps_per_epoch)
-    labelled = prepared["images_train"]
     val = round(cfg.val_fraction * labelled)
-    bank, last_bank = min(cfg.knn.monitor_bank_size, labelled - val), labelled - val
+    last_bank = labelled - val
+    bank = min(cfg.knn.monitor_bank_size or last_bank, last_bank)  # null: every other labelled image
     seconds = epochs * steps_per_epoch * rates.pretrain_step
     seconds += ((epochs - 1) * (val + bank) + labelled) * rates.forward_image
     seconds += ((epochs - 1) * bank + last_bank) * val * rates.knn_pair + last_bank * rates.probe_label_fit
     return seconds, f"{epochs * steps_per_epoch:,} steps of {rates.pretrain_step:.3f} s"
+
+
+def pretrain_estimate(project: Project, shape: tuple[int, int, int], images: int, labelled: int) -> StageCost:
+    """The pretrain stage's cost on this machine for data not prepared yet (`sslops init`): `images` of `shape`
+    (H, W, C), `labelled` of them with labels, calibrated as `estimate` does."""
+    from sslops.ml.device import Precision, pick_device
+
+    pretrain, finetune = project.config("pretrain"), project.config("finetune")
+    tuning = Precision.resolve(finetune.amp, finetune.channels_last, pick_device(finetune.device))
+    rates = _calibrate(project, shape, pick_device(pretrain.device), (tuning, pick_device(finetune.device)))
+    seconds, work = _pretrain_work(project, rates, images, labelled)
+    return StageCost("pretrain", seconds + FIXED_S["pretrain"], work)
 
 
 def _subsets(project: Project, task: str, sizes: dict[str, Any]) -> list[tuple[str, int, int]]:

@@ -13,15 +13,17 @@ stages' YAML 1.1 reader (PyYAML) loads as a bool.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from sslops.config import flatten
 from sslops.config.validation import parse_section
 from sslops.errors import SslopsError
+from sslops.outputs.atomic import atomic_file
 
 PARAMS_FILE = "params.yaml"
 BACKUP_DIR = Path(".dvc") / "tmp" / "sslops-params-backup"  # .dvc/tmp is DVC's own git-ignored scratch
@@ -66,6 +68,62 @@ def _apply(path: Path, overrides: Mapping[str, Any]) -> None:
         round_trip.dump(data, fh)
 
 
+def write_params(path: Path, updates: Mapping[str, Any], deletions: Sequence[str] = ()) -> None:
+    """Set dotted keys in params.yaml (a key may be new when its parent mapping exists: a new task) and delete
+    others, keeping comments, key order and `null`s elsewhere; the result must validate as the stages would
+    validate it, or nothing is written. `sslops init` writes its proposal with this."""
+    import yaml
+    from ruamel.yaml import YAML
+
+    round_trip = YAML(typ="rt")
+    round_trip.default_flow_style = False
+    round_trip.preserve_quotes = True  # `cron: "0 2 * * *"` stays quoted
+    round_trip.width = 4096  # no rewrapping (a flow mapping written over two lines becomes one)
+    round_trip.representer.add_representer(  # `null` written out, as people write it
+        type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
+    data = round_trip.load(path.read_text(encoding="utf-8"))
+    for key in [*updates, *deletions]:
+        *parents, leaf = key.split(".")
+        node = _node(data, parents)
+        if key in updates:
+            node[leaf] = _flow_lists(_quoted(updates[key]))
+            continue
+        del node[leaf]
+        if not node and parents:  # ruamel writes an emptied block mapping as a stray `{}`: make it a flow one
+            from ruamel.yaml.comments import CommentedMap
+
+            empty = CommentedMap()
+            empty.fa.set_flow_style()
+            _node(data, parents[:-1])[parents[-1]] = empty
+    text = io.StringIO()
+    round_trip.dump(data, text)
+    params = yaml.safe_load(text.getvalue())
+    for section in sorted({key.split(".")[0] for key in [*updates, *deletions]}):
+        parse_section(section, params[section], path.name)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text.getvalue(), encoding="utf-8")
+
+
+def _flow_lists(value: Any) -> Any:
+    """Lists written on one line, `[a, b]`, as params.yaml writes them."""
+    from ruamel.yaml.comments import CommentedSeq
+
+    if isinstance(value, dict):
+        return {key: _flow_lists(item) for key, item in value.items()}
+    if isinstance(value, list):
+        seq = CommentedSeq(_flow_lists(item) for item in value)
+        seq.fa.set_flow_style()
+        return seq
+    return value
+
+
+def _node(tree: Any, path: list[str]) -> Any:
+    for part in path:
+        tree = tree[part]
+    return tree
+
+
 def _set_keys(tree: Any, overrides: Mapping[str, Any], path: Path, convert: Callable[[Any], Any]) -> None:
     """Set each dotted key of `overrides` in the loaded YAML `tree` (the key must exist, down to list indices)."""
     for key, value in flatten(dict(overrides)).items():
@@ -96,6 +154,8 @@ def _quoted(value: Any) -> Any:
         return DoubleQuotedScalarString(value)
     if isinstance(value, list):
         return [_quoted(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _quoted(item) for key, item in value.items()}
     return value
 
 
