@@ -147,3 +147,15 @@ def test_docs_check_names_a_stale_page_and_writes_nothing(tmp_path: Path) -> Non
     assert (tmp_path / page).read_text() == "old\n"
     assert write_or_check(tmp_path, {page: "new\n"}, check=False) == [page]
     assert (tmp_path / page).read_text() == "new\n" and write_or_check(tmp_path, {page: "new\n"}, check=True) == []
+
+
+def test_every_troubleshooting_message_is_still_raised_by_the_code() -> None:
+    """docs/troubleshooting.md quotes the code's messages: one that was reworded or removed fails here."""
+    source = "\n".join(p.read_text() for p in (REPO / "src" / "sslops").rglob("*.py"))
+    rows = re.findall(r"^\| `([^`]+)` \|", (REPO / "docs" / "troubleshooting.md").read_text(), re.M)
+    assert len(rows) >= 20
+    for quoted in rows:
+        # "..." stands for what the message fills in; "in params.yaml" is the key's `{source}`
+        parts = [p.strip() for p in quoted.replace("in params.yaml", "in {source}").split("...") if p.strip()]
+        parts = [p.removeprefix("pretrain.images ") for p in parts]  # an example key, the message's `{key}`
+        assert all(p in source for p in parts), f"troubleshooting.md quotes {quoted!r}, which the code no longer says"
