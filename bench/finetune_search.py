@@ -36,7 +36,7 @@ from dvc_queue import ROOT, experiments, metrics_of, run_queue
 from sslops.commands.report import replace_section
 from sslops.config import Project
 from sslops.ml.device import cpu_model
-from sslops.ml.results import INITS
+from sslops.ml.results import INITS, choose_recipe
 
 DOC = ROOT / "docs" / "benchmarks.md"
 RESULTS = ROOT / "bench" / "results"  # finetune_search-<method>.json
@@ -103,7 +103,7 @@ def headline(
                 probe = linear_score(found, trials, task, f"{budget}.{init}")
                 if probe is not None:
                     finetuned = found[trial][task][f"holdout.acc.{budget}.{init}"]
-                    protocol = "linear" if probe[0] > finetuned else "finetune"
+                    _, protocol = choose_recipe({trial: [finetuned]}, [probe[0]])  # the rule the stages use
                     out.setdefault(task, {}).setdefault(budget, {})[init] = protocol
     return out
 

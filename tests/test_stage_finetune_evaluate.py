@@ -156,7 +156,7 @@ def test_finetune_evaluate_report_lineage_and_embed(registered, capsys, tmp_path
     assert list(emb["paths"]) == ["a.png", "sub/b.jpg"] and emb["embeddings"].shape == (2, feature_dim)
 
     # The recipe search's mode: every subset's trial is scored on its held-out labels, and nothing reaches evaluate.
-    set_param(project.root, "finetune", "search", {"trial": "lr3e-3", "holdout": 0.25})
+    set_param(project.root, "finetune", "search", {"trial": "lr3e-3", "holdout": 0.25, "auto": []})
     assert main(["finetune", "--task", TASK]) == 0
     searched = json.loads((out_dir.finetune / "index.json").read_text())
     assert searched["search"] == "lr3e-3"
@@ -176,6 +176,34 @@ def test_finetune_evaluate_report_lineage_and_embed(registered, capsys, tmp_path
     capsys.readouterr()
     assert main(["evaluate", "--task", TASK]) == 2
     assert "holds a recipe search's trial 'lr3e-3'" in capsys.readouterr().err
+
+    # A task with no committed choices (a user's own) searches finetune.search.auto itself, alike for both inits,
+    # and fine-tunes and declares its headline by what it found; evaluate scores those models.
+    set_param(project.root, "finetune", "search", {"trial": None, "holdout": 0.25, "auto": ["base", "lr3e-3"]})
+    for key in ("chosen", "headline"):
+        set_param(project.root, "finetune", key, {})
+    set_param(project.root, "finetune", "distill", {"budgets": [], "recipe": {"max_steps": 4}})
+    assert main(["finetune", "--task", TASK]) == 0
+    assert "searching base, lr3e-3 on 25% held-out labels of each subset" in capsys.readouterr().out
+    own = json.loads((out_dir.finetune / "index.json").read_text())
+    choices = json.loads((out_dir.metrics / "finetune.json").read_text())["search"]
+    assert set(choices) == set(budgets) and all(set(c) == {"pretrained", "scratch"} for c in choices.values())
+    for e in own["entries"]:
+        if e["init"] == "pixels":
+            continue
+        choice = choices[e["budget"]][e["init"]]
+        assert set(choice["holdout_acc"]) == {"base", "lr3e-3", "linear"}
+        assert e["headline"] == (e["protocol"] == choice["headline"])
+        if e["protocol"] == "finetune":
+            assert e["trial"] == choice["trial"]
+    assert {(e["trial"] if e["protocol"] == "finetune" else "linear") for e in own["task_search"]} == {
+        "base",
+        "lr3e-3",
+        "linear",
+    }
+    parent = next(r for r in mlflow_runs(project.root) if r.info.run_name == f"finetune/{TASK}")
+    assert parent.data.tags["search.frac_1.scratch"].startswith(choices["frac_1"]["scratch"]["trial"])
+    assert main(["evaluate", "--task", TASK]) == 0
 
 
 @pytest.mark.integration

@@ -265,3 +265,12 @@ def test_tied_draws_average_to_their_value_and_plot_with_zero_spread(tmp_path, k
     assert (h["gain_vs_best_scratch"], h["gain_vs_best_scratch_std"]) == (0.0, 0.0)
     label_efficiency(agg, tmp_path / "label_efficiency.png", "Task tied")
     assert (tmp_path / "label_efficiency.png").stat().st_size > 0
+
+
+def test_a_recipe_is_chosen_on_its_mean_held_out_accuracy_and_the_probe_must_beat_it() -> None:
+    from sslops.ml.results import choose_recipe
+
+    assert choose_recipe({"base": [0.5, 0.7], "lr": [0.6, 0.6]}, [0.1]) == ("base", "finetune")  # a tie: the earlier
+    assert choose_recipe({"base": [0.5], "lr": [0.61]}, [0.6]) == ("lr", "finetune")
+    assert choose_recipe({"base": [0.5], "lr": [0.6]}, [0.6]) == ("lr", "finetune")  # a tie keeps fine-tuning
+    assert choose_recipe({"base": [0.5], "lr": [0.6]}, [0.7, 0.6]) == ("lr", "linear")

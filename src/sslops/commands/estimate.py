@@ -240,17 +240,22 @@ def _subsets(project: Project, task: str, sizes: dict[str, Any]) -> list[tuple[s
 def _finetune(project: Project, task: str, sizes: dict[str, Any], rates: _Rates) -> tuple[float, str]:
     """Every model's steps at its recipe's batch size, the train features of both encoders, the linear probes of the
     three inits (each fits every penalty on 80 % of its labels, then the chosen one on all), and the distillation
-    students."""
+    students; for a task without committed recipe choices, also its own search (each trial of
+    `finetune.search.auto` on the held-out split of every subset), after which the model uses the base recipe's
+    cost (the choice is not known in advance)."""
     from sslops.ml.transfer import PROBE_HOLDOUT, FinetuneConfig
 
     cfg, n = project.config("finetune"), sizes["images_train"]
     fits = 1 + (1 - PROBE_HOLDOUT) * len(cfg.probe.weight_decays) if len(cfg.probe.weight_decays) > 1 else 1
+    searched = [] if cfg.search.trial or task in cfg.chosen else cfg.search.auto
     seconds, steps, models = 2 * n * rates.forward_image, 0, 0
     for key, labels, draws in _subsets(project, task, sizes):
         seconds += 3 * draws * labels * fits * rates.probe_label_fit
         for init in ("pretrained", "scratch"):
             trained = [(cfg.recipe_for(task, key, init)[1], labels)]  # the model, and its student on all n images
             trained += [(cfg.distill.recipe, n)] if key in cfg.distill.budgets else []
+            held_in = round(labels * (1 - cfg.search.holdout))
+            trained += [(cfg.trials[trial], held_in) for trial in searched]
             for recipe, pool in trained:
                 count = recipe.to_core(FinetuneConfig, seed=0).steps(pool)
                 seconds += draws * count * _step(rates, recipe.batch_size)

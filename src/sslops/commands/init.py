@@ -87,10 +87,14 @@ def propose(project: Project, found: Survey, root: str, replace_tasks: bool, sid
     proposal = Proposal(name, updates, deletions, removed, side, channels, budgets)
     if found.gray and found.gray < sum(found.modes.values()):
         proposal.notes.append(f"{found.gray} grayscale images among colour ones: all become RGB")
+    auto = finetune["search"]["auto"]
     if name not in finetune["chosen"]:
         proposal.notes.append(
-            f"task {name} has no searched fine-tuning recipes: both inits use finetune.recipe "
-            "(bench/finetune_search.py searches them on held-out labels)"
+            f"no recipe choices for {name} in finetune.chosen: its finetune stage searches {', '.join(auto)} on "
+            "held-out labels, alike for both inits"
+            if auto
+            else f"no recipe choices for {name} in finetune.chosen and finetune.search.auto is empty: both inits "
+            "fine-tune with finetune.recipe, unsearched"
         )
     return proposal
 

@@ -413,6 +413,7 @@ class RecipeSearch(Section):
 
     trial: Name | None  # null: a normal run (each budget and init fine-tunes with its chosen trial)
     holdout: Annotated[float, Field(gt=0, lt=1)]  # share of each labelled subset held out to score a trial
+    auto: list[Name]  # trials a task without finetune.chosen searches in its own stage; empty: the base recipe
 
 
 def _budget_key(key: str) -> str:
@@ -488,6 +489,7 @@ class FinetuneParams(Section):
     @model_validator(mode="after")
     def _trials_exist(self) -> FinetuneParams:
         named = [("search.trial", self.search.trial)] if self.search.trial is not None else []
+        named += [(f"search.auto[{i}]", trial) for i, trial in enumerate(self.search.auto)]
         named += [
             (f"chosen.{task}.{budget}.{init}", trial)
             for task, budgets in self.chosen.items()

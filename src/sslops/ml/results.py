@@ -47,6 +47,15 @@ def spread(values: list[float]) -> float:
     return float(statistics.stdev(values)) if len(values) > 1 else 0.0
 
 
+def choose_recipe(finetuned: dict[str, list[float]], linear: list[float]) -> tuple[str, str]:
+    """(trial, headline protocol) for one budget and init from held-out accuracies over the label draws: the trial
+    with the best mean (the earlier one on a tie), and the linear probe as the headline where its mean beats that
+    trial's (a tie keeps fine-tuning). The rule of bench/finetune_search.py and of a task's own search."""
+    means = {trial: mean(accs) for trial, accs in finetuned.items()}
+    best = max(means, key=lambda trial: (means[trial], -list(means).index(trial)))
+    return best, "linear" if mean(linear) > means[best] else "finetune"
+
+
 def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (budget, init, protocol) over its label draws: accuracy and macro-F1 mean, accuracy std/min/max,
     and whether it is its init's headline protocol (the draws of a protocol agree on that).

@@ -11,7 +11,11 @@ distillation of the fine-tuned network into a student over all the task's train 
 `finetune.draws` times (seeds seed, seed + 1, ...), so every result has a spread. Fine-tuning uses, per task, budget
 and init, the recipe trial that bench/finetune_search.py chose on held-out labels (`finetune.chosen`); the same
 search declares which protocol stands for each init in the headline (`finetune.headline`, fine-tuning unless the
-linear probe did better on the held-out labels), and every entry says whether it is that one. One parent
+linear probe did better on the held-out labels), and every entry says whether it is that one. A task with no
+committed choices (a user's own) is not left to an unsearched recipe, which can leave one side far from its best
+and the gain meaningless: its stage first searches the trials of `finetune.search.auto` on held-out labels of each
+subset, alike for both inits, and chooses by the same rule (`results.choose_recipe`); the choices and their scores go
+to index.json, metrics/tasks/NAME/finetune.json (`search`) and the parent run's tags. One parent
 MLflow run per task, one child run per (budget, draw, init, protocol). The trained heads and networks go to
 artifacts/tasks/NAME/finetune for `evaluate`.
 
@@ -93,6 +97,13 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
         with atomic_dir(out.finetune) as tmp:
             torch.save(encoders["scratch"].state_dict(), tmp / "scratch-encoder.pt")
             fit = _Fit(tmp, cfg, task, store, budgets, model_tags, device, precision)
+            if fit.auto:
+                models = len(fit.auto) * len(fit.subsets) * 2
+                print(
+                    f"task {task} has no recipe choices in finetune.chosen: searching {', '.join(fit.auto)} on "
+                    f"{cfg.search.holdout:.0%} held-out labels of each subset, alike for both inits ({models} "
+                    "extra fine-tunes, the test split unread)"
+                )
             entries = [
                 entry for init, encoder in encoders.items() for entry in fit.init(train, init, encoder.to(device))
             ]
@@ -101,11 +112,21 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
             model |= {"encoder_spec_sha256": digests.spec}
             index = {"model": model, "task": task, "parent_run_id": parent.info.run_id, "seed": cfg.seed}
             index |= {"search": search, "n_classes": int(train[1].max()) + 1, "entries": entries}
+            index |= {"task_search": fit.searched} if fit.auto else {}
             (tmp / "index.json").write_text(json.dumps(index, indent=2))
         metrics = {**(_holdout_metrics(entries) if search else {}), "models": len(entries)}
+        if fit.auto:
+            metrics["search"] = fit.summary()
+            tracking.set_tags(
+                {
+                    f"search.{tag}.{init}": f"{c['trial']}, headline {c['headline']}"
+                    for tag, inits in metrics["search"].items()
+                    for init, c in inits.items()
+                }
+            )
         metrics |= {"seconds": round(time.perf_counter() - started, 1), "machine": machine(device)}
         write_json(out.metrics / "finetune.json", {**metrics, "amp": precision.amp})
-        tracking.log_metrics({k: v for k, v in metrics.items() if k != "machine"})
+        tracking.log_metrics({k: v for k, v in metrics.items() if k not in ("machine", "search")})
         tracking.set_tags({"finetune.machine": metrics["machine"]})
         tracking.log_artifacts(out.finetune / "index.json")
     return {"model": f"{name}/{version.version}", "task": task, "models_trained": len(entries), "budgets": budgets}
@@ -201,24 +222,87 @@ class _Fit:
         device: torch.device,
         precision: Precision,
     ):
+        from sslops.ml.results import parse_budget
+
         self.folder, self.cfg, self.task, self.store, self.device = folder, cfg, task, store, device
         self.precision = precision
         self.budgets, self.tags = budgets, model_tags
+        self.subsets = [  # (budget, draw): 100 % is one subset
+            (budget, draw) for budget in budgets for draw in range(1 if parse_budget(budget)[0] == 1 else cfg.draws)
+        ]
+        # A task with no committed choices searches its own (bench/finetune_search.py searches the committed ones).
+        self.auto = [] if cfg.search.trial or task in cfg.chosen else list(cfg.search.auto)
+        self.choices: dict[tuple[str, str], tuple[str, str]] = {}  # (budget key, init) -> (trial, headline protocol)
+        self.searched: list[dict[str, Any]] = []  # the held-out scores behind the choices
 
     def init(self, train: tuple[np.ndarray, np.ndarray], init: str, encoder: Encoder) -> list[dict[str, Any]]:
         """Every budget and draw from one initialisation: the train features once, then `budget` per subset."""
-        from sslops.ml.results import parse_budget
         from sslops.ml.transfer import features
 
         started = time.perf_counter()
         feats = features(encoder, self.store.images[train[0]], self.device)
         print(f"{init}: features of {len(train[0])} train images in {time.perf_counter() - started:.1f}s")
+        if self.auto and init != "pixels":
+            self.choose((*train, feats), init, encoder)
         return [
             entry
-            for budget in self.budgets
-            for draw in range(1 if parse_budget(budget)[0] == 1 else self.cfg.draws)  # 100 % is one subset
+            for budget, draw in self.subsets
             for entry in self.budget((*train, feats), init, encoder, budget, draw)
         ]
+
+    def _subset(
+        self, train_labels: np.ndarray, init: str, budget: Budget, draw: int
+    ) -> tuple[dict[str, Any], str, np.ndarray]:
+        """(the child runs' params, their name, the subset's positions in train) of draw `draw` of `budget`."""
+        from sslops.ml.results import budget_key, budget_name, parse_budget
+        from sslops.ml.transfer import balanced_subset
+
+        subset = balanced_subset(train_labels, *parse_budget(budget), self.cfg.seed + draw)
+        tag = budget_key(budget)
+        base = {"budget": tag, "budget_name": budget_name(budget), "labels": len(subset), "init": init, "draw": draw}
+        return base | self.tags, f"{self.task}/{tag}/d{draw}/{init}", subset
+
+    def choose(self, train: tuple[np.ndarray, np.ndarray, torch.Tensor], init: str, encoder: Encoder) -> None:
+        """The task's own recipe search for one init: every trial of `finetune.search.auto` on each subset's held-out
+        labels, then per budget the trial and the headline protocol by `results.choose_recipe`, as
+        bench/finetune_search.py chooses the committed ones."""
+        from sslops.ml.results import choose_recipe
+
+        rows, labels, feats = train
+        found: dict[str, list[dict[str, Any]]] = {}
+        for budget, draw in self.subsets:
+            base, name, subset = self._subset(labels, init, budget, draw)
+            trials = [(trial, self.cfg.trials[trial]) for trial in self.auto]
+            entries = self.search(base, name, encoder, (rows[subset], labels[subset], feats[subset]), trials)
+            found.setdefault(base["budget"], []).extend(entries)
+        for tag, entries in found.items():
+            finetuned = {t: [e["holdout_acc"] for e in entries if e.get("trial") == t] for t in self.auto}
+            trial, protocol = choose_recipe(finetuned, [e["holdout_acc"] for e in entries if e["protocol"] == "linear"])
+            self.choices[(tag, init)] = (trial, protocol)
+            self.searched += entries
+            print(f"  {init} {tag}: chose '{trial}' on held-out labels; headline {protocol}")
+
+    def summary(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """budget key -> init -> the chosen trial, the headline protocol and the mean held-out accuracy of each."""
+        from sslops.ml.results import mean
+
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for (tag, init), (trial, protocol) in self.choices.items():
+            scored = [e for e in self.searched if e["budget"] == tag and e["init"] == init]
+            held = {e.get("trial", "linear"): [] for e in scored}
+            for e in scored:
+                held[e.get("trial", "linear")].append(e["holdout_acc"])
+            means = {name: round(mean(accs), 5) for name, accs in held.items()}
+            out.setdefault(tag, {})[init] = {"trial": trial, "headline": protocol, "holdout_acc": means}
+        return out
+
+    def _choice(self, tag: str, init: str) -> tuple[str, Recipe, str]:
+        """(trial, recipe, headline protocol) at one budget key and init: the task's own search's where it ran, else
+        the committed `finetune.chosen` and `finetune.headline`."""
+        if (tag, init) in self.choices:
+            trial, protocol = self.choices[(tag, init)]
+            return trial, self.cfg.trials[trial], protocol
+        return (*self.cfg.recipe_for(self.task, tag, init), self.cfg.headline_for(self.task, tag, init))
 
     def budget(
         self, train: tuple[np.ndarray, np.ndarray, torch.Tensor], init: str, encoder: Encoder, budget: Budget, draw: int
@@ -226,23 +310,19 @@ class _Fit:
         """The protocols at one label subset (draw `draw` of `budget`) for one init."""
         import torch
 
-        from sslops.ml.results import budget_key, budget_name, parse_budget
-        from sslops.ml.transfer import balanced_subset, fit_linear_probe
+        from sslops.ml.transfer import fit_linear_probe
 
         cfg, (train_rows, train_labels, train_feats) = self.cfg, train
         n_classes = int(train_labels.max()) + 1
         seed = cfg.seed + draw
-        subset = balanced_subset(train_labels, *parse_budget(budget), seed)
-        tag = budget_key(budget)
-        base = {"budget": tag, "budget_name": budget_name(budget), "labels": len(subset), "init": init, "draw": draw}
-        base |= self.tags
-        name = f"{self.task}/{tag}/d{draw}/{init}"
+        base, name, subset = self._subset(train_labels, init, budget, draw)
+        tag = base["budget"]
         if cfg.search.trial:
-            return self.search(base, name, encoder, (train_rows[subset], train_labels[subset], train_feats[subset]))
+            searched = (train_rows[subset], train_labels[subset], train_feats[subset])
+            return self.search(base, name, encoder, searched, [cfg.recipe_for(self.task, tag, init)])
         x, y = train_feats[subset], torch.as_tensor(train_labels[subset])
         entries, files = [], f"{init}-{tag}-d{draw}"
-
-        headline = cfg.headline_for(self.task, tag, init)
+        trial, recipe, headline = self._choice(tag, init)
 
         def record(protocol: str, file: str, **extra: Any) -> None:
             entry = {**base, "protocol": protocol, "file": file, "headline": protocol == headline}
@@ -260,7 +340,6 @@ class _Fit:
         if init == "pixels":  # nothing to fine-tune: the baseline is what a classifier gets from the pixels alone
             print(f"  {init} {tag} draw {draw}: probe wd {wd:g}")
             return entries
-        trial, recipe = cfg.recipe_for(self.task, tag, init)
         with tracking.child_run(f"{name}/finetune", {**base, "protocol": "finetune", **_recipe_tags(trial, recipe)}):
             labelled = (train_rows[subset], train_labels[subset])
             model, stats = self.finetune(encoder, init, recipe, seed, labelled, n_classes, probe)
@@ -303,17 +382,21 @@ class _Fit:
         return student, {**stats, "seconds": time.perf_counter() - started}
 
     def search(
-        self, base: dict[str, Any], name: str, encoder: Encoder, subset: tuple[np.ndarray, np.ndarray, torch.Tensor]
+        self,
+        base: dict[str, Any],
+        name: str,
+        encoder: Encoder,
+        subset: tuple[np.ndarray, np.ndarray, torch.Tensor],
+        trials: list[tuple[str, Recipe]],
     ) -> list[dict[str, Any]]:
-        """Fine-tune the searched trial on part of the subset and fit the linear probe on the same part; their
-        accuracies on the held-out rest are the entries (the probe's is what fine-tuning must beat to be the
-        headline protocol; it does not depend on the trial)."""
+        """Fine-tune each trial on part of the subset and fit the linear probe on the same part; their accuracies on
+        the held-out rest are the entries (the probe's is what fine-tuning must beat to be the headline protocol; it
+        does not depend on the trial, so it is fitted once)."""
         import torch
 
         from sslops.ml.transfer import fit_linear_probe, holdout_split, predict
 
         cfg, (rows, labels, feats) = self.cfg, subset
-        trial, recipe = cfg.recipe_for(self.task, base["budget"], base["init"])
         n_classes, seed = int(labels.max()) + 1, cfg.seed + base["draw"]
         held, fit = holdout_split(len(rows), cfg.search.holdout, seed)
         scored = {**base, "held_out": len(held)}
@@ -323,21 +406,22 @@ class _Fit:
             with torch.no_grad():
                 linear_acc = float((probe(feats[held]).argmax(1).numpy() == labels[held]).mean())
             tracking.log_metrics({"weight_decay": wd, "holdout_acc": linear_acc})
-        with tracking.child_run(
-            f"{name}/search-{trial}", {**base, "protocol": "finetune", **_recipe_tags(trial, recipe)}
-        ):
-            lp = probe if recipe.head == "probe" else None  # an LP-FT trial starts from that probe
-            model, stats = self.finetune(encoder, base["init"], recipe, seed, (rows[fit], labels[fit]), n_classes, lp)
-            acc = float((predict(model, self.store.images[rows[held]], self.device) == labels[held]).mean())
-            tracking.log_metrics({**stats, "holdout_acc": acc})
-        print(
-            f"  {name} trial '{trial}': held-out acc {acc:.4f}, linear probe {linear_acc:.4f} ({len(held)} labels, "
-            f"{stats['seconds']:.1f}s)"
-        )
-        return [
-            {**scored, "protocol": "linear", "holdout_acc": linear_acc},
-            {**scored, "protocol": "finetune", "trial": trial, "holdout_acc": acc},
-        ]
+        entries = [{**scored, "protocol": "linear", "holdout_acc": linear_acc}]
+        for trial, recipe in trials:
+            with tracking.child_run(
+                f"{name}/search-{trial}", {**base, "protocol": "finetune", **_recipe_tags(trial, recipe)}
+            ):
+                lp = probe if recipe.head == "probe" else None  # an LP-FT trial starts from that probe
+                fitted = (rows[fit], labels[fit])
+                model, stats = self.finetune(encoder, base["init"], recipe, seed, fitted, n_classes, lp)
+                acc = float((predict(model, self.store.images[rows[held]], self.device) == labels[held]).mean())
+                tracking.log_metrics({**stats, "holdout_acc": acc})
+            entries.append({**scored, "protocol": "finetune", "trial": trial, "holdout_acc": acc})
+            print(
+                f"  {name} trial '{trial}': held-out acc {acc:.4f}, linear probe {linear_acc:.4f} ({len(held)} "
+                f"labels, {stats['seconds']:.1f}s)"
+            )
+        return entries
 
     def finetune(
         self,
