@@ -75,6 +75,8 @@ def test_two_datasets_give_two_complete_chains_and_champion_moves_only_on_improv
         assert chain["data"]["path"] == "data/fashion-mnist" and chain["data"]["md5"]  # the folder's own md5
         assert chain["pretrain"]["run_id"] == reg["pretrain_run_id"]
         assert chain["validation"]["success"] == "True"
+        validated = client.get_run(chain["validation"]["run_id"])
+        assert validated.info.run_name == "validate"  # the pretraining data's, not the task's of the same folder
         assert (
             chain["augment_cache"]["md5"]
             and chain["pretrain"]["git_commit"]

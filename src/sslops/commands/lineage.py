@@ -62,9 +62,12 @@ def model_chain(project: Project, ref: str) -> dict[str, Any]:
         ) from None
     ptags = pretrain.data.tags
     digest = ptags.get("data.manifest_digest")
-    validation = tracking.find_run(
-        project, f"tags.`sslops.stage` = 'validate' and tags.`data.manifest_digest` = '{digest}'"
-    )
+    validated = tracking.search_runs(
+        project,
+        f"attributes.status = 'FINISHED' and tags.`sslops.stage` = 'validate' and tags.`data.manifest_digest` = "
+        f"'{digest}'",
+    )  # a task's own validation of the same folder has the same digest, but is not the pretraining data's
+    validation = next((r for r in validated if "sslops.task" not in r.data.tags), None)
     used_by = tracking.search_runs(
         project, f"tags.`model.name` = '{name}' and tags.`model.version` = '{version.version}'"
     )
