@@ -23,7 +23,7 @@ from sslops.errors import SslopsError
 from sslops.ml.device import cpu_has_native_bf16
 from sslops.ml.models import BackboneConfig, Encoder
 from sslops.ml.train import load_checkpoint, save_checkpoint
-from sslops.stages.pretrain import schedule
+from sslops.stages.pretrain import schedule, small_validation_warning
 
 # Tests that run stages through the CLI (real MLflow store) are marked `integration` one by one; the rest are unit.
 
@@ -48,9 +48,13 @@ def load_encoder(folder: Path) -> Encoder:
 def test_pretrain_outputs_and_tracking(project, capsys):
     tiny(project, epochs=3)
     assert main(["prepare"]) == 0 and main(["validate"]) == 0 and main(["augment"]) == 0
+    capsys.readouterr()
     assert main(["pretrain"]) == 0
     summary = json.loads((project.metrics_dir / "pretrain.json").read_text())
     assert summary["epochs"] == 3 and summary["steps"] == 3 * 5 and 0 <= summary["knn_acc"] <= 1
+    # 8 validation images: the accuracies that decide promotion are said to be coarse, with their standard error
+    assert f"the validation split holds {summary['val_images']} images" in capsys.readouterr().out
+    assert "±10.6 points" in small_validation_warning(8) and "±1.3 points" in small_validation_warning(500)
     assert summary["amp"] == ("bf16" if cpu_has_native_bf16() else "off")  # what `amp: auto` became on this CPU
     encoder = load_encoder(project.root / "artifacts" / "pretrain")
     assert encoder(torch.zeros(2, 1, 12, 12)).shape == (2, encoder.feature_dim)

@@ -72,6 +72,8 @@ def _run(project: Project) -> dict[str, Any]:
     checkpoint = project.root / "artifacts" / "checkpoints" / "pretrain.pt"
     train = schedule(cfg, steps_per_epoch, warn=print if rank == 0 else lambda _: None)
     split = validation_split(store, cfg.val_fraction, cfg.val_seed)
+    if rank == 0 and len(split.val_rows) < FEW_VALIDATION_IMAGES:
+        print(small_validation_warning(len(split.val_rows)))
     on_epoch = _monitor(store, method, cfg, split, train.epochs, device)
 
     run_ctx = tracking.stage_run(project, "pretrain", cfg.record(), system_metrics=True) if rank == 0 else None
@@ -241,6 +243,20 @@ class ValidationSplit:
     val_rows: np.ndarray
     val_labels: np.ndarray
     digest: str  # of the validation images and labels: promotion compares only versions scored on the same
+
+
+FEW_VALIDATION_IMAGES = 500  # under this, the monitor's accuracies (and the promotion they decide) are coarse
+
+
+def small_validation_warning(n: int) -> str:
+    """What a validation split of `n` images is worth: the standard error of an accuracy near 90 % on it."""
+    error = 100 * (0.9 * 0.1 / n) ** 0.5
+    return (
+        f"pretrain: warning: the validation split holds {n} images (pretrain.val_fraction of the labelled train "
+        f"images): its kNN and linear accuracies, and the promotion that register decides on them, are within about "
+        f"±{error:.1f} points (one standard error at 90 %). More labelled train images, or a larger val_fraction, "
+        "make them finer."
+    )
 
 
 def validation_split(store: ImageStore, fraction: float, seed: int) -> ValidationSplit:
