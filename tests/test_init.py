@@ -99,7 +99,7 @@ def test_every_file_it_cannot_use_is_named_with_its_reason(tmp_path, photos) -> 
         "notes.jpg: cannot be read as an image",
         "readme.txt: not an image file",
         "stray.png: a file directly under train/",
-        "test/d: an empty class folder",
+        "test/d: class folder is empty",
         "test/c: a class with no train/c/ folder",
     ):
         assert expected in text

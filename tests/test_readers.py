@@ -212,3 +212,23 @@ def test_unknown_format(tmp_path: Path):
     write_idx_dataset(tmp_path)
     with pytest.raises(SslopsError, match=r"Unknown dataset format 'tfrecord'.*supported: idx, imagefolder, cifar10"):
         plan_dataset("tfrecord", tmp_path, CLASSES)
+
+
+def test_imagefolder_lists_every_file_it_cannot_use_before_reading_pixels(tmp_path: Path):
+    """prepare names every bad file at once (each with its reason), not the first of them: one fix, one rerun."""
+    write_imagefolder(tmp_path)
+    (tmp_path / "train" / "class0" / "blank.png").touch()
+    (tmp_path / "train" / "class1" / "notes.txt").write_text("hello")
+    (tmp_path / "test" / "class0" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (tmp_path / "train" / "stray.png").write_bytes(b"")
+    with pytest.raises(SslopsError) as err:
+        plan_dataset("imagefolder", tmp_path, [])
+    text = str(err.value)
+    assert text.startswith(f"{tmp_path}: 4 file(s) cannot be used; fix or remove them:")
+    for expected in (
+        "blank.png: empty (0 bytes)",
+        "notes.txt: not an image file",
+        "0.png: cannot be read as an image",
+        "stray.png: a file directly under train/",
+    ):
+        assert expected in text

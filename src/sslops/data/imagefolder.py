@@ -21,20 +21,9 @@ from sslops.errors import SslopsError
 IGNORED = {".DS_Store", "Thumbs.db", ".gitignore", ".dvcignore"}
 
 
-def _image_files(folder: Path, root: Path) -> list[Path]:
-    """The image files below `folder`, each checked by `images.check_path` (links, file type, name)."""
-    files = []
-    for path in sorted(folder.rglob("*")):
-        if path.is_dir() or path.name in IGNORED:
-            continue
-        images.check_path(path, root)
-        if path.suffix.lower() not in images.IMAGE_SUFFIXES:
-            raise SslopsError(
-                f"{path}: not an image file (expected one of {', '.join(sorted(images.IMAGE_SUFFIXES))}); "
-                "move it out of the data folder or remove it."
-            )
-        files.append(path)
-    return files
+def image_files(folder: Path) -> list[Path]:
+    """The files below `folder` (checked one by one when the plan reads their headers)."""
+    return [p for p in sorted(folder.rglob("*")) if not p.is_dir() and p.name not in IGNORED]
 
 
 def _load(path: Path, channels: int, max_pixels: int) -> np.ndarray:
@@ -57,21 +46,28 @@ def plan_imagefolder(
     label_of = {name: i for i, name in enumerate(names)}
 
     entries: list[tuple[str, Path, int | None]] = []
+    rejected: list[images.ImageRejected] = []
     for split, folder in split_dirs.items():
         for class_dir in sorted(d for d in folder.iterdir() if d.is_dir()):
-            files = _image_files(class_dir, root)
+            files = image_files(class_dir)
             if not files:
-                raise SslopsError(f"{class_dir}: class folder is empty; add images or remove the folder.")
+                rejected.append(
+                    images.ImageRejected(class_dir, "class folder is empty; add images or remove it", "empty")
+                )
             entries += [(split, f, label_of[class_dir.name]) for f in files]
-        stray = [p for p in folder.iterdir() if p.is_file() and p.name not in IGNORED]
-        if stray:
-            raise SslopsError(f"{stray[0]}: file directly under {folder}; images belong in <split>/<class>/.")
+        for stray in (p for p in folder.iterdir() if p.is_file() and p.name not in IGNORED):
+            reason = f"a file directly under {folder.name}/ (images belong in {folder.name}/<class>/)"
+            rejected.append(images.ImageRejected(stray, reason, "layout"))
     if unlabeled_dir and (root / unlabeled_dir).is_dir():
-        entries += [("unlabeled", f, None) for f in _image_files(root / unlabeled_dir, root)]
+        entries += [("unlabeled", f, None) for f in image_files(root / unlabeled_dir)]
 
     headers = []
     for _, path, _ in entries:
-        headers.append(images.header(path, max_pixels))
+        try:
+            headers.append(images.inspect(path, root, max_pixels))
+        except images.ImageRejected as exc:
+            rejected.append(exc)
+    images.refuse(root, rejected)  # every file that cannot be used, before any pixel is read
     gray = sum(images.is_gray(mode) for _, _, mode in headers)
     notes = ()
     if channels is None:

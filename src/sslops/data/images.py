@@ -55,6 +55,33 @@ def check_path(path: Path, root: Path) -> None:
         raise ImageRejected(path, "not a regular file (a FIFO, device or socket)", "not-a-file")
 
 
+def inspect(path: Path, root: Path, max_pixels: int) -> tuple[int, int, str]:
+    """(height, width, mode) of a file a user handed over as an image, after every check a reader applies to it
+    before decoding: confined to `root`, an image by its suffix, not empty, a readable header within `max_pixels`."""
+    check_path(path, root)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise ImageRejected(path, f"not an image file (expected one of {kinds}); move it out or remove it", "suffix")
+    if path.stat().st_size == 0:
+        raise ImageRejected(path, "empty (0 bytes)", "empty")
+    return header(path, max_pixels)
+
+
+LISTED = 20  # files named in one error; the rest are counted
+
+
+def refuse(root: Path, rejected: list[ImageRejected]) -> None:
+    """Raise one error for every file under `root` that cannot be used, each named with its reason (up to
+    `LISTED`), so one look shows all there is to fix; a single file keeps its own error."""
+    if len(rejected) == 1:
+        raise rejected[0]
+    if rejected:
+        listed = "\n".join(f"  - {r}" for r in rejected[:LISTED])
+        more = f"\n  ... and {len(rejected) - LISTED} more" if len(rejected) > LISTED else ""
+        reason = f"{len(rejected)} file(s) cannot be used; fix or remove them:\n{listed}{more}"
+        raise ImageRejected(root, reason, rejected[0].kind)
+
+
 def header(path: Path, max_pixels: int) -> tuple[int, int, str]:
     """(height, width, mode) of the image as `read` returns it (EXIF orientation applied), from the file header
     alone; refuses oversized images before any pixel is decoded."""

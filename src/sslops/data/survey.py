@@ -17,12 +17,11 @@ import numpy as np
 from sslops.data import images
 from sslops.data.cifar import plan_cifar10
 from sslops.data.idx import plan_idx
-from sslops.data.imagefolder import IGNORED
+from sslops.data.imagefolder import IGNORED, image_files
 from sslops.data.sources import Plan
 from sslops.errors import SslopsError
 
 SPLITS = ("train", "test")
-LISTED = 20  # bad files named in an error; the rest are counted
 
 
 @dataclass
@@ -89,7 +88,7 @@ def _imagefolder(root: Path, entries: list[Path], unlabeled_dir: str, max_pixels
     folders = [p for p in entries if p.is_dir()]
     splits = [p for p in folders if p.name in SPLITS]
     if not splits:
-        if folders and any(_files(f) for f in folders if f.name != unlabeled_dir):
+        if folders and any(image_files(f) for f in folders if f.name != unlabeled_dir):
             raise SslopsError(
                 f"{root}: class folders without train/ and test/ ({', '.join(sorted(f.name for f in folders))}). "
                 "sslops needs the split fixed in the folder, so that no test image is ever trained on: move each "
@@ -114,51 +113,39 @@ def _imagefolder(root: Path, entries: list[Path], unlabeled_dir: str, max_pixels
 
     counts: dict[str, dict[str, int]] = {}
     files: list[Path] = []
-    bad: list[str] = []
-    for split in sorted(splits):
+    rejected: list[images.ImageRejected] = []
+    for split in sorted(splits, key=lambda p: SPLITS.index(p.name)):
         for item in sorted(split.iterdir()):
             if item.is_file() and item.name not in IGNORED:
-                bad.append(f"{item}: a file directly under {split.name}/ (images belong in {split.name}/<class>/)")
+                reason = f"a file directly under {split.name}/ (images belong in {split.name}/<class>/)"
+                rejected.append(images.ImageRejected(item, reason, "layout"))
             elif item.is_dir():
-                found = _files(item)
+                found = image_files(item)
                 counts.setdefault(split.name, {})[item.name] = len(found)
                 files += found
+                if not found:
+                    reason = "class folder is empty; add images or remove it"
+                    rejected.append(images.ImageRejected(item, reason, "empty"))
     classes = sorted({c for per_class in counts.values() for c in per_class})
-    unlabeled = _files(root / unlabeled_dir) if (root / unlabeled_dir).is_dir() else []
+    unlabeled = image_files(root / unlabeled_dir) if (root / unlabeled_dir).is_dir() else []
     out = Survey(root, "imagefolder", classes, counts, unlabeled=len(unlabeled))
+    for c in classes:
+        if c not in counts.get("train", {}):
+            rejected.append(images.ImageRejected(root / "test" / c, f"a class with no train/{c}/ folder", "layout"))
     for path in files + unlabeled:
         try:
-            images.check_path(path, root)
-            if path.suffix.lower() not in images.IMAGE_SUFFIXES:
-                raise images.ImageRejected(path, "not an image file (by its suffix)", "suffix")
-            if path.stat().st_size == 0:
-                raise images.ImageRejected(path, "empty (0 bytes)", "empty")
-            height, width, mode = images.header(path, max_pixels)
+            height, width, mode = images.inspect(path, root, max_pixels)
         except images.ImageRejected as exc:
-            bad.append(str(exc))
+            rejected.append(exc)
             continue
         out.sizes.append((height, width))
         out.modes[mode] += 1
-    empty = [f"{root}/{s}/{c}: an empty class folder" for s, pc in counts.items() for c, n in pc.items() if not n]
-    untrained = [f"{root}/test/{c}: a class with no train/{c}/ folder" for c in classes if c not in counts["train"]]
-    _refuse(root, empty + untrained + bad)
+    images.refuse(root, rejected)
     if not out.sizes:
         raise SslopsError(f"{root}: no images found under train/ and test/")
     if len(classes) < 2:
         raise SslopsError(f"{root}: one class ({', '.join(classes)}); a labelled task needs at least two")
     return out
-
-
-def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if not p.is_dir() and p.name not in IGNORED)
-
-
-def _refuse(root: Path, problems: list[str]) -> None:
-    """Every file that cannot be used, named with its reason (up to `LISTED`, then a count)."""
-    if problems:
-        listed = "\n".join(f"  - {p}" for p in problems[:LISTED])
-        more = f"\n  ... and {len(problems) - LISTED} more" if len(problems) > LISTED else ""
-        raise SslopsError(f"{root}: {len(problems)} file(s) cannot be used; fix or remove them:\n{listed}{more}")
 
 
 def median_side(survey_: Survey) -> int:
