@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+ASSETS := vendor/datadocs/node_modules/.package-lock.json
 HOST ?= 127.0.0.1
 MLFLOW_PORT ?= 5000
 PREFECT_PORT ?= 4200
@@ -33,7 +34,13 @@ run: setup  ## run the pipeline on the default data, print the results
 	sslops repro
 	sslops report
 
-setup: $(STAMP) data  ## create .venv (pip, locked versions) and get the data
+setup: $(STAMP) $(ASSETS) data  ## create .venv (pip, locked versions) and get the data
+
+# Great Expectations' Data Docs load scripts, styles and fonts from public CDNs; these pinned npm packages let the
+# validate stage serve them from the project, so the pages render without internet.
+$(ASSETS): vendor/datadocs/package-lock.json
+	@if command -v npm >/dev/null; then cd vendor/datadocs && npm ci --ignore-scripts --silent && touch $(CURDIR)/$@; \
+	else echo "make: no npm here: the Data Docs will load their scripts from public CDNs (install Node.js and npm)"; fi
 
 data: $(STAMP)  ## make data/ match data.dvc (DVC cache, remote, or fetch)
 	@bash scripts/setup_data.sh

@@ -76,7 +76,7 @@ CLASSES = [str(d) for d in range(10)]
 SIDE = 32  # px: small enough that `backbone: auto` picks small_cnn, as a user's thumbnails would
 TEST_PER_CLASS = 50  # the same 500 test images as the repository's `digits` task
 BUDGETS: list[str | float] = ["10/class", 1.0]
-COPIED = ("dvc.yaml", ".dvcignore", ".gitignore")
+COPIED = ("dvc.yaml", ".dvcignore", ".gitignore", "vendor/datadocs/package-lock.json")
 GIT = ("git", "-c", "user.name=sslops-bench", "-c", "user.email=bench@sslops.invalid")
 
 
@@ -179,6 +179,7 @@ def make_project(root: Path, labelled_per_class: int) -> dict[str, int]:
     """A copy of this project (pipeline, code, DVC config) with the digits folder, committed to a fresh git repo."""
     root.mkdir(parents=True)
     for name in COPIED:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, root / name)
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     params = project_params((REPO / "params.yaml").read_text())

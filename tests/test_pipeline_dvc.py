@@ -62,7 +62,8 @@ GIT = ("git", "-c", "user.name=sslops-test", "-c", "user.email=test@sslops.inval
 def make_repo(root: Path, noise: int = 40) -> Path:
     """A copy of this project (pipeline, code, DVC config) with tiny data, committed to a fresh git repo."""
     root.mkdir()
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore", "vendor/datadocs/package-lock.json"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, root / name)
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     (root / "params.yaml").write_text(small_params((REPO / "params.yaml").read_text()))

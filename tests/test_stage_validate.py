@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 
-from conftest import CLASSES, TASK, mlflow_runs, set_param, write_idx_dataset
+from conftest import CLASSES, REPO, TASK, mlflow_runs, set_param, write_idx_dataset
+from sslops.adapters.expectations import ASSETS
 from sslops.cli import main
 from sslops.config import Project
 from sslops.data.idx import read_idx, write_idx
@@ -138,3 +141,46 @@ def test_a_task_whose_test_images_were_pretrained_on_fails(project, capsys):
     assert main(["validate", "--task", "other"]) == 1
     assert "expect_column_values_to_be_in_set(test_in_pretraining) unexpected=2" in capsys.readouterr().err
     assert not Project(project.root).outputs("other").validated_marker.exists()  # finetune@other will not run
+
+
+def with_assets(project: Project) -> None:
+    """The project's vendor/datadocs packages: this checkout's, which `make setup` installed with npm."""
+    assert (REPO / ASSETS).is_dir(), "vendor/datadocs is not installed: run make setup (needs npm)"
+    (project.root / ASSETS).parent.mkdir(parents=True)
+    (project.root / ASSETS).symlink_to(REPO / ASSETS)
+
+
+def test_the_data_docs_load_nothing_from_the_internet(project, capsys):
+    """Their scripts, styles and fonts come from CDNs, so offline the pages showed no results: the stage copies
+    them into the site from the pinned npm packages and points every page at the copies."""
+    assert main(["prepare"]) == 0 and main(["validate"]) == 0
+    assert "the Data Docs load 16 files from public CDNs" in capsys.readouterr().out  # not installed: said so
+    with_assets(project)
+    assert main(["validate"]) == 0
+    assert "public CDNs" not in capsys.readouterr().out
+    docs = project.outputs().validation / "data_docs"
+    pages = list(docs.rglob("*.html"))
+    assert len(pages) >= 3
+    for page in pages:
+        text = page.read_text()
+        assert not re.findall(
+            r'(?:src|href)="https?://[^"]+\.(?:js|css)|cdn\.jsdelivr|great-expectations-web-assets', text
+        )
+        served = re.findall(r'(?:src|href)="([^"]*static/vendor/[^"]+)"', text)
+        assert len(served) >= 14 and all((page.parent / ref).resolve().is_file() for ref in served), page
+    assert list((docs / "static" / "vendor" / "@fortawesome" / "fontawesome-free" / "webfonts").glob("*.woff2"))
+
+
+def test_every_cdn_file_the_data_docs_templates_name_is_served() -> None:
+    """A great-expectations upgrade whose pages load a new file from a CDN fails here, not on an offline machine."""
+    import great_expectations
+
+    from sslops.adapters.expectations import CDN_FILES
+
+    templates = Path(great_expectations.__file__).parent / "render" / "view" / "templates"
+    named = {
+        url for t in templates.rglob("*.j2") for url in re.findall(r'(?:src|href)="(https?://[^"]+)"', t.read_text())
+    }
+    loaded = {url for url in named if "greatexpectations.io" not in url}  # links to click, not files to load
+    assert loaded and loaded <= set(CDN_FILES), loaded - set(CDN_FILES)
+    assert all((REPO / ASSETS / rel).is_file() for rel in CDN_FILES.values())

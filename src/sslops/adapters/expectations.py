@@ -3,10 +3,16 @@
 It turns the `validate` params into two expectation suites, one over the annotated manifest (one row
 per image) and one over the class-balance table (one row per class), runs them through a Checkpoint that
 also builds Data Docs, and hands back plain results the stage can print, save and log.
+
+Data Docs pages load their scripts, styles and fonts from public CDNs, so on a machine without internet they show
+no results. `serve_assets` copies those files from the pinned npm packages of vendor/datadocs (`make setup`
+installs them) into the site and points the pages at the copies.
 """
 
 from __future__ import annotations
 
+import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +25,49 @@ from sslops.data.store import MANIFEST_COLUMNS
 # pandas dtype names GX may report for each declared manifest dtype.
 TYPE_NAMES = {"string": ["string", "str", "object", "StringDtype"], "Int64": ["Int64", "Int64Dtype", "int64"]}
 SITE = "sslops"
+ASSETS = Path("vendor") / "datadocs" / "node_modules"  # relative to the project root
+# Every address the Data Docs pages of great-expectations 1.x load, and the file of vendor/datadocs that serves it
+# (bootstrap-table's filter-control styles are named at 1.19.0 beside 1.19.1's scripts: the same files).
+CDN_FILES = {
+    "https://code.jquery.com/jquery-3.7.1.min.js": "jquery/dist/jquery.min.js",
+    "https://maxcdn.bootstrapcdn.com/bootstrap/4.3.1/css/bootstrap.min.css": "bootstrap/dist/css/bootstrap.min.css",
+    "https://stackpath.bootstrapcdn.com/bootstrap/4.3.1/js/bootstrap.min.js": "bootstrap/dist/js/bootstrap.min.js",
+    "https://cdnjs.cloudflare.com/ajax/libs/popper.js/1.12.9/umd/popper.min.js": "popper.js/dist/umd/popper.min.js",
+    "https://unpkg.com/bootstrap-table@1.19.1/dist/bootstrap-table.min.js": (
+        "bootstrap-table/dist/bootstrap-table.min.js"
+    ),
+    "https://unpkg.com/bootstrap-table@1.19.1/dist/bootstrap-table.min.css": (
+        "bootstrap-table/dist/bootstrap-table.min.css"
+    ),
+    "https://unpkg.com/bootstrap-table@1.19.1/dist/extensions/filter-control/bootstrap-table-filter-control.min.js": (
+        "bootstrap-table/dist/extensions/filter-control/bootstrap-table-filter-control.min.js"
+    ),
+    "https://unpkg.com/bootstrap-table@1.19.0/dist/extensions/filter-control/bootstrap-table-filter-control.min.css": (
+        "bootstrap-table/dist/extensions/filter-control/bootstrap-table-filter-control.min.css"
+    ),
+    "https://unpkg.com/bootstrap-table@1.19.0/dist/extensions/filter-control/bootstrap-table-filter-control.css": (
+        "bootstrap-table/dist/extensions/filter-control/bootstrap-table-filter-control.css"
+    ),
+    "https://cdnjs.cloudflare.com/ajax/libs/bootstrap-datepicker/1.9.0/js/bootstrap-datepicker.min.js": (
+        "bootstrap-datepicker/dist/js/bootstrap-datepicker.min.js"
+    ),
+    "https://cdnjs.cloudflare.com/ajax/libs/bootstrap-datepicker/1.9.0/css/bootstrap-datepicker.min.css": (
+        "bootstrap-datepicker/dist/css/bootstrap-datepicker.min.css"
+    ),
+    "https://cdn.jsdelivr.net/npm/vega@5": "vega/build/vega.min.js",
+    "https://cdn.jsdelivr.net/npm/vega-lite@5": "vega-lite/build/vega-lite.min.js",
+    "https://cdn.jsdelivr.net/npm/vega-embed@6": "vega-embed/build/vega-embed.min.js",
+    "https://cdnjs.cloudflare.com/ajax/libs/font-awesome/6.6.0/css/all.min.css": (
+        "@fortawesome/fontawesome-free/css/all.min.css"
+    ),
+    "https://cdn.jsdelivr.net/npm/@forevolve/bootstrap-dark@1.1.0/dist/css/bootstrap-prefers-dark.css": (
+        "@forevolve/bootstrap-dark/dist/css/bootstrap-prefers-dark.css"
+    ),
+}
+CDN_FOLDERS = ["@fortawesome/fontawesome-free/webfonts"]  # what a copied stylesheet loads by a relative path
+# The logos (an image and a dark-mode background): the site's own copy of the logo stands in for both.
+LOGO = re.compile(r"https://great-expectations-web-assets\.s3[^\"')]*")
+REMOTE = re.compile(r'(?:src|href)="(https?://[^"]+\.(?:js|css)[^"]*|https://cdn\.jsdelivr\.net/npm/[^"]+)"')
 
 
 @dataclass
@@ -126,6 +175,30 @@ def run_suites(frames: dict[str, tuple[pd.DataFrame, list]], docs_dir: Path, exa
         for validation in run.run_results.values():
             checks += [_to_check(name, r, frame, examples) for r in validation.results]
     return checks
+
+
+def serve_assets(docs_dir: Path, assets: Path) -> list[str]:
+    """Copy the CDN files the Data Docs pages in `docs_dir` load from the npm packages in `assets` into the site
+    (static/vendor/<package path>) and point every page at its copies, so the pages render without internet. Returns
+    the addresses still loaded from outside (none with great-expectations 1.x and vendor/datadocs installed)."""
+    vendor = docs_dir / "static" / "vendor"
+    if not assets.is_dir():
+        return sorted(CDN_FILES)
+    for rel in CDN_FILES.values():
+        (vendor / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(assets / rel, vendor / rel)
+    for rel in CDN_FOLDERS:
+        shutil.copytree(assets / rel, vendor / rel, dirs_exist_ok=True)
+    remote: set[str] = set()
+    for page in docs_dir.rglob("*.html"):
+        up = "../" * (len(page.relative_to(docs_dir).parts) - 1)  # from the page's folder to the site's root
+        text = page.read_text(encoding="utf-8")
+        for url, rel in CDN_FILES.items():
+            text = text.replace(f'"{url}"', f'"{up}static/vendor/{rel}"')
+        text = LOGO.sub(f"{up}static/images/logo-long.png", text)
+        page.write_text(text, encoding="utf-8")
+        remote.update(REMOTE.findall(text))
+    return sorted(remote)
 
 
 def _to_check(suite: str, result: Any, frame: pd.DataFrame, examples: int) -> Check:

@@ -61,6 +61,12 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
         }
         with atomic_dir(out.validation) as tmp:
             checks = expectations.run_suites(frames, tmp / "data_docs", cfg.examples)
+            remote = expectations.serve_assets(tmp / "data_docs", project.root / expectations.ASSETS)
+            if remote:
+                print(
+                    f"validate: warning: the Data Docs load {len(remote)} files from public CDNs, so they show no "
+                    "results without internet; `make setup` (npm) installs them to be served from the project."
+                )
             failed = [c for c in checks if not c.success]
             summary = {
                 "success": not failed,
