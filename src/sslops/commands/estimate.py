@@ -126,11 +126,11 @@ def _input_shape(project: Project) -> tuple[int, int, int] | None:
 
 
 def _calibrate(
-    project: Project, shape: tuple[int, int, int], device: torch.device, tuning: tuple[Precision, torch.device]
+    project: Project, shape: tuple[int, int, int], device: torch.device, tuning: tuple[Precision, torch.device] | None
 ) -> _Rates:
     """Time each kind of work with the configured method, backbone and precisions: pretraining on `device`,
-    fine-tuning in the precision and on the device of `tuning`, the rest (features, probes, kNN) as the stages
-    compute them."""
+    fine-tuning in the precision and on the device of `tuning` (None: not needed, not timed), the rest (features,
+    probes, kNN) as the stages compute them."""
     import torch
 
     from sslops.ml import calibrate
@@ -146,8 +146,8 @@ def _calibrate(
     batches = {finetune.recipe.batch_size} | {r.batch_size for r in finetune.trials.values()}
     return _Rates(
         pretrain_step=step_seconds(method, schedule(pretrain, 2, warn=lambda _: None), device),
-        finetune_step={b: calibrate.finetune_step(encoder, chw, b, *tuning) for b in sorted(batches)},
-        forward_image=calibrate.forward_image(encoder.eval(), chw, tuning[1]),
+        finetune_step={b: calibrate.finetune_step(encoder, chw, b, *tuning) for b in sorted(batches)} if tuning else {},
+        forward_image=calibrate.forward_image(encoder.eval(), chw, tuning[1] if tuning else device),
         probe_label_fit=calibrate.probe_label_fit(encoder.feature_dim),
         knn_pair=calibrate.knn_pair(encoder.feature_dim),
     )
@@ -212,11 +212,9 @@ def _pretrain_work(project: Project, rates: _Rates, images: int, labelled: int) 
 def pretrain_estimate(project: Project, shape: tuple[int, int, int], images: int, labelled: int) -> StageCost:
     """The pretrain stage's cost on this machine for data not prepared yet (`sslops init`): `images` of `shape`
     (H, W, C), `labelled` of them with labels, calibrated as `estimate` does."""
-    from sslops.ml.device import Precision, pick_device
+    from sslops.ml.device import pick_device
 
-    pretrain, finetune = project.config("pretrain"), project.config("finetune")
-    tuning = Precision.resolve(finetune.amp, finetune.channels_last, pick_device(finetune.device))
-    rates = _calibrate(project, shape, pick_device(pretrain.device), (tuning, pick_device(finetune.device)))
+    rates = _calibrate(project, shape, pick_device(project.config("pretrain").device), None)  # no fine-tuning steps
     seconds, work = _pretrain_work(project, rates, images, labelled)
     return StageCost("pretrain", seconds + FIXED_S["pretrain"], work)
 
