@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, TASK
 from sslops.config import Project
 from sslops.config.schema import SECTIONS
 from sslops.config.validation import parse_section, resolve_profile
@@ -334,3 +334,11 @@ def test_a_gpu_profile_run_records_and_shows_what_ran(project) -> None:
     assert (
         "pretrain.backbone.name=resnet18" in text and "pretrain.images=128" in text and "pretrain.batch_size=32" in text
     )
+
+
+def test_outputs_of_a_task_removed_from_params_are_found(project) -> None:
+    """DVC forgets a removed task's stages but not their files: `sslops repro` names them for removal."""
+    for top in ("metrics", "plots"):
+        (project.root / top / "tasks" / "gone").mkdir(parents=True)
+    (project.root / "metrics" / "tasks" / TASK).mkdir(parents=True)  # a task params.yaml lists
+    assert project.orphaned_outputs() == [project.root / "metrics/tasks/gone", project.root / "plots/tasks/gone"]

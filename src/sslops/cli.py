@@ -225,6 +225,9 @@ def _repro(args: argparse.Namespace) -> int:
     project = Project.discover()
     timeout = project.config("flow").lock_timeout_s
     holder = f"sslops repro (pid {os.getpid()})"
+    if orphans := project.orphaned_outputs():
+        shown = " ".join(str(path.relative_to(project.root)) for path in orphans)
+        print(f"sslops repro: note: outputs of tasks no longer in params.yaml stay until removed: rm -rf {shown}")
     with project_lock(project.root, timeout, holder, on_wait=print), overridden_params(project.root, {}, warn=print):
         # no overrides: this only restores params.yaml if a killed flow run left it overridden
         env = stage_env(project.root, None)

@@ -151,6 +151,13 @@ class Project:
         sub = Path("tasks") / task
         return DatasetOutputs(self.root / "artifacts" / sub, self.metrics_dir / sub, self.root / "plots" / sub)
 
+    def orphaned_outputs(self) -> list[Path]:
+        """Output folders of tasks that params.yaml no longer lists (`tasks/<name>` under artifacts/, metrics/ and
+        plots/): DVC forgets a removed task's stages but leaves their files, which `dvc metrics show` still reads."""
+        names = set(self.config("tasks").names())
+        found = [self.root / top / "tasks" for top in ("artifacts", "metrics", "plots")]
+        return sorted(d for folder in found if folder.is_dir() for d in folder.iterdir() if d.name not in names)
+
     @property
     def prepared_dir(self) -> Path:
         """The pretraining dataset's store."""
