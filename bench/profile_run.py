@@ -39,7 +39,7 @@ PROFILE_DIR = "SSLOPS_PROFILE_DIR"
 # matching calls, so nested matches are not counted twice; phases may overlap one another (kNN inside the monitor).
 PHASES: dict[str, Callable[[str, str], bool]] = {
     "imports": lambda f, n: n == "_find_and_load",
-    "MLflow (tracking adapter)": lambda f, n: f.endswith("adapters/tracking.py"),
+    "MLflow (tracking adapter)": lambda f, n: "adapters/tracking/" in f,
     "Great Expectations": lambda f, n: f.endswith("adapters/expectations.py") and n == "run_suites",
     "pretraining loop": lambda f, n: f.endswith("ml/train.py") and n == "train_one_epoch",
     "pretraining monitor": lambda f, n: f.endswith("stages/pretrain.py") and n == "on_epoch",

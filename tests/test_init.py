@@ -152,3 +152,10 @@ def test_params_are_written_keeping_comments_quotes_and_nulls(tmp_path) -> None:
     with pytest.raises(SslopsError, match="side"):
         write_params(path, {"prepare.resize.side": -1})
     assert path.read_text() == text  # a value the stages would refuse: nothing written
+
+
+def test_a_side_that_is_no_size_is_refused_before_anything_is_read(capsys) -> None:
+    from sslops.cli import main
+
+    assert main(["init", "data/anything", "--side", "0"]) == 2
+    assert "--side 0: the side must be a positive number of pixels" in capsys.readouterr().err

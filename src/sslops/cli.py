@@ -161,6 +161,8 @@ def _init(args: argparse.Namespace) -> int:
     from sslops.orchestration.overrides import write_params
     from sslops.orchestration.runner import run_dvc, stage_env
 
+    if args.side is not None and args.side < 1:
+        raise SslopsError(f"--side {args.side}: the side must be a positive number of pixels")
     project = Project.discover()
     root = data_folder(project, Path(args.path))
     prepare, pretrain = project.config("prepare"), project.config("pretrain")
@@ -192,7 +194,9 @@ def _init(args: argparse.Namespace) -> int:
         print(f"written: params.yaml ({', '.join(sections)})")
         code, tail = run_dvc(project.root, ["add", "-q", "data"], stage_env(project.root, None), lambda _: None)
         if code != 0:
-            raise SslopsError("dvc add data failed:\n" + "\n".join(tail[-10:]))
+            raise SslopsError(
+                "params.yaml is written, but `dvc add data` failed (run it again once fixed):\n" + "\n".join(tail[-10:])
+            )
     print("dvc add data: data.dvc updated")
     print(f"next: git add data.dvc params.yaml && git commit -m 'Add {proposal.task}', then make run")
     return 0
