@@ -39,8 +39,11 @@ setup: $(STAMP) $(ASSETS) data  ## create .venv (pip, locked versions) and get t
 # Great Expectations' Data Docs load scripts, styles and fonts from public CDNs; these pinned npm packages let the
 # validate stage serve them from the project, so the pages render without internet.
 $(ASSETS): vendor/datadocs/package-lock.json
-	@if command -v npm >/dev/null; then cd vendor/datadocs && npm ci --ignore-scripts --silent && touch $(CURDIR)/$@; \
-	else echo "make: no npm here: the Data Docs will load their scripts from public CDNs (install Node.js and npm)"; fi
+	@if ! command -v npm >/dev/null; then \
+		echo "make: no npm here: the Data Docs will load their scripts from public CDNs (install Node.js and npm)"; \
+	elif ! (cd vendor/datadocs && npm ci --ignore-scripts --silent); then \
+		echo "make: npm ci failed: the Data Docs will load their scripts from public CDNs until it succeeds"; \
+	else touch $@; fi
 
 data: $(STAMP)  ## make data/ match data.dvc (DVC cache, remote, or fetch)
 	@bash scripts/setup_data.sh
