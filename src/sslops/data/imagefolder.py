@@ -9,6 +9,7 @@ Corrupt files are reported when their pixels are loaded. Colour modes are conver
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +32,16 @@ def _load(path: Path, channels: int, max_pixels: int) -> np.ndarray:
 
 
 def plan_imagefolder(
-    root: Path, classes: list[str], channels: int | None, unlabeled_dir: str | None, max_pixels: int
+    root: Path,
+    classes: list[str],
+    channels: int | None,
+    unlabeled_dir: str | None,
+    max_pixels: int,
+    train_has_every_class: bool = False,
 ) -> Plan:
     """Plan an ImageFolder tree. `classes` fixes label order; folders not in it are appended sorted.
+    `train_has_every_class`: a class folder under test/ alone is one more unusable folder (`sslops init`; prepare
+    leaves it to validation, which names the missing class).
 
     `channels` None means: 1 when every image is grayscale, else 3 (a mix is converted to RGB, and said so).
     Every file is checked by `sslops.data.images` (size limit, links, file type, name) before any pixel is read.
@@ -58,6 +66,13 @@ def plan_imagefolder(
         for stray in (p for p in folder.iterdir() if p.is_file() and p.name not in IGNORED):
             reason = f"a file directly under {folder.name}/ (images belong in {folder.name}/<class>/)"
             rejected.append(images.ImageRejected(stray, reason, "layout"))
+    if train_has_every_class:
+        trained = {d.name for d in split_dirs["train"].iterdir() if d.is_dir()}
+        rejected += [
+            images.ImageRejected(root / "test" / c, f"a class with no train/{c}/ folder", "layout")
+            for c in found
+            if c not in trained
+        ]
     if unlabeled_dir and (root / unlabeled_dir).is_dir():
         entries += [("unlabeled", f, None) for f in image_files(root / unlabeled_dir)]
 
@@ -86,4 +101,4 @@ def plan_imagefolder(
         )
         for (split, path, label), (h, w, _) in zip(entries, headers, strict=True)
     ]
-    return Plan(parts=parts, classes=names, notes=notes)
+    return Plan(parts=parts, classes=names, notes=notes, modes=dict(Counter(mode for _, _, mode in headers)))

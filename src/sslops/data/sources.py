@@ -37,6 +37,7 @@ class Plan:
     parts: list[Part]
     classes: list[str]
     notes: tuple[str, ...] = ()  # what the reader decided for the user, e.g. how mixed colour modes were converted
+    modes: dict[str, int] = field(default_factory=dict)  # the files' colour modes, where the reader read headers
 
     @property
     def total(self) -> int:

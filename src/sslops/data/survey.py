@@ -17,7 +17,7 @@ import numpy as np
 from sslops.data import images
 from sslops.data.cifar import plan_cifar10
 from sslops.data.idx import plan_idx
-from sslops.data.imagefolder import IGNORED, image_files
+from sslops.data.imagefolder import IGNORED, image_files, plan_imagefolder
 from sslops.data.sources import Plan
 from sslops.errors import SslopsError
 
@@ -67,12 +67,14 @@ def survey(root: Path, unlabeled_dir: str, max_pixels: int) -> Survey:
 
 
 def _from_plan(root: Path, layout: str, plan: Plan) -> Survey:
-    """A survey of an IDX or CIFAR dataset, from its reader's plan (headers and labels only)."""
+    """A survey from a reader's plan (headers and labels only): counts per split and class, sizes, modes."""
     counts: dict[str, dict[str, int]] = {}
     out = Survey(root, layout, plan.classes, counts)
+    out.modes.update(plan.modes)
     for part in plan.parts:
         out.sizes += [part.shape[:2]] * part.count
-        out.modes["L" if part.shape[2] == 1 else "RGB"] += part.count
+        if not plan.modes:  # a reader of arrays (IDX, CIFAR): the channels are the mode
+            out.modes["L" if part.shape[2] == 1 else "RGB"] += part.count
         if part.labels is None:
             out.unlabeled += part.count
             continue
@@ -111,38 +113,8 @@ def _imagefolder(root: Path, entries: list[Path], unlabeled_dir: str, max_pixels
             f"{root}: no train/ folder beside {splits[0].name}/; expected train/<class>/ and test/<class>/"
         )
 
-    counts: dict[str, dict[str, int]] = {}
-    files: list[Path] = []
-    rejected: list[images.ImageRejected] = []
-    for split in sorted(splits, key=lambda p: SPLITS.index(p.name)):
-        for item in sorted(split.iterdir()):
-            if item.is_file() and item.name not in IGNORED:
-                reason = f"a file directly under {split.name}/ (images belong in {split.name}/<class>/)"
-                rejected.append(images.ImageRejected(item, reason, "layout"))
-            elif item.is_dir():
-                found = image_files(item)
-                counts.setdefault(split.name, {})[item.name] = len(found)
-                files += found
-                if not found:
-                    reason = "class folder is empty; add images or remove it"
-                    rejected.append(images.ImageRejected(item, reason, "empty"))
-    classes = sorted({c for per_class in counts.values() for c in per_class})
-    unlabeled = image_files(root / unlabeled_dir) if (root / unlabeled_dir).is_dir() else []
-    out = Survey(root, "imagefolder", classes, counts, unlabeled=len(unlabeled))
-    for c in classes:
-        if c not in counts.get("train", {}):
-            rejected.append(images.ImageRejected(root / "test" / c, f"a class with no train/{c}/ folder", "layout"))
-    for path in files + unlabeled:
-        try:
-            height, width, mode = images.inspect(path, root, max_pixels)
-        except images.ImageRejected as exc:
-            rejected.append(exc)
-            continue
-        out.sizes.append((height, width))
-        out.modes[mode] += 1
-    images.refuse(root, rejected)
-    if not out.sizes:
-        raise SslopsError(f"{root}: no images found under train/ and test/")
+    out = _from_plan(root, "imagefolder", plan_imagefolder(root, [], None, unlabeled_dir, max_pixels, True))
+    classes = out.classes
     if len(classes) < 2:
         raise SslopsError(f"{root}: one class ({', '.join(classes)}); a labelled task needs at least two")
     return out
