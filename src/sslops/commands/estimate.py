@@ -245,7 +245,7 @@ def _finetune(project: Project, task: str, sizes: dict[str, Any], rates: _Rates)
 
     cfg, n = project.config("finetune"), sizes["images_train"]
     fits = 1 + (1 - PROBE_HOLDOUT) * len(cfg.probe.weight_decays) if len(cfg.probe.weight_decays) > 1 else 1
-    searched = [] if cfg.search.trial or task in cfg.chosen else cfg.search.auto
+    searched = cfg.searched_in_stage(task)
     seconds, steps, models = 2 * n * rates.forward_image, 0, 0
     for key, labels, draws in _subsets(project, task, sizes):
         seconds += 3 * draws * labels * fits * rates.probe_label_fit

@@ -87,7 +87,7 @@ def propose(project: Project, found: Survey, root: str, replace_tasks: bool, sid
     proposal = Proposal(name, updates, deletions, removed, side, channels, budgets)
     if found.gray and found.gray < sum(found.modes.values()):
         proposal.notes.append(f"{found.gray} grayscale images among colour ones: all become RGB")
-    auto = finetune["search"]["auto"]
+    auto = project.config("finetune").searched_in_stage(name)
     if name not in finetune["chosen"]:
         proposal.notes.append(
             f"no recipe choices for {name} in finetune.chosen: its finetune stage searches {', '.join(auto)} on "

@@ -518,6 +518,11 @@ class FinetuneParams(Section):
             return "linear"
         return self.headline.get(task, {}).get(budget, {}).get(init, "finetune")
 
+    def searched_in_stage(self, task: str) -> list[str]:
+        """The trials `task`'s own finetune stage searches before it trains: `search.auto` for a task with no
+        committed choices (a user's own; bench/finetune_search.py searches the committed ones), else none."""
+        return [] if self.search.trial or task in self.chosen else list(self.search.auto)
+
     def recipe_for(self, task: str, budget: str, init: str) -> tuple[str, Recipe]:
         """(trial name, recipe) for one task, budget key (`frac_0.01`) and init: the trial being searched, else the
         chosen one, else `base` (the recipe as written), for budgets the search has not covered."""

@@ -230,8 +230,7 @@ class _Fit:
         self.subsets = [  # (budget, draw): 100 % is one subset
             (budget, draw) for budget in budgets for draw in range(1 if parse_budget(budget)[0] == 1 else cfg.draws)
         ]
-        # A task with no committed choices searches its own (bench/finetune_search.py searches the committed ones).
-        self.auto = [] if cfg.search.trial or task in cfg.chosen else list(cfg.search.auto)
+        self.auto = cfg.searched_in_stage(task)
         self.choices: dict[tuple[str, str], tuple[str, str]] = {}  # (budget key, init) -> (trial, headline protocol)
         self.searched: list[dict[str, Any]] = []  # the held-out scores behind the choices
 
