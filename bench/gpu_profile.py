@@ -50,7 +50,7 @@ from fashion_mnist import load
 
 from sslops.commands.report import mean_std
 from sslops.config.schema import AugmentParams, FinetuneParams, PretrainParams, Recipe
-from sslops.config.validation import parse_section
+from sslops.config.validation import method_knobs, parse_section
 from sslops.ml.augment import AugmentConfig, BatchAugment
 from sslops.ml.device import amp_name, pick_device
 from sslops.ml.knn import knn_accuracy
@@ -137,7 +137,7 @@ def run_pretraining(
 
     def train(epochs: int, steps: int, limit: int | None, checkpoint: Path) -> tuple[Method, list[EpochStats]]:
         torch.manual_seed(cfg.seed)
-        method = build_method(cfg.method_knobs.to_core(METHOD_CONFIGS[cfg.method]), make_encoder(images, cfg), shape)
+        method = build_method(method_knobs(cfg, METHOD_CONFIGS), make_encoder(images, cfg), shape)
         core = cfg.to_core(TrainConfig, epochs=epochs, warmup_epochs=cfg.warmup_fraction * epochs)
         history = pretrain(method, batches(limit), steps, core, device, checkpoint, checkpoint.stem, progress=False)
         return method, history

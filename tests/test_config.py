@@ -14,7 +14,7 @@ import yaml
 from conftest import REPO, TASK
 from sslops.config import Project
 from sslops.config.schema import SECTIONS
-from sslops.config.validation import parse_section, resolve_profile
+from sslops.config.validation import method_knobs, parse_section, resolve_profile
 from sslops.errors import SslopsError
 from sslops.ml.methods import METHODS
 
@@ -54,14 +54,13 @@ def test_the_schema_offers_what_the_core_implements() -> None:
     a value one side adds and the other lacks would pass validation and fail deep in a stage, or never be offered."""
     from typing import get_args
 
-    from sslops.config.schema import BackboneKnobs, Format, Method
+    from sslops.config.schema import BackboneKnobs, Format
     from sslops.data.formats import FORMATS
-    from sslops.ml.methods import METHODS
     from sslops.ml.models import BACKBONES
 
     assert set(get_args(Format)) == set(FORMATS)
     assert set(get_args(BackboneKnobs.model_fields["name"].annotation)) == {"auto", *BACKBONES}
-    assert set(get_args(Method)) == set(METHODS)
+    assert list(parse_section("pretrain", PARAMS["pretrain"]).knobs) == list(METHODS)  # params.yaml: every method
 
 
 # The bad values an audit found (issue 11), one per kind, and the message each now gives.
@@ -139,25 +138,6 @@ BAD = [
     ("validate", {"min_rows": 10, "max_rows": 5}, "min_rows (10) must not exceed max_rows (5)"),
     ("evaluate", {"device": "gpu"}, "evaluate.device in params.yaml: must match pattern"),
     ("prepare", {"root": "../someone-else/data"}, "prepare.root in params.yaml: must be a folder inside the project"),
-    ("pretrain", {"jigsaw__grid": 1}, "pretrain.jigsaw.grid in params.yaml: must be greater than or equal to 2, got 1"),
-    (
-        "pretrain",
-        {"vicreg__proj_dim": 1},
-        "pretrain.vicreg.proj_dim in params.yaml: must be greater than or equal to 2",
-    ),
-    (
-        "pretrain",
-        {"barlow__lambda_offdiag": 0},
-        "pretrain.barlow.lambda_offdiag in params.yaml: must be greater than 0",
-    ),
-    ("pretrain", {"dino__local_fraction": 1.0}, "pretrain.dino.local_fraction in params.yaml: must be less than 1"),
-    (
-        "pretrain",
-        {"dino__local_scale": [0.4, 0.05]},
-        "local_scale must be [low, high] with low <= high, got [0.4, 0.05]",
-    ),
-    ("pretrain", {"dino__local_crops": -1}, "pretrain.dino.local_crops in params.yaml: must be greater than or equal"),
-    ("pretrain", {"dae__noise_p": 0.0, "dae__noise_std": 0.0}, "noise_p and noise_std are both 0: no corruption"),
 ]
 
 
@@ -166,6 +146,61 @@ def test_bad_values_are_named_with_key_value_and_what_is_allowed(name: str, chan
     with pytest.raises(SslopsError) as info:
         parse_section(name, section(name, **changes))
     assert message in str(info.value)
+
+
+# A method's knobs are declared in its own file (sslops.ml.methods.<name>) and checked where the method is built.
+BAD_KNOBS = [
+    ({"jigsaw__grid": 1}, "pretrain.jigsaw.grid in params.yaml: must be greater than or equal to 2, got 1"),
+    ({"jigsaw__permutations": 25}, "pretrain.jigsaw in params.yaml: permutations 25 must be between 2 and 24"),
+    ({"vicreg__proj_dim": 1}, "pretrain.vicreg.proj_dim in params.yaml: must be greater than or equal to 2, got 1"),
+    ({"barlow__lambda_offdiag": 0}, "pretrain.barlow.lambda_offdiag in params.yaml: must be greater than 0, got 0"),
+    ({"dino__local_fraction": 1.0}, "pretrain.dino.local_fraction in params.yaml: must be less than 1, got 1.0"),
+    ({"dino__local_scale": [0.4, 0.05]}, "pretrain.dino in params.yaml: local_scale must be [low, high] with low <="),
+    ({"dino__local_scale": [0.0, 0.4]}, "pretrain.dino.local_scale.0 in params.yaml: must be greater than 0, got 0.0"),
+    ({"dino__local_crops": -1}, "pretrain.dino.local_crops in params.yaml: must be greater than or equal to 0, got -1"),
+    ({"dae__noise_p": 0.0, "dae__noise_std": 0.0}, "pretrain.dae in params.yaml: noise_p and noise_std are both 0"),
+    ({"simclr__proj_dim": "128"}, "pretrain.simclr.proj_dim in params.yaml: must be a valid integer, got '128'"),
+    ({"simclr__proj_dim": 12.5}, "pretrain.simclr.proj_dim in params.yaml: must be a valid integer, got 12.5"),
+    ({"simclr__temperature": float("nan")}, "pretrain.simclr.temperature in params.yaml: must be a finite number"),
+    ({"moco__queue": 5}, "pretrain.moco.queue in params.yaml: unknown key (known: proj_hidden, proj_dim, temperatur"),
+    ({"moco": {"proj_dim": 8}}, "pretrain.moco.proj_hidden in params.yaml: missing"),
+    ({"simclr2": {"proj_dim": 8}}, "pretrain.simclr2 in params.yaml: unknown key (known: profile, method,"),
+]
+
+
+@pytest.mark.parametrize(("changes", "message"), BAD_KNOBS, ids=[next(iter(c)) for c, _ in BAD_KNOBS])
+def test_bad_method_knobs_are_named_whichever_method_runs(changes: dict, message: str) -> None:
+    """Every method's knobs are checked, not only those of the method that runs: a wrong value waits for no one."""
+    from sslops.ml.methods import METHOD_CONFIGS
+
+    cfg = parse_section("pretrain", section("pretrain", **changes))
+    with pytest.raises(SslopsError) as info:
+        method_knobs(cfg, METHOD_CONFIGS)
+    assert message in str(info.value)
+
+
+def test_the_method_must_be_registered_and_have_its_knobs() -> None:
+    from sslops.ml.methods import METHOD_CONFIGS
+
+    with pytest.raises(SslopsError, match="pretrain.method in params.yaml: 'swav' is not a method"):
+        method_knobs(parse_section("pretrain", section("pretrain", method="swav", swav={"k": 1})), METHOD_CONFIGS)
+    with pytest.raises(SslopsError, match="method is 'swav', but there is no pretrain.swav mapping of its knobs"):
+        parse_section("pretrain", section("pretrain", method="swav"))
+    with pytest.raises(SslopsError, match=r"pretrain.batchsize in params.yaml: unknown key \(known: profile"):
+        parse_section("pretrain", section("pretrain", batchsize=512))  # not a mapping: not a method's knobs
+
+
+def test_every_problem_with_the_knobs_is_reported_at_once() -> None:
+    from sslops.ml.methods import METHOD_CONFIGS
+
+    cfg = parse_section("pretrain", section("pretrain", vicreg__proj_dim=1, jigsaw__grid=1, jigsaw__hidden=0))
+    with pytest.raises(SslopsError) as info:
+        method_knobs(cfg, METHOD_CONFIGS)
+    assert [line.split(" in ")[0] for line in str(info.value).splitlines()] == [
+        "pretrain.vicreg.proj_dim",
+        "pretrain.jigsaw.grid",
+        "pretrain.jigsaw.hidden",
+    ]
 
 
 def test_a_missing_key_is_named_and_there_is_no_default_to_fall_back_on() -> None:
@@ -247,7 +282,8 @@ def test_core_dataclasses_are_filled_from_params_only() -> None:
         == PARAMS["finetune"]["recipe"]["max_steps"]
     )
     for name, cls in METHOD_CONFIGS.items():
-        assert getattr(pretrain, name).to_core(cls) == cls(**PARAMS["pretrain"][name])
+        chosen = parse_section("pretrain", section("pretrain", method=name))
+        assert method_knobs(chosen, METHOD_CONFIGS) == cls(**PARAMS["pretrain"][name])
 
 
 def test_the_cli_defaults_agree_with_params() -> None:

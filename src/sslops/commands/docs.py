@@ -19,8 +19,9 @@ from typing import Any
 import yaml
 
 from sslops.config import Project
-from sslops.config.reference import keys_of, named_entries
-from sslops.config.schema import METHOD_NAMES, SECTIONS
+from sslops.config.reference import Key, keys_of, named_entries
+from sslops.config.schema import SECTIONS
+from sslops.ml.methods import METHOD_CONFIGS
 
 CONFIGURATION = Path("docs") / "configuration.md"
 CLI = Path("docs") / "cli.md"
@@ -80,11 +81,15 @@ def _rows(model: type | None, values: dict[str, Any], prefix: str, ctx: dict[str
     keys = keys_of(model) if model is not None else {}
     for name, value in values.items():
         path, key = f"{prefix}.{name}", keys.get(name)
+        if prefix == "pretrain" and name in METHOD_CONFIGS:  # a method's knobs, declared in its own file
+            key = Key("mapping", METHOD_CONFIGS[name], "")
         kind = key.kind if key else "mapping (merged over `pretrain`)"
+        if path == "pretrain.method":  # checked against the methods' registry, not the schema
+            kind = " | ".join(json.dumps(m) for m in METHOD_CONFIGS)
         shown = "" if isinstance(value, dict) and (key is None or key.section) else _default(value)
         meaning = ctx["comments"].get(path) or (key.comment if key else "")
         method = name if prefix == "pretrain" else prefix.removeprefix("pretrain.")
-        if not meaning and method in METHOD_NAMES:  # the methods' knobs are explained with the methods
+        if not meaning and method in METHOD_CONFIGS:  # the methods' knobs are explained with the methods
             meaning = f"{'the knobs' if method == name else 'a knob'} of `{method}` ([methods.md](methods.md))"
         cells = [f"`{path}`", kind, shown, _stages(path, ctx["deps"]), meaning]
         rows.append("| " + " | ".join(re.sub(r"(?<!\\)\|", r"\|", c) for c in cells) + " |")  # a | ends a cell

@@ -6,12 +6,13 @@ config package speaks pydantic.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import re
 import types
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from pydantic import BaseModel, RootModel
 
@@ -101,8 +102,12 @@ def schema_comments(model: type) -> dict[str, str]:
 
 
 def keys_of(model: type) -> dict[str, Key]:
-    """The keys of a section model, each with its type in words, its nested section and its schema comment."""
+    """The keys of a section model (or of a method's knobs dataclass), each with its type in words, its nested
+    section and the comment beside it in the source."""
     comments = schema_comments(model)
+    if dataclasses.is_dataclass(model):
+        hints = get_type_hints(model, include_extras=True)
+        return {f.name: Key(describe(hints[f.name]), None, comments.get(f.name, "")) for f in dataclasses.fields(model)}
     keys = {}
     for name, field in model.model_fields.items():
         nested = (

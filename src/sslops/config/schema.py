@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import PurePosixPath
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -39,7 +39,6 @@ Probability = Annotated[float, Field(ge=0, le=1)]
 Name = Annotated[str, Field(min_length=1)]
 Range = tuple[PositiveFloat, PositiveFloat]
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
-Method = Literal["simclr", "moco", "byol", "mim", "rotation", "simsiam", "barlow", "vicreg", "dino", "dae", "jigsaw"]
 Format = Literal["idx", "imagefolder", "cifar10"]
 
 
@@ -54,7 +53,6 @@ def _budget(value: object) -> float | str:
 
 Budget = Annotated[float | str, PlainValidator(_budget)]
 TaskName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")]  # a folder name and a DVC stage key
-METHOD_NAMES: tuple[str, ...] = get_args(Method)
 
 
 class Section(BaseModel):
@@ -213,95 +211,6 @@ class AugmentParams(Section):
         return self
 
 
-class SimCLRKnobs(Section):
-    proj_hidden: PositiveInt
-    proj_dim: PositiveInt
-    temperature: PositiveFloat
-
-
-class MoCoKnobs(Section):
-    proj_hidden: PositiveInt
-    proj_dim: PositiveInt
-    temperature: PositiveFloat
-    queue_size: PositiveInt
-    momentum: Annotated[float, Field(ge=0, lt=1)]
-
-
-class BYOLKnobs(Section):
-    proj_hidden: PositiveInt
-    proj_dim: PositiveInt
-    pred_hidden: PositiveInt
-    base_momentum: Annotated[float, Field(ge=0, lt=1)]
-
-
-class MIMKnobs(Section):
-    patch: PositiveInt
-    mask_ratio: Annotated[float, Field(gt=0, lt=1)]
-    dec_hidden: PositiveInt
-
-
-class RotationKnobs(Section):
-    hidden: PositiveInt
-
-
-class SimSiamKnobs(Section):
-    proj_hidden: PositiveInt
-    proj_dim: PositiveInt
-    pred_hidden: PositiveInt
-
-
-class BarlowKnobs(Section):
-    proj_hidden: PositiveInt
-    proj_dim: PositiveInt
-    lambda_offdiag: PositiveFloat
-
-
-class VICRegKnobs(Section):
-    proj_hidden: PositiveInt
-    proj_dim: Annotated[StrictInt, Field(ge=2)]  # the covariance term needs two dimensions
-    sim_weight: NonNegativeFloat
-    var_weight: NonNegativeFloat
-    cov_weight: NonNegativeFloat
-
-
-class DINOKnobs(Section):
-    proj_hidden: PositiveInt
-    bottleneck_dim: PositiveInt
-    out_dim: PositiveInt
-    teacher_temp: PositiveFloat
-    student_temp: PositiveFloat
-    center_momentum: Annotated[float, Field(ge=0, lt=1)]
-    base_momentum: Annotated[float, Field(ge=0, lt=1)]
-    local_crops: NonNegativeInt
-    local_fraction: Annotated[float, Field(gt=0, lt=1)]  # of the views' side: the same share at any image size
-    local_scale: tuple[Probability, Probability]  # of the view's area
-
-    @model_validator(mode="after")
-    def _check(self) -> DINOKnobs:
-        if self.local_scale[0] == 0:
-            raise ValueError("local_scale must be within (0, 1], got a lower bound of 0")
-        _ordered(self.local_scale, "local_scale")
-        return self
-
-
-class DAEKnobs(Section):
-    noise_p: Annotated[float, Field(ge=0, lt=1)]
-    noise_std: NonNegativeFloat  # in normalised units (per-channel standard deviations)
-    dec_hidden: PositiveInt
-
-    @model_validator(mode="after")
-    def _check(self) -> DAEKnobs:
-        if self.noise_p == 0 and self.noise_std == 0:
-            raise ValueError("noise_p and noise_std are both 0: no corruption, a plain autoencoder")
-        return self
-
-
-class JigsawKnobs(Section):
-    grid: Annotated[StrictInt, Field(ge=2)]  # must divide the image side (checked when the method is built)
-    permutations: Annotated[StrictInt, Field(ge=2)]  # at most (grid^2)!
-    hidden: PositiveInt
-
-
 class BackboneKnobs(Section):
     name: Literal["auto", "small_cnn", "resnet18", "resnet34", "resnet50"]  # auto: by image size (resolve_backbone)
     width: PositiveInt  # small_cnn: channels after the stem (then 2x, 4x, 8x)
@@ -325,18 +234,8 @@ class PretrainParams(Section):
     """`pretrain:` with the selected profile merged in (see `resolve_profile`): the values that ran."""
 
     profile: Name
-    method: Method
-    simclr: SimCLRKnobs
-    moco: MoCoKnobs
-    byol: BYOLKnobs
-    mim: MIMKnobs
-    rotation: RotationKnobs
-    simsiam: SimSiamKnobs
-    barlow: BarlowKnobs
-    vicreg: VICRegKnobs
-    dino: DINOKnobs
-    dae: DAEKnobs
-    jigsaw: JigsawKnobs
+    method: Name  # a method of sslops.ml.methods; its knobs are the mapping of the same name
+    knobs: dict[Name, dict[Name, Any]]  # each method's mapping (`pretrain.simclr`, ...), as params.yaml gives them
     backbone: BackboneKnobs
     images: PositiveInt  # the budget in images seen (2 views each); epochs follow from the dataset's size
     min_steps: PositiveInt  # fewer optimiser steps than this is warned about (too short to learn much)
@@ -358,14 +257,34 @@ class PretrainParams(Section):
     knn: MonitorKnn
     probe: MonitorProbe
 
-    @property
-    def method_knobs(self) -> Section:
-        """The knobs of the method that runs (`pretrain.<method>`)."""
-        return getattr(self, self.method)
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_knobs(cls, raw: Any) -> Any:
+        """Every mapping under `pretrain:` that is not one of the keys above holds a method's knobs.
+
+        The methods declare their knobs (types and ranges) in their own files in the ML core, which this module
+        does not import (loading a config stays cheap, and a stage's deps stay its own code); `method_knobs` in
+        config.validation checks them against those declarations where the method is built. Anything else unknown
+        stays unknown and is refused.
+        """
+        if not isinstance(raw, dict) or "knobs" in raw:
+            return raw
+        knobs = {k: v for k, v in raw.items() if k not in cls.model_fields and isinstance(v, dict)}
+        return {**{k: v for k, v in raw.items() if k not in knobs}, "knobs": knobs}
+
+    @model_validator(mode="after")
+    def _method_has_knobs(self) -> PretrainParams:
+        if self.method not in self.knobs:
+            known = ", ".join(self.knobs) or "none"
+            raise ValueError(
+                f"method is '{self.method}', but there is no pretrain.{self.method} mapping of its knobs "
+                f"(methods with knobs: {known})"
+            )
+        return self
 
     def record(self) -> dict[str, Any]:
         """The resolved values that ran, with only the active method's knobs (the others did not run)."""
-        return self.model_dump(mode="json", exclude=set(METHOD_NAMES) - {self.method})
+        return {**self.model_dump(mode="json", exclude={"knobs"}), self.method: self.knobs[self.method]}
 
 
 class RegisterParams(Section):

@@ -6,11 +6,15 @@ Each problem is named by its full key, the value found and what is allowed, e.g.
 
 from __future__ import annotations
 
-from typing import Any, get_args, get_origin
+import json
+from collections.abc import Mapping
+from dataclasses import fields
+from functools import cache
+from typing import Any, get_args, get_origin, get_type_hints
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from sslops.config.schema import SECTIONS, Section
+from sslops.config.schema import SECTIONS, PretrainParams, Section
 from sslops.errors import SslopsError
 
 PROFILE, PROFILES = "profile", "profiles"
@@ -60,6 +64,42 @@ def _validate(
         where = f" (with pretrain.profiles.{profile} merged in)" if profile else ""
         problems = [_describe(model, err, name, source) + where for err in exc.errors()]
         raise SslopsError("\n".join(problems)) from None
+
+
+def method_knobs(cfg: PretrainParams, registry: Mapping[str, type], source: str = "params.yaml") -> Any:
+    """The knobs of the method that runs, as its dataclass from the ML core, after checking every method's knobs
+    under `pretrain:` against the declarations `registry` maps method names to (the methods' own dataclasses: field
+    types with their ranges, checks across knobs in `__post_init__`). All problems at once, each named by its key.
+    """
+    if cfg.method not in registry:
+        raise SslopsError(f"pretrain.method in {source}: '{cfg.method}' is not a method (one of {', '.join(registry)})")
+    problems, built = [], {}
+    for name, raw in cfg.knobs.items():
+        if name not in registry:
+            known = [*(f for f in PretrainParams.model_fields if f != "knobs"), *registry]
+            problems.append(f"pretrain.{name} in {source}: unknown key (known: {', '.join(known)})")
+            continue
+        model = knobs_model(registry[name])
+        try:  # through JSON, strictly: no string passes for a number, a YAML list is a JSON array for a pair
+            values = model.model_validate_json(json.dumps(raw, default=str), strict=True)
+            built[name] = registry[name](**dict(values))
+        except ValidationError as exc:
+            problems += [_describe(model, err, f"pretrain.{name}", source) for err in exc.errors()]
+        except ValueError as exc:  # a check across knobs
+            problems.append(f"pretrain.{name} in {source}: {exc}")
+    if problems:
+        raise SslopsError("\n".join(problems))
+    return built[cfg.method]
+
+
+@cache
+def knobs_model(declaration: type) -> type[BaseModel]:
+    """A pydantic model of a method's knobs dataclass: its fields, types and ranges, unknown keys refused."""
+    hints = get_type_hints(declaration, include_extras=True)
+    config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    return create_model(
+        declaration.__name__, __config__=config, **{f.name: (hints[f.name], ...) for f in fields(declaration)}
+    )
 
 
 def _describe(model: type[BaseModel], err: Any, section: str, source: str) -> str:

@@ -201,16 +201,18 @@ def build_method_for(
 ) -> Method:
     """The configured method around a fresh encoder for images of `shape` (H, W, C) normalised by `mean`, `std`:
     what the stage trains, and what `sslops estimate` times a step of before any image is prepared."""
+    from sslops.config.validation import method_knobs
     from sslops.ml.augment import view_size
     from sslops.ml.methods import METHOD_CONFIGS, build_method
     from sslops.ml.models import BackboneConfig, Encoder, resolve_backbone
 
+    knobs = method_knobs(cfg, METHOD_CONFIGS)  # every method's knobs against its declaration, before any work
     height, width, channels = shape
     image_shape = (channels, *view_size(augment.size, height, width))  # what the views look like
     backbone = resolve_backbone(cfg.backbone.to_core(BackboneConfig, in_channels=int(channels)), min(image_shape[1:]))
     encoder = Encoder(backbone, mean, std)
     try:
-        return build_method(cfg.method_knobs.to_core(METHOD_CONFIGS[cfg.method]), encoder, image_shape)
+        return build_method(knobs, encoder, image_shape)
     except ValueError as exc:  # knobs that do not fit the data, e.g. a mim.patch that does not divide the image
         raise SslopsError(f"pretrain.{cfg.method} in params.yaml: {exc}") from None
 
