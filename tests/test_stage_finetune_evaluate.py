@@ -14,6 +14,7 @@ from PIL import Image
 
 from conftest import TASK, mlflow_runs, run_task, set_param
 from sslops.cli import main
+from sslops.commands.report import results_markdown
 from sslops.config import Project
 from sslops.config.validation import parse_section
 from sslops.errors import SslopsError
@@ -134,6 +135,16 @@ def test_finetune_evaluate_report_lineage_and_embed(registered, capsys, tmp_path
     assert f"Fine-tuned on {cpu_model()}, precision {amp_name('auto', torch.device('cpu'))}." in out
     assert re.search(r"\| linear \| scratch \| \d+\.\d\d % ± \d+\.\d\d \| [^|]+ \| \d+\.\d\d % \|", out)
     assert re.search(r"\| distill \| pretrained \| — \| \d+\.\d\d % ± \d+\.\d\d \| — \|", out)
+    assert "Not a result" not in out and results["run_id"] == evaluate.info.run_id
+    # ... and says so when the evaluate run behind a table did not finish (it failed after writing its results)
+    store.set_terminated(evaluate.info.run_id, "FAILED")
+    assert main(["report"]) == 0
+    assert f"**Not a result**: the evaluate run behind these figures (`{evaluate.info.run_id}`) is FAILED" in (
+        capsys.readouterr().out
+    )
+    with pytest.raises(SslopsError, match=f"task {TASK}: the evaluate run .* is FAILED, not FINISHED"):
+        results_markdown(project, readme=True)  # the README never takes such figures
+    store.set_terminated(evaluate.info.run_id, "FINISHED")
 
     # Lineage from the alias back to data and forward to downstream runs; reverse from the data md5.
     assert main(["lineage", "candidate", "--json"]) == 0

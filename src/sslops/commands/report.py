@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from sslops.adapters import tracking
 from sslops.config import Project
 from sslops.errors import SslopsError
 from sslops.ml.results import INITS, PROTOCOLS, aggregate, mean, spread
@@ -84,6 +85,7 @@ def results_markdown(project: Project, readme: bool = False) -> str:
         models.append(results["model"])
         table = format_table(results["results"], results["headline"])
         tables += [f"**Task `{task}`**: test accuracy on its full test split", "", table, ""]
+        tables += _unfinished(project, task, results.get("run_id"), readme)
         finetuned = _metrics(project, f"tasks/{task}/finetune")
         if "machine" in finetuned:  # results travel: each table says where and in what precision it was computed
             tables += [f"Fine-tuned on {where(finetuned['machine'])}, precision {finetuned['amp']}.", ""]
@@ -117,6 +119,19 @@ def results_markdown(project: Project, readme: bool = False) -> str:
             f"({register.get('reason')})."
         )
     return "\n".join(lines)
+
+
+def _unfinished(project: Project, task: str, run_id: str | None, readme: bool) -> list[str]:
+    """A warning under a task's table whose evaluate run did not finish (it failed after writing, or was killed, or
+    runs still): its figures are not a result. The README never takes them. Nothing for a finished run, or for one
+    this project's MLflow store does not hold (results pulled from a team's DVC remote name the team's runs)."""
+    status = tracking.run_status(project, run_id) if run_id else None
+    if status in (None, "FINISHED"):
+        return []
+    said = f"the evaluate run behind these figures (`{run_id}`) is {status}, not FINISHED"
+    if readme:
+        raise SslopsError(f"task {task}: {said}. Rerun it (dvc repro evaluate@{task}) before writing the README.")
+    return [f"**Not a result**: {said}; rerun it with `dvc repro evaluate@{task}`.", ""]
 
 
 def _metrics(project: Project, stage: str) -> dict:

@@ -73,10 +73,10 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
         test_feats = {init: features(enc, store.images[test_rows], device) for init, enc in encoders.items()}
         results = _score(cfg, folder, index, store, encoders, (test_rows, test_labels, test_feats), device)
         summary = headline(results)
-        with atomic_dir(out.evaluate) as tmp:
-            record = {"model": model, "task": task, "classes": store.classes, "results": results, "headline": summary}
-            write_json(tmp / "results.json", record)
         _draw(out.plots, task, cfg, results, summary, store.classes, test_labels, test_feats)
+        with atomic_dir(out.evaluate) as tmp:  # after the plots: a stage that fails there leaves no results of its own
+            record = {"model": model, "task": task, "classes": store.classes, "results": results, "headline": summary}
+            write_json(tmp / "results.json", {**record, "run_id": run.info.run_id})  # `sslops report` checks its status
         metrics = {**_metrics(results, summary), "seconds": round(time.perf_counter() - started, 1)}
         metrics["machine"] = machine(device)
         write_json(out.metrics / "evaluate.json", metrics)

@@ -252,6 +252,16 @@ def find_run(project: Project, filter_string: str) -> mlflow.entities.Run | None
     return runs[0] if runs else None
 
 
+def run_status(project: Project, run_id: str) -> str | None:
+    """How run `run_id` ended (FINISHED, FAILED, KILLED) or RUNNING; None when this project's store has no such run
+    (another store, or one reset since)."""
+    connect(project)
+    try:
+        return client().get_run(run_id).info.status
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
 def search_runs(project: Project, filter_string: str) -> list[mlflow.entities.Run]:
     """All runs of the project's experiment matching a filter, newest first."""
     experiment_id = connect(project)
