@@ -82,17 +82,19 @@ def test_writing_the_choices_keeps_every_other_line_and_refuses_an_invalid_resul
 
 
 def test_a_fresh_clone_chooses_from_the_results_file_where_a_trial_and_the_encoder_are_unchanged(tmp_path, monkeypatch):
-    """DVC's experiments stay in the clone that ran them; the results file's scores stand in for a trial only while
-    its definition and the encoder are the ones they were measured with, and keep their date."""
+    """Without a search now, the results file's scores stand in for a trial only while its definition and the
+    encoder are the ones they were measured with, and keep their date; a trial searched now takes its new scores."""
     base = {"optimizer": "adamw", "lr": 0.001, "crop_scale": (0.6, 1.0)}  # a tuple, as Trial.record() may give
     sources = {t: {"encoder_sha256": "e1", "date": "2026-11-29", "machine": "m"} for t in TRIALS}
     recorded = {"trials": {"base": {**base, "crop_scale": [0.6, 1.0]}, "long": {**base, "epochs": 60}}}
     (tmp_path / "finetune_search-m.json").write_text(json.dumps(recorded | {"scores": FOUND, "sources": sources}))
     monkeypatch.setattr(finetune_search, "RESULTS", tmp_path)
-    monkeypatch.setattr(finetune_search, "experiments", lambda pattern: ({}, []))
     now = {"base": base, "long": {**base, "epochs": 120}}
     found, used = finetune_search.scores("m", now, ["digits"], encoder="e1")
     assert found["base"] == FOUND["base"] and used["base"]["date"] == "2026-11-29"
     assert found["long"] == {"digits": {}}  # redefined since: its old scores would choose for another recipe
     found, used = finetune_search.scores("m", now, ["digits"], encoder="e2")  # another encoder: nothing stands in
     assert found["base"] == {"digits": {}} and used == {}
+    fresh = {"long": {"digits": {"holdout.acc.per_class_10.pretrained": 0.9}}}
+    found, used = finetune_search.scores("m", now, ["digits"], encoder="e2", searched=fresh)
+    assert found["long"] == fresh["long"] and used["long"]["encoder_sha256"] == "e2" and found["base"] == {"digits": {}}

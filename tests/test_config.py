@@ -122,7 +122,7 @@ BAD = [
         {"headline": {"digits": {"frac_1.0": {"pretrained": "linear"}}}},
         "finetune.headline.digits.frac_1.0.[key] in params.yaml: must be a budget key as metrics name them",
     ),
-    ("finetune", {"search__trial": "fast"}, "search.trial names trial 'fast', not one of finetune.trials (base,"),
+    ("finetune", {"search__auto": ["fast"]}, "search.auto[0] names trial 'fast', not one of finetune.trials (base,"),
     ("finetune", {"search__holdout": 1}, "finetune.search.holdout in params.yaml: must be less than 1, got 1"),
     ("tasks", {"digits__budgets": [0.0]}, "tasks.digits.budgets.0 in params.yaml: must be a fraction of the labels in"),
     ("tasks", {"digits__budgets": ["10 per class"]}, "such as '10/class', got '10 per class'"),

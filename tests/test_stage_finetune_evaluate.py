@@ -166,31 +166,32 @@ def test_finetune_evaluate_report_lineage_and_embed(registered, capsys, tmp_path
     feature_dim = json.loads((project.root / "artifacts" / "pretrain" / "encoder.json").read_text())["feature_dim"]
     assert list(emb["paths"]) == ["a.png", "sub/b.jpg"] and emb["embeddings"].shape == (2, feature_dim)
 
-    # The recipe search's mode: every subset's trial is scored on its held-out labels, and nothing reaches evaluate.
-    set_param(project.root, "finetune", "search", {"trial": "lr3e-3", "holdout": 0.25, "auto": []})
-    assert main(["finetune", "--task", TASK]) == 0
-    searched = json.loads((out_dir.finetune / "index.json").read_text())
-    assert searched["search"] == "lr3e-3"
-    assert {(e["init"], e["protocol"], e.get("trial")) for e in searched["entries"]} == {
-        ("pretrained", "finetune", "lr3e-3"),
-        ("scratch", "finetune", "lr3e-3"),
-        ("pretrained", "linear", None),  # the probe on the same split: what fine-tuning must beat to be the headline
-        ("scratch", "linear", None),
-    }
-    assert {e["held_out"] for e in searched["entries"] if e["budget"] == "frac_0.25"} == {5}  # 25 % of 20 labels
-    scores = json.loads((out_dir.metrics / "finetune.json").read_text())
-    for b in budgets:
-        for i in ("pretrained", "scratch"):
-            assert 0 <= scores[f"holdout.acc.{b}.{i}"] <= 1 and scores[f"holdout.acc_std.{b}.{i}"] >= 0
-            assert 0 <= scores[f"holdout.linear_acc.{b}.{i}"] <= 1 and scores[f"holdout.linear_acc_std.{b}.{i}"] >= 0
-    assert scores["holdout.acc_std.frac_1.scratch"] == 0  # one subset at 100 %
-    capsys.readouterr()
-    assert main(["evaluate", "--task", TASK]) == 2
-    assert "holds a recipe search's trial 'lr3e-3'" in capsys.readouterr().err
+    # The recipe search (sslops search-recipes): each trial scored on every subset's held-out labels, beside the
+    # linear probe on the same split; nothing the finetune stage wrote changes.
+    before = {f.name: f.stat().st_mtime_ns for f in out_dir.finetune.iterdir()}
+    set_param(project.root, "finetune", "search", {"holdout": 0.25, "auto": []})
+    out_json = tmp_path / "search.json"
+    assert main(["search-recipes", "--task", TASK, "--trials", "base,lr3e-3", "--json", str(out_json)]) == 0
+    assert "lr3e-3: per_class_2.pretrained " in capsys.readouterr().out
+    found = json.loads(out_json.read_text())
+    assert set(found["scores"]) == {"base", "lr3e-3"} and found["model"]["version"] == 2 and found["holdout"] == 0.25
+    for scores in found["scores"].values():
+        for b in budgets:
+            for i in ("pretrained", "scratch"):
+                assert 0 <= scores[f"holdout.acc.{b}.{i}"] <= 1 and scores[f"holdout.acc_std.{b}.{i}"] >= 0
+                assert 0 <= scores[f"holdout.linear_acc.{b}.{i}"] <= 1
+        assert scores["holdout.acc_std.frac_1.scratch"] == 0 and scores["seconds"] > 0  # one subset at 100 %
+    probe = "holdout.linear_acc.frac_0.25.pretrained"  # fitted once per subset: the same for every trial
+    assert found["scores"]["base"][probe] == found["scores"]["lr3e-3"][probe]
+    search_runs = [r for r in mlflow_runs(project.root) if r.data.tags.get("mlflow.parentRunId") == found["run_id"]]
+    assert f"{TASK}/frac_0.25/d2/scratch/search-lr3e-3" in {r.info.run_name for r in search_runs}
+    assert {f.name: f.stat().st_mtime_ns for f in out_dir.finetune.iterdir()} == before
+    assert main(["search-recipes", "--task", TASK, "--trials", "fast"]) == 2
+    assert "--trials names fast, not in finetune.trials" in capsys.readouterr().err
 
     # A task with no committed choices (a user's own) searches finetune.search.auto itself, alike for both inits,
     # and fine-tunes and declares its headline by what it found; evaluate scores those models.
-    set_param(project.root, "finetune", "search", {"trial": None, "holdout": 0.25, "auto": ["base", "lr3e-3"]})
+    set_param(project.root, "finetune", "search", {"holdout": 0.25, "auto": ["base", "lr3e-3"]})
     for key in ("chosen", "headline"):
         set_param(project.root, "finetune", key, {})
     set_param(project.root, "finetune", "distill", {"budgets": [], "recipe": {"max_steps": 4}})

@@ -136,6 +136,22 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sslops.commands.search import search_recipes
+    from sslops.outputs.atomic import write_json
+
+    project = _connect()
+    found = search_recipes(project, args.task, args.trials.split(",") if args.trials else None)
+    if args.json:
+        write_json(Path(args.json), found)
+    for trial, scores in found["scores"].items():
+        held = {k.removeprefix("holdout.acc."): v for k, v in scores.items() if k.startswith("holdout.acc.")}
+        print(f"{trial}: " + ", ".join(f"{key} {100 * acc:.2f} %" for key, acc in held.items()))
+    return 0
+
+
 def _estimate(args: argparse.Namespace) -> int:
     from sslops.commands.estimate import estimate, format_estimate
     from sslops.config import Project
@@ -301,6 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--all", action="store_true", help="every stage, as on a fresh clone, not only the stale ones")
     est.add_argument("--json", action="store_true", help="machine-readable: seconds per stage and in total")
     est.set_defaults(func=_estimate)
+    sea = sub.add_parser("search-recipes", help="score fine-tuning recipes on a task's held-out labels (never test)")
+    sea.add_argument("--task", required=True, metavar="NAME", help="the downstream task (a key of tasks:)")
+    sea.add_argument("--trials", help="comma-separated trials of finetune.trials (default: all)")
+    sea.add_argument("--json", metavar="FILE", help="also write the scores, the encoder and the machine there")
+    sea.set_defaults(func=_search)
     rep_ = sub.add_parser("repro", help="dvc repro under the project lock that Prefect flow runs take (make run)")
     rep_.add_argument("dvc_args", nargs=argparse.REMAINDER, help="passed on to `dvc repro`")
     rep_.set_defaults(func=_repro)

@@ -328,9 +328,8 @@ Protocol = Literal["finetune", "linear", "knn", "distill"]  # sslops.ml.results.
 
 
 class RecipeSearch(Section):
-    """`finetune.search`: what bench/finetune_search.py sets to score one trial on held-out labels."""
+    """`finetune.search`: how trials are scored on held-out labels (`sslops search-recipes`, and a task's own stage)."""
 
-    trial: Name | None  # null: a normal run (each budget and init fine-tunes with its chosen trial)
     holdout: Annotated[float, Field(gt=0, lt=1)]  # share of each labelled subset held out to score a trial
     auto: list[Name]  # trials a task without finetune.chosen searches in its own stage; empty: the base recipe
 
@@ -407,8 +406,7 @@ class FinetuneParams(Section):
 
     @model_validator(mode="after")
     def _trials_exist(self) -> FinetuneParams:
-        named = [("search.trial", self.search.trial)] if self.search.trial is not None else []
-        named += [(f"search.auto[{i}]", trial) for i, trial in enumerate(self.search.auto)]
+        named = [(f"search.auto[{i}]", trial) for i, trial in enumerate(self.search.auto)]
         named += [
             (f"chosen.{task}.{budget}.{init}", trial)
             for task, budgets in self.chosen.items()
@@ -440,12 +438,12 @@ class FinetuneParams(Section):
     def searched_in_stage(self, task: str) -> list[str]:
         """The trials `task`'s own finetune stage searches before it trains: `search.auto` for a task with no
         committed choices (a user's own; bench/finetune_search.py searches the committed ones), else none."""
-        return [] if self.search.trial or task in self.chosen else list(self.search.auto)
+        return [] if task in self.chosen else list(self.search.auto)
 
     def recipe_for(self, task: str, budget: str, init: str) -> tuple[str, Recipe]:
-        """(trial name, recipe) for one task, budget key (`frac_0.01`) and init: the trial being searched, else the
-        chosen one, else `base` (the recipe as written), for budgets the search has not covered."""
-        name = self.search.trial or self.chosen.get(task, {}).get(budget, {}).get(init)
+        """(trial name, recipe) for one task, budget key (`frac_0.01`) and init: the chosen trial, else `base` (the
+        recipe as written), for budgets the search has not covered."""
+        name = self.chosen.get(task, {}).get(budget, {}).get(init)
         return (name, self.trials[name]) if name else ("base", self.recipe)
 
 

@@ -50,11 +50,6 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
             f"{folder / 'index.json'} is missing: run the finetune stage first (dvc repro finetune@{task})."
         )
     index = json.loads((folder / "index.json").read_text())
-    if index.get("search"):
-        raise SslopsError(
-            f"{folder} holds a recipe search's trial '{index['search']}' (finetune.search.trial), not models to score "
-            f"on test: run finetune without it first (dvc repro finetune@{task})."
-        )
     model = index["model"]
     store = ImageStore.open(out.prepared)
     test_rows, test_labels = store.labelled("test")

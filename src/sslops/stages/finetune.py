@@ -19,10 +19,8 @@ to index.json, metrics/tasks/NAME/finetune.json (`search`) and the parent run's 
 MLflow run per task, one child run per (budget, draw, init, protocol). The trained heads and networks go to
 artifacts/tasks/NAME/finetune for `evaluate`.
 
-With `finetune.search.trial` set (only the search does), every (budget, draw, init) instead fine-tunes that trial on
-part of its labelled subset, fits the linear probe on the same part, and scores both on the held-out rest
-(`finetune.search.holdout`): the search's metrics, written to metrics/tasks/NAME/finetune.json and the child runs,
-from the labels of the budget alone, never the test split. Such a run trains nothing that evaluate may score.
+The same search for any task and trials, without training anything evaluate scores: `sslops search-recipes`
+(bench/finetune_search.py commits its choices).
 """
 
 from __future__ import annotations
@@ -41,7 +39,6 @@ from sslops.config import Project
 from sslops.config.schema import Budget, FinetuneParams, Recipe, TasksParams
 from sslops.data.store import ImageStore
 from sslops.errors import SslopsError
-from sslops.ml.results import mean, spread
 from sslops.outputs.atomic import atomic_dir, write_json
 
 if TYPE_CHECKING:
@@ -56,7 +53,6 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
     import torch
 
     from sslops.ml.device import Precision, machine, pick_device
-    from sslops.ml.models import Pixels, input_shape, load_encoder_dir
 
     if task is None:
         raise SslopsError("finetune runs per downstream task: sslops finetune --task NAME (dvc.yaml: finetune@NAME).")
@@ -69,34 +65,17 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
     precision = Precision.resolve(cfg.amp, cfg.channels_last, device)
     store = ImageStore.open(out.prepared)
     train = store.labelled("train")
-    record = project.register_record()
-    ref = _model_ref(record, cfg, name)
     with tracking.stage_run(project, "finetune", {**cfg.record(), "budgets": budgets}, task=task) as parent:
-        with tracking.registered_encoder(name, ref, record) as (folder, version, digests):
-            pretrained, spec = load_encoder_dir(folder, *digests)
-        _check_input(spec, store, task)
-        pretrain_run = version.tags.get("pretrain.run_id", "unknown")
-        model_tags = {"model.name": name, "model.version": version.version, "model.ref": cfg.model}
-        model_tags |= {"pretrain.run_id": pretrain_run, "task": task}
+        encoders, version, digests, model_tags = load_encoders(project, cfg, task, store)
         tracking.set_tags({**model_tags, "finetune.amp": precision.amp})
         print(
             f"fine-tuning {name} version {version.version} (ref '{cfg.model}') on task {task}, {device}, "
             f"precision {precision.amp}"
         )
-        torch.manual_seed(cfg.seed)  # the scratch encoder: same architecture and normalisation, seeded init
-        encoders = {
-            "pretrained": pretrained,
-            "scratch": pretrained.untrained_copy(),
-            "pixels": Pixels(*input_shape(spec)),
-        }
-        search = cfg.search.trial
-        if search:
-            print(f"recipe search: trial '{search}', scored on {cfg.search.holdout:.0%} of each labelled subset")
-            encoders.pop("pixels")  # nothing to fine-tune
         started = time.perf_counter()
         with atomic_dir(out.finetune) as tmp:
             torch.save(encoders["scratch"].state_dict(), tmp / "scratch-encoder.pt")
-            fit = _Fit(tmp, cfg, task, store, budgets, model_tags, device, precision)
+            fit = Fit(tmp, cfg, task, store, budgets, model_tags, device, precision)
             if fit.auto:
                 models = len(fit.auto) * len(fit.subsets) * 2
                 print(
@@ -108,13 +87,13 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
                 entry for init, encoder in encoders.items() for entry in fit.init(train, init, encoder.to(device))
             ]
             model = {"name": name, "version": int(version.version), "run_id": version.run_id}
-            model |= {"pretrain_run_id": pretrain_run, "encoder_sha256": digests.weights}
+            model |= {"pretrain_run_id": model_tags["pretrain.run_id"], "encoder_sha256": digests.weights}
             model |= {"encoder_spec_sha256": digests.spec}
             index = {"model": model, "task": task, "parent_run_id": parent.info.run_id, "seed": cfg.seed}
-            index |= {"search": search, "n_classes": int(train[1].max()) + 1, "entries": entries}
+            index |= {"n_classes": int(train[1].max()) + 1, "entries": entries}
             index |= {"task_search": fit.searched} if fit.auto else {}
             (tmp / "index.json").write_text(json.dumps(index, indent=2))
-        metrics = {**(_holdout_metrics(entries) if search else {}), "models": len(entries)}
+        metrics: dict[str, Any] = {"models": len(entries)}
         if fit.auto:
             metrics["search"] = fit.summary()
             tracking.set_tags(
@@ -132,19 +111,25 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
     return {"model": f"{name}/{version.version}", "task": task, "models_trained": len(entries), "budgets": budgets}
 
 
-def _holdout_metrics(entries: list[dict[str, Any]]) -> dict[str, float]:
-    """The search's scores per budget and init, mean and spread over the draws of the held-out accuracy: the trial's
-    fine-tuning (`holdout.acc.<budget>.<init>`) and the linear probe (`holdout.linear_acc.<budget>.<init>`)."""
-    scores: dict[str, list[float]] = {}
-    for e in entries:
-        metric = "acc" if e["protocol"] == "finetune" else f"{e['protocol']}_acc"
-        scores.setdefault(f"{metric}.{e['budget']}.{e['init']}", []).append(e["holdout_acc"])
-    out = {}
-    for key, accs in scores.items():
-        metric, rest = key.split(".", 1)
-        out[f"holdout.{metric}.{rest}"] = round(mean(accs), 5)
-        out[f"holdout.{metric}_std.{rest}"] = round(spread(accs), 5)
-    return out
+def load_encoders(
+    project: Project, cfg: FinetuneParams, task: str, store: ImageStore
+) -> tuple[dict[str, torch.nn.Module], Any, Any, dict[str, Any]]:
+    """The encoders a task's protocols start from, inside the caller's MLflow run: the registered version
+    (`finetune.model`, its files checked against the recorded sha256s), the same architecture at a seeded random
+    init (scratch), and the raw pixels; then the version, its digests and the tags that name it on every run."""
+    import torch
+
+    from sslops.ml.models import Pixels, input_shape, load_encoder_dir
+
+    name, record = project.model_name, project.register_record()
+    with tracking.registered_encoder(name, _model_ref(record, cfg, name), record) as (folder, version, digests):
+        pretrained, spec = load_encoder_dir(folder, *digests)
+    _check_input(spec, store, task)
+    tags = {"model.name": name, "model.version": version.version, "model.ref": cfg.model}
+    tags |= {"pretrain.run_id": version.tags.get("pretrain.run_id", "unknown"), "task": task}
+    torch.manual_seed(cfg.seed)  # the scratch encoder: same architecture and normalisation, seeded init
+    encoders = {"pretrained": pretrained, "scratch": pretrained.untrained_copy(), "pixels": Pixels(*input_shape(spec))}
+    return encoders, version, digests, tags
 
 
 def _check_distill(cfg: FinetuneParams, tasks: TasksParams) -> None:
@@ -208,7 +193,7 @@ def _recipe_tags(trial: str, recipe: Recipe) -> dict[str, Any]:
     return {"trial": trial, **{f"recipe_{k}": v for k, v in recipe.record().items()}}
 
 
-class _Fit:
+class Fit:
     """The protocols of one task for every init, budget and draw, each in its own child run; their index entries."""
 
     def __init__(
@@ -267,19 +252,28 @@ class _Fit:
         bench/finetune_search.py chooses the committed ones."""
         from sslops.ml.results import choose_recipe
 
-        rows, labels, feats = train
         found: dict[str, list[dict[str, Any]]] = {}
-        for budget, draw in self.subsets:
-            base, name, subset = self._subset(labels, init, budget, draw)
-            trials = [(trial, self.cfg.trials[trial]) for trial in self.auto]
-            entries = self.search(base, name, encoder, (rows[subset], labels[subset], feats[subset]), trials)
-            found.setdefault(base["budget"], []).extend(entries)
+        for entry in self.search_subsets(train, init, encoder, self.auto):
+            found.setdefault(entry["budget"], []).append(entry)
         for tag, entries in found.items():
             finetuned = {t: [e["holdout_acc"] for e in entries if e.get("trial") == t] for t in self.auto}
             trial, protocol = choose_recipe(finetuned, [e["holdout_acc"] for e in entries if e["protocol"] == "linear"])
             self.choices[(tag, init)] = (trial, protocol)
             self.searched += entries
             print(f"  {init} {tag}: chose '{trial}' on held-out labels; headline {protocol}")
+
+    def search_subsets(
+        self, train: tuple[np.ndarray, np.ndarray, torch.Tensor], init: str, encoder: Encoder, trials: list[str]
+    ) -> list[dict[str, Any]]:
+        """`search` at every budget and draw of the task for one init: the held-out scores of each trial and the
+        linear probe (a task's own search here, any trials through `sslops search-recipes`)."""
+        rows, labels, feats = train
+        entries = []
+        for budget, draw in self.subsets:
+            base, name, subset = self._subset(labels, init, budget, draw)
+            recipes = [(trial, self.cfg.trials[trial]) for trial in trials]
+            entries += self.search(base, name, encoder, (rows[subset], labels[subset], feats[subset]), recipes)
+        return entries
 
     def summary(self) -> dict[str, dict[str, dict[str, Any]]]:
         """budget key -> init -> the chosen trial, the headline protocol and the mean held-out accuracy of each."""
@@ -316,9 +310,6 @@ class _Fit:
         seed = cfg.seed + draw
         base, name, subset = self._subset(train_labels, init, budget, draw)
         tag = base["budget"]
-        if cfg.search.trial:
-            searched = (train_rows[subset], train_labels[subset], train_feats[subset])
-            return self.search(base, name, encoder, searched, [cfg.recipe_for(self.task, tag, init)])
         x, y = train_feats[subset], torch.as_tensor(train_labels[subset])
         entries, files = [], f"{init}-{tag}-d{draw}"
         trial, recipe, headline = self._choice(tag, init)
@@ -416,6 +407,7 @@ class _Fit:
                 acc = float((predict(model, self.store.images[rows[held]], self.device) == labels[held]).mean())
                 tracking.log_metrics({**stats, "holdout_acc": acc})
             entries.append({**scored, "protocol": "finetune", "trial": trial, "holdout_acc": acc})
+            entries[-1]["seconds"] = round(stats["seconds"], 2)
             print(
                 f"  {name} trial '{trial}': held-out acc {acc:.4f}, linear probe {linear_acc:.4f} ({len(held)} "
                 f"labels, {stats['seconds']:.1f}s)"
