@@ -1,5 +1,6 @@
 """The architecture as tests: layers import downwards only, each MLOps tool has one adapter, and every dvc.yaml
-stage lists as deps the sslops modules its command runs (derived from the import graph, docs/architecture.md).
+stage lists as deps exactly the sslops modules its command runs (generated from the import graph by
+scripts/stage_deps.py, docs/architecture.md).
 
 Imports are read from the source (every `import` statement, also those inside functions, which run when the
 stage does; `if TYPE_CHECKING:` blocks are skipped), so the tests need none of the heavy packages.
@@ -7,20 +8,20 @@ stage does; `if TYPE_CHECKING:` blocks are skipped), so the tests need none of t
 
 from __future__ import annotations
 
-import ast
 import os
 import shutil
 import subprocess
 import sys
-from functools import cache
 from pathlib import Path
 
 import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-SRC = REPO / "src"
-PACKAGE = SRC / "sslops"
+sys.path.insert(0, str(REPO / "scripts"))
+
+import stage_deps as graph  # noqa: E402  (the import graph, beside the generator of dvc.yaml's deps)
+from stage_deps import PACKAGE, imports, sslops_modules  # noqa: E402
 
 # Bottom to top. A module may import sslops modules of its own layer and of the layers below it only.
 LAYERS = [
@@ -46,75 +47,11 @@ OWNERS = {
 MLOPS = ("mlflow", "great_expectations", "prefect", "dvc", "pydantic", "yaml")
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(SRC).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def module_file(name: str) -> Path | None:
-    base = SRC.joinpath(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _is_type_checking(node: ast.AST) -> bool:
-    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-
-
-def _imported(node: ast.AST) -> set[str]:
-    """The modules imported anywhere under `node`: `from a import b` yields a.b when that is a module, else a."""
-    found: set[str] = set()
-
-    def visit(node: ast.AST) -> None:
-        if _is_type_checking(node):
-            return
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            subs = [f"{node.module}.{alias.name}" for alias in node.names]
-            modules = [s for s in subs if s.startswith("sslops.") and module_file(s)]
-            found.update(modules or [node.module])
-            if len(modules) < len(subs):
-                found.add(node.module)
-        for child in ast.iter_child_nodes(node):
-            visit(child)
-
-    visit(node)
-    return found
-
-
-@cache
-def imports(path: Path) -> frozenset[str]:
-    """Every module `path` imports at run time (also inside functions)."""
-    return frozenset(_imported(ast.parse(path.read_text())))
-
-
-def sslops_modules() -> dict[str, Path]:
-    return {module_name(p): p for p in PACKAGE.rglob("*.py")}
-
-
 def layer_of(module: str) -> int:
     for index, (_, prefixes) in enumerate(LAYERS):
         if any(module == p or module.startswith(p + ".") for p in prefixes):
             return index
     raise AssertionError(f"{module} belongs to no layer: add it to LAYERS and docs/architecture.md")
-
-
-def closure(start: str) -> set[Path]:
-    """The files of every sslops module `start` reaches through imports, itself included."""
-    seen: set[Path] = set()
-    todo = [start]
-    while todo:
-        path = module_file(todo.pop())
-        if path is None or path in seen:
-            continue
-        seen.add(path)
-        todo += [m for m in imports(path) if m.startswith("sslops")]
-        name = module_name(path)
-        todo += [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]  # parent packages run first
-    return seen
 
 
 def test_every_module_is_in_a_layer_and_imports_downwards_only() -> None:
@@ -213,30 +150,10 @@ def stage_deps() -> dict[str, tuple[str, list[str]]]:
     }
 
 
-def entry_files() -> set[Path]:
-    """What `python -m sslops <stage>` runs around any stage: __main__, the CLI's module-level imports and those of
-    the function that runs a stage (`_run_stage`, `_stage_runner` minus the stage modules), not the other commands'.
-
-    Importing a module runs its parent packages' __init__ first, so those are followed too.
-    """
-    cli = PACKAGE / "cli.py"
-    tree = ast.parse(cli.read_text())
-    used = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-    used += [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in ("_run_stage", "_stage_runner")]
-    names = {m for node in used for m in _imported(node) if m.startswith("sslops.")}
-    files = {PACKAGE / "__main__.py", cli}
-    for name in names - {f"sslops.stages.{s}" for s in stage_deps()}:
-        files |= closure(name)
-    return files
-
-
 def missing_deps(cmd: str, deps: list[str]) -> list[str]:
     """Files of sslops modules that `python -m sslops <stage>` runs and no dep of the stage covers."""
-    assert cmd.startswith("python -m sslops "), f"unexpected stage command {cmd!r}"
-    stage = cmd.split()[3]
-    needed = closure(f"sslops.stages.{stage}") | entry_files()
-    rel = sorted(str(p.relative_to(REPO)) for p in needed)
-    return [f for f in rel if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)]
+    names = [graph.stage_of(c) for c, _ in stage_deps().values()]
+    return [f for f in graph.needed(cmd, names) if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)]
 
 
 def test_a_stage_runs_the_code_of_the_project_it_runs_in(tmp_path: Path) -> None:
@@ -258,6 +175,20 @@ def test_each_stage_depends_on_the_code_it_runs(stage: str) -> None:
     cmd, deps = stage_deps()[stage]
     missing = missing_deps(cmd, deps)
     assert not missing, f"dvc.yaml stage {stage} runs code it does not list as deps: {missing}"
+
+
+def test_dvc_yaml_lists_exactly_the_generated_code_deps() -> None:
+    """No dep too many either: a stage that lists code it does not run reruns for nothing (the generator's output,
+    `python scripts/stage_deps.py`, is what dvc.yaml holds)."""
+    stale = {
+        name: deps
+        for name, deps in graph.generated(yaml.safe_load((REPO / "dvc.yaml").read_text())).items()
+        if deps != stage_deps()[name][1]
+    }
+    assert not stale, f"dvc.yaml's code deps are stale in {', '.join(stale)}: run python scripts/stage_deps.py"
+    assert graph.compact(["src/sslops/ml/methods/base.py"]) == ["src/sslops/ml/methods/base.py"]  # one file of many
+    every = sorted(str(f.relative_to(REPO)) for f in (PACKAGE / "ml" / "methods").glob("*.py"))
+    assert graph.compact(every) == ["src/sslops/ml/methods"]
 
 
 def test_the_dep_check_sees_a_new_import(tmp_path: Path) -> None:
