@@ -19,8 +19,9 @@ from dataclasses import replace
 import torch
 from pretrain_throughput import default_params, make_method, measure, step_flops
 
+from sslops.config.validation import method_knobs
 from sslops.ml.device import amp_name, cpu_has_native_bf16
-from sslops.ml.methods import SimCLRConfig
+from sslops.ml.methods import METHOD_CONFIGS
 from sslops.ml.models import BackboneConfig, resolve_backbone
 
 
@@ -48,7 +49,7 @@ def main() -> None:
     params, _ = default_params()
     device = torch.device("cpu")
     amp = amp_name(params.amp, device)
-    head = params.simclr.to_core(SimCLRConfig)
+    head = method_knobs(params, METHOD_CONFIGS, "simclr")
     base = params.backbone.to_core(BackboneConfig, in_channels=args.channels)
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, amp {amp}")
     print(f"native bf16: {cpu_has_native_bf16()}; batch {args.batch}, {args.steps} timed steps, SimCLR head {head}")

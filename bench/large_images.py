@@ -53,12 +53,13 @@ import torch
 from pretrain_throughput import ROOT, augment_recipe, default_params
 
 from sslops.config import Project
+from sslops.config.validation import method_knobs
 from sslops.data import images as image_files
 from sslops.data.resize import Fit, fit_image
 from sslops.ml.augment import AugmentConfig, BatchAugment
 from sslops.ml.cache import build_cache
 from sslops.ml.device import amp_name, cpu_has_native_bf16, cpu_model, pick_device
-from sslops.ml.methods import SimCLR, SimCLRConfig
+from sslops.ml.methods import METHOD_CONFIGS, SimCLR
 from sslops.ml.models import BACKBONES, BackboneConfig, Encoder
 from sslops.ml.train import TrainConfig, pretrain
 from sslops.ml.views import ViewCache, cached_pairs, on_the_fly_pairs
@@ -71,7 +72,7 @@ Stream = Callable[[int], Iterator[Pair]]  # first epoch -> an endless iterator o
 # augmentation (the torchvision side has no blur or rotation: params.yaml's blur_p and rotation are 0).
 _PARAMS, _AUGMENT = default_params()
 RECIPE = augment_recipe(_AUGMENT)
-HEAD = _PARAMS.simclr.to_core(SimCLRConfig)
+HEAD = method_knobs(_PARAMS, METHOD_CONFIGS, "simclr")
 MAX_PIXELS = Project(ROOT).config("prepare").max_pixels  # the reader refuses larger files before decoding
 
 

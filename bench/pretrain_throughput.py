@@ -34,10 +34,11 @@ import torch
 
 from sslops.config import Project
 from sslops.config.schema import AugmentParams, PretrainParams
+from sslops.config.validation import method_knobs
 from sslops.ml.augment import AugmentConfig, BatchAugment
 from sslops.ml.cache import build_cache
 from sslops.ml.device import amp_dtype, amp_name, cpu_has_native_bf16
-from sslops.ml.methods import SimCLR, SimCLRConfig
+from sslops.ml.methods import METHOD_CONFIGS, SimCLR, SimCLRConfig
 from sslops.ml.models import BackboneConfig, Encoder, resolve_backbone
 from sslops.ml.train import TrainConfig, pretrain
 from sslops.ml.views import ViewCache, cached_pairs, on_the_fly_pairs
@@ -222,7 +223,7 @@ def main() -> None:
     device = torch.device(args.device)
     params, augment_params = default_params()
     amp = amp_name(args.amp or params.amp, device)  # resolved: bf16 | fp16 | off
-    head = params.simclr.to_core(SimCLRConfig)  # SimCLR whatever pretrain.method says: the benchmarked step
+    head = method_knobs(params, METHOD_CONFIGS, "simclr")  # SimCLR whatever pretrain.method says: the benchmarked step
     overrides = {
         **({"name": args.backbone} if args.backbone else {}),
         **({"width": args.width} if args.width else {}),

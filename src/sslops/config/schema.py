@@ -26,6 +26,7 @@ from pydantic import (
     RootModel,
     StrictBool,
     StrictInt,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -234,8 +235,8 @@ class PretrainParams(Section):
     """`pretrain:` with the selected profile merged in (see `resolve_profile`): the values that ran."""
 
     profile: Name
-    method: Name  # a method of sslops.ml.methods; its knobs are the mapping of the same name
     knobs: dict[Name, dict[Name, Any]]  # each method's mapping (`pretrain.simclr`, ...), as params.yaml gives them
+    method: Name  # a method of sslops.ml.methods; its knobs are the mapping of the same name
     backbone: BackboneKnobs
     images: PositiveInt  # the budget in images seen (2 views each); epochs follow from the dataset's size
     min_steps: PositiveInt  # fewer optimiser steps than this is warned about (too short to learn much)
@@ -272,15 +273,14 @@ class PretrainParams(Section):
         knobs = {k: v for k, v in raw.items() if k not in cls.model_fields and isinstance(v, dict)}
         return {**{k: v for k, v in raw.items() if k not in knobs}, "knobs": knobs}
 
-    @model_validator(mode="after")
-    def _method_has_knobs(self) -> PretrainParams:
-        if self.method not in self.knobs:
-            known = ", ".join(self.knobs) or "none"
-            raise ValueError(
-                f"method is '{self.method}', but there is no pretrain.{self.method} mapping of its knobs "
-                f"(methods with knobs: {known})"
-            )
-        return self
+    @field_validator("method")
+    @classmethod
+    def _method_has_knobs(cls, method: str, info: ValidationInfo) -> str:
+        knobs = info.data.get("knobs") or {}
+        if method not in knobs:
+            known = ", ".join(knobs) or "none"
+            raise ValueError(f"no pretrain.{method} mapping holds its knobs (methods with knobs: {known})")
+        return method
 
     def record(self) -> dict[str, Any]:
         """The resolved values that ran, with only the active method's knobs (the others did not run)."""

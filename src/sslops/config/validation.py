@@ -66,10 +66,13 @@ def _validate(
         raise SslopsError("\n".join(problems)) from None
 
 
-def method_knobs(cfg: PretrainParams, registry: Mapping[str, type], source: str = "params.yaml") -> Any:
-    """The knobs of the method that runs, as its dataclass from the ML core, after checking every method's knobs
-    under `pretrain:` against the declarations `registry` maps method names to (the methods' own dataclasses: field
-    types with their ranges, checks across knobs in `__post_init__`). All problems at once, each named by its key.
+def method_knobs(
+    cfg: PretrainParams, registry: Mapping[str, type], method: str | None = None, source: str = "params.yaml"
+) -> Any:
+    """The knobs of the method that runs (or of `method`), as its dataclass from the ML core, after checking every
+    method's knobs under `pretrain:` against the declarations `registry` maps method names to (the methods' own
+    dataclasses: field types with their ranges, checks across knobs in `__post_init__`). All problems at once, each
+    named by its key.
     """
     if cfg.method not in registry:
         raise SslopsError(f"pretrain.method in {source}: '{cfg.method}' is not a method (one of {', '.join(registry)})")
@@ -89,7 +92,7 @@ def method_knobs(cfg: PretrainParams, registry: Mapping[str, type], source: str 
             problems.append(f"pretrain.{name} in {source}: {exc}")
     if problems:
         raise SslopsError("\n".join(problems))
-    return built[cfg.method]
+    return built[method or cfg.method]
 
 
 @cache
@@ -108,6 +111,8 @@ def _describe(model: type[BaseModel], err: Any, section: str, source: str) -> st
     kind, value = err["type"], err.get("input")
     if kind == "extra_forbidden":
         known = _fields_at(model, err["loc"][:-1])
+        if model is PretrainParams and len(loc) == 1:  # `knobs` is where the methods' mappings are gathered
+            known = [*(k for k in known if k != "knobs"), "or a mapping of a method's knobs"]
         return f"{key} in {source}: unknown key (known: {', '.join(known)})"
     if kind == "missing":
         return f"{key} in {source}: missing; every knob needs a value in {source} (the only place defaults live)"
