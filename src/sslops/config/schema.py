@@ -107,6 +107,7 @@ class PrepareParams(Section):
     unlabeled_dir: Name
     max_pixels: PositiveInt  # imagefolder and `sslops embed`: larger images are refused before decoding
     resize: ResizeKnobs
+    workers: PositiveInt | None  # processes that decode images (also for the tasks); null: every core
 
     _root = field_validator("root")(_inside_project)
 

@@ -8,6 +8,7 @@ the real files use (numpy's array reconstruction), and refuses any other with a 
 from __future__ import annotations
 
 import codecs
+import functools
 import pickle
 from pathlib import Path
 from typing import BinaryIO
@@ -101,7 +102,7 @@ def plan_cifar10(root: Path, classes: list[str]) -> Plan:
                 raise SslopsError(
                     f"{path}: expected N x 3072 pixel rows and N labels, got {getattr(data, 'shape', '?')}."
                 )
-            parts.append(Part(split, name, len(labels), (32, 32, 3), labels, lambda p=path: _load_pixels(p)))
+            parts.append(Part(split, name, len(labels), (32, 32, 3), labels, functools.partial(_load_pixels, path)))
     meta = root / "batches.meta"
     names_found = (
         [n.decode() if isinstance(n, bytes) else n for n in _unpickle(meta).get("label_names", [])]

@@ -6,6 +6,7 @@ big-endian uint32 sizes, then the data. Images are `0 0 0x08 3` (uint8, N x H x 
 
 from __future__ import annotations
 
+import functools
 import gzip
 import zlib
 from pathlib import Path
@@ -75,6 +76,11 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
+def _pixels(path: Path) -> np.ndarray:
+    """An IDX image file as (N, H, W, 1): a part's `load`, a module-level function so it can run in a worker."""
+    return read_idx(path)[..., None]
+
+
 def _find(root: Path, split: str, kind: str) -> Path:
     for prefix in PREFIXES[split]:
         for suffix in ("", ".gz"):
@@ -109,7 +115,7 @@ def plan_idx(root: Path, classes: list[str]) -> Plan:
                 count=n,
                 shape=(h, w, 1),
                 labels=labels.astype(np.int64),
-                load=lambda p=images_path: read_idx(p)[..., None],
+                load=functools.partial(_pixels, images_path),
             )
         )
     n_classes = int(max(int(p.labels.max()) for p in parts if p.labels is not None and p.count)) + 1

@@ -37,6 +37,9 @@ class ImageRejected(SslopsError):
         super().__init__(f"{path}: {reason}")
         self.path, self.reason, self.kind = path, reason, kind
 
+    def __reduce__(self) -> tuple[type, tuple[Path, str, str]]:  # raised in a prepare worker, re-raised in the stage
+        return type(self), (self.path, self.reason, self.kind)
+
 
 def check_path(path: Path, root: Path) -> None:
     """Refuse a path that escapes `root` through a link, is not a regular file, or has a non-UTF-8 name."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sslops.data.decode import decode_into
 from sslops.data.sources import Plan
 from sslops.errors import SslopsError
 from sslops.outputs.atomic import ensure_space, reserve
@@ -41,11 +42,13 @@ MANIFEST_COLUMNS = {
 }
 
 
-def write_store(plan: Plan, out_dir: Path, progress: bool = True) -> pd.DataFrame:
+def write_store(plan: Plan, out_dir: Path, progress: bool = True, workers: int = 1) -> pd.DataFrame:
     """Fill `out_dir` with images.npy, manifest.parquet and classes.json from `plan`; return the manifest.
 
-    Pixels are written part by part into a memory-mapped .npy, so datasets larger than RAM work.
-    `out_dir` should be a temporary directory (see `sslops.outputs.atomic.atomic_dir`).
+    Pixels are written part by part into a memory-mapped .npy, so datasets larger than RAM work. Up to `workers`
+    processes decode the parts (and hash them and take their statistics), in plan order: the store is the same
+    byte for byte whatever the number. `out_dir` should be a temporary directory (see
+    `sslops.outputs.atomic.atomic_dir`): a part that fails to decode leaves nothing behind.
     """
     if plan.total == 0:
         raise SslopsError("The data folder holds no images.")
@@ -56,19 +59,15 @@ def write_store(plan: Plan, out_dir: Path, progress: bool = True) -> pd.DataFram
     ensure_space(out_dir, n * h * w * c, f"the image store ({n} images of {h}x{w}x{c})")
     images = np.lib.format.open_memmap(out_dir / IMAGES, mode="w+", dtype=np.uint8, shape=(n, h, w, c))
     reserve(out_dir / IMAGES, (out_dir / IMAGES).stat().st_size)
+    del images  # created; the decoders write through their own maps of the file
     sha = np.empty(n, dtype=object)
+    mean, std = np.empty(n), np.empty(n)
     columns: dict[str, list] = {"split": [], "source": [], "index": [], "label": [], "source_size": []}
     row = 0
     with progress_bar(n, "prepare", "img", enabled=progress) as bar:
-        for part in plan.parts:
-            pixels = part.load()
-            if pixels.shape != (part.count, h, w, c):
-                raise SslopsError(
-                    f"{part.source}: decoded shape {pixels.shape} differs from its header {(part.count, h, w, c)}."
-                )
-            images[row : row + part.count] = pixels
-            flat = pixels.reshape(part.count, -1)
-            sha[row : row + part.count] = [hashlib.sha256(img.tobytes()).hexdigest() for img in flat]
+        for part, (digests, means, stds) in zip(plan.parts, decode_into(plan, out_dir / IMAGES, workers), strict=True):
+            sha[row : row + part.count] = digests
+            mean[row : row + part.count], std[row : row + part.count] = means, stds
             columns["split"] += [part.split] * part.count
             columns["source"] += [part.source] * part.count
             columns["index"] += range(part.count)  # position within the source file
@@ -76,14 +75,6 @@ def write_store(plan: Plan, out_dir: Path, progress: bool = True) -> pd.DataFram
             columns["source_size"] += [part.source_size or part.shape[:2]] * part.count
             row += part.count
             bar.update(part.count)
-    images.flush()
-    flat = np.asarray(images).reshape(n, -1)
-    # Per-image statistics in chunks: float64 over the whole array would need 8x its size in memory.
-    mean, std = np.empty(n), np.empty(n)
-    for start in range(0, n, 8192):
-        chunk = flat[start : start + 8192].astype(np.float32)
-        mean[start : start + 8192], std[start : start + 8192] = chunk.mean(1), chunk.std(1)
-    del images, flat
     labels = pd.array(columns["label"], dtype="Int64")
     names = np.asarray(plan.classes, dtype=object)
     manifest = pd.DataFrame(

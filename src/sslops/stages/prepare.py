@@ -17,6 +17,7 @@ from sslops.adapters import tracking
 from sslops.config import Project
 from sslops.config.schema import PrepareParams, TaskParams
 from sslops.data import resize
+from sslops.data.decode import cores, processes
 from sslops.data.formats import plan_dataset
 from sslops.data.sources import Plan
 from sslops.data.store import MANIFEST, manifest_digest, write_store
@@ -51,8 +52,9 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
             plan, fitted = resize.fit_plan(plan, fit)
         for note in plan.notes:
             print(f"prepare: {note}")
+        workers = processes(plan, cfg.workers or cores())
         with atomic_dir(out.prepared) as tmp:
-            manifest = write_store(plan, tmp)
+            manifest = write_store(plan, tmp, workers=workers)
             if task is None:
                 height, width, channels = plan.parts[0].shape
                 shape = {"height": height, "width": width, "channels": channels, "mode": cfg.resize.mode}
@@ -66,6 +68,7 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
             "shape": list(plan.parts[0].shape),
             "resized": fitted["resized"],
             "seconds": round(time.perf_counter() - start, 2),
+            "workers": workers,
             "manifest_digest": digest,
         }
         tracking.log_manifest(manifest, out.prepared / MANIFEST, digest, context="prepare")
