@@ -346,7 +346,7 @@ def make_method(run: Run, seed: int = 0) -> SimCLR:
     torch.manual_seed(seed)
     h, w, c = run.shape
     encoder = Encoder(run.backbone, [0.45] * c, [0.25] * c)
-    return SimCLR(encoder, (c, h, w), **dataclasses.asdict(HEAD))
+    return SimCLR(encoder, (c, h, w), HEAD)
 
 
 def measure(run: Run, label: str, stream: Stream) -> float:

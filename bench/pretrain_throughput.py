@@ -26,7 +26,7 @@ import json
 import platform
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +113,7 @@ def make_method(shape: tuple[int, int, int], backbone: BackboneConfig, head: Sim
     torch.manual_seed(seed)
     h, w, c = shape
     encoder = Encoder(replace(backbone, in_channels=c), [0.3] * c, [0.35] * c)
-    return SimCLR(encoder, (c, h, w), **asdict(head))
+    return SimCLR(encoder, (c, h, w), head)
 
 
 def measure(

@@ -29,7 +29,7 @@ from fashion_mnist import load
 from sslops.ml.augment import AugmentConfig
 from sslops.ml.cache import build_cache
 from sslops.ml.knn import knn_predict
-from sslops.ml.methods import SimCLR
+from sslops.ml.methods import SimCLR, SimCLRConfig
 from sslops.ml.models import BackboneConfig, Encoder
 from sslops.ml.train import TrainConfig, pretrain
 from sslops.ml.transfer import (
@@ -162,7 +162,7 @@ def main() -> None:
             )
             results[f"scratch_w{width}p{pool}"] = res
             print(f"scratch w{width}p{pool}: {json.dumps({k: round(v, 4) for k, v in res.items()})}", flush=True)
-        method = SimCLR(make_encoder(width, pool, mean, std, 0), (1, 28, 28), 512, 128, temperature)
+        method = SimCLR(make_encoder(width, pool, mean, std, 0), (1, 28, 28), SimCLRConfig(512, 128, temperature))
         cfg = TrainConfig(  # the pretrain stage's optimiser as the CPU profile sets it, in fp32
             epochs=epochs,
             batch_size=256,

@@ -9,7 +9,7 @@ import torch
 
 from conftest import backbone_config, train_config
 from sslops.ml import device, train
-from sslops.ml.methods import SimCLR
+from sslops.ml.methods import SimCLR, SimCLRConfig
 from sslops.ml.models import BackboneConfig, Encoder, build_backbone
 
 
@@ -38,7 +38,9 @@ def test_amp_auto_on_cpu_is_bf16_only_with_native_bf16(monkeypatch, native, expe
 
 def test_a_bf16_autocast_step_on_cpu_trains_the_encoder(tmp_path):
     torch.manual_seed(0)
-    method = SimCLR(Encoder(backbone_config(width=4, stem_width=2), [0.5], [0.3]), (1, 12, 12), 16, 8, 0.2)
+    method = SimCLR(
+        Encoder(backbone_config(width=4, stem_width=2), [0.5], [0.3]), (1, 12, 12), SimCLRConfig(16, 8, 0.2)
+    )
     before = [p.detach().clone() for p in method.encoder.parameters()]
     views = [torch.randint(0, 256, (8, 1, 12, 12), dtype=torch.uint8) for _ in range(2)]
     cfg = train_config(epochs=1, batch_size=8, warmup_epochs=0, amp="bf16")

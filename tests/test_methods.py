@@ -24,8 +24,11 @@ from sslops.ml.methods import (
     DINO,
     METHOD_CONFIGS,
     METHODS,
+    BYOLConfig,
+    DAEConfig,
     DenoisingAutoencoder,
     MoCo,
+    MoCoConfig,
     build_method,
     jigsaw_permutations,
     shuffle_tiles,
@@ -145,7 +148,9 @@ def test_the_methods_table_lists_each_method_with_its_knobs():
 
 
 def test_moco_queue_fills_in_order_and_key_encoder_follows_by_momentum():
-    method = MoCo(encoder(), SHAPE, proj_hidden=16, proj_dim=8, temperature=0.2, queue_size=20, momentum=0.9)
+    method = MoCo(
+        encoder(), SHAPE, MoCoConfig(proj_hidden=16, proj_dim=8, temperature=0.2, queue_size=20, momentum=0.9)
+    )
     before = [p.clone() for p in method.key_encoder.parameters()]
     views = [torch.randint(0, 256, (6, *SHAPE)).float() for _ in range(2)]
     method(views)
@@ -162,7 +167,7 @@ def test_moco_queue_fills_in_order_and_key_encoder_follows_by_momentum():
 
 
 def test_byol_momentum_schedule_goes_from_base_to_one():
-    method = BYOL(encoder(), SHAPE, proj_hidden=16, proj_dim=8, pred_hidden=16, base_momentum=0.99)
+    method = BYOL(encoder(), SHAPE, BYOLConfig(proj_hidden=16, proj_dim=8, pred_hidden=16, base_momentum=0.99))
     assert method.momentum(0, 100) == pytest.approx(0.99)
     assert method.momentum(50, 100) == pytest.approx(0.995)
     assert method.momentum(100, 100) == pytest.approx(1.0)
@@ -184,7 +189,7 @@ def test_dino_teacher_sees_the_global_views_and_the_student_the_local_crops_too(
 
 
 def test_dae_reconstructs_the_clean_image_from_a_corrupted_one():
-    method = DenoisingAutoencoder(encoder(), SHAPE, noise_p=0.5, noise_std=0.0, dec_hidden=16)
+    method = DenoisingAutoencoder(encoder(), SHAPE, DAEConfig(noise_p=0.5, noise_std=0.0, dec_hidden=16))
     x = torch.randint(0, 256, (64, *SHAPE)).float()
     torch.manual_seed(0)
     corrupted = method.corrupt(x)
@@ -240,7 +245,9 @@ def test_jigsaw_tiles_shuffle_and_invert():
 def _moco_worker(rank: int, port: int, out: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
-    method = MoCo(encoder(), SHAPE, proj_hidden=16, proj_dim=8, temperature=0.2, queue_size=64, momentum=0.99)
+    method = MoCo(
+        encoder(), SHAPE, MoCoConfig(proj_hidden=16, proj_dim=8, temperature=0.2, queue_size=64, momentum=0.99)
+    )
     gen = torch.Generator().manual_seed(100 + rank)  # each rank sees different images
     views = [torch.randint(0, 256, (4, *SHAPE), generator=gen).float() for _ in range(2)]
     method(views)

@@ -8,8 +8,6 @@ new file, one entry in `METHODS` below, and its knobs under `pretrain:` in param
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from sslops.ml.methods.barlow import BarlowConfig, BarlowTwins
 from sslops.ml.methods.base import Method
 from sslops.ml.methods.byol import BYOL, BYOLConfig
@@ -51,7 +49,7 @@ def build_method(cfg: object, encoder: Encoder, image_shape: tuple[int, int, int
         raise TypeError(
             f"not a method config: {type(cfg).__name__} (one of {', '.join(c.__name__ for c in _BY_CONFIG)})"
         )
-    return _BY_CONFIG[type(cfg)](encoder, image_shape, **asdict(cfg))
+    return _BY_CONFIG[type(cfg)](encoder, image_shape, cfg)
 
 
 __all__ = [

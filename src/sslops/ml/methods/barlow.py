@@ -24,17 +24,10 @@ class BarlowTwins(Method):
 
     name, Config = "barlow", BarlowConfig
 
-    def __init__(
-        self,
-        encoder: Encoder,
-        image_shape: tuple[int, int, int],
-        proj_hidden: int,
-        proj_dim: int,
-        lambda_offdiag: float,
-    ):
+    def __init__(self, encoder: Encoder, image_shape: tuple[int, int, int], cfg: BarlowConfig):
         super().__init__(encoder, image_shape)
-        self.head = ProjectionHead(encoder.feature_dim, proj_hidden, proj_dim)
-        self.lambda_offdiag = lambda_offdiag
+        self.head = ProjectionHead(encoder.feature_dim, cfg.proj_hidden, cfg.proj_dim)
+        self.lambda_offdiag = cfg.lambda_offdiag
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
         z1, z2 = self.head(self.encoder(torch.cat(views, 0))).chunk(2, 0)

@@ -51,6 +51,13 @@ class Method(nn.Module):
         """Hook after each optimiser step (momentum targets); SimCLR needs none. MoCo's queue is updated in forward."""
 
 
+def check_divides(knob: str, size: int, image_shape: tuple[int, ...]) -> None:
+    """Refuse a patch or tile size (params key `knob`) that does not divide the views' height and width."""
+    _, h, w = image_shape
+    if h % size or w % size:
+        raise ValueError(f"{knob} {size} must divide the image size {h}x{w}")
+
+
 def frozen_copy(module: nn.Module) -> nn.Module:
     """A momentum target: same weights, no gradients."""
     target = copy.deepcopy(module)

@@ -24,20 +24,12 @@ class BYOL(Method):
 
     name, Config = "byol", BYOLConfig
 
-    def __init__(
-        self,
-        encoder: Encoder,
-        image_shape: tuple[int, int, int],
-        proj_hidden: int,
-        proj_dim: int,
-        pred_hidden: int,
-        base_momentum: float,
-    ):
+    def __init__(self, encoder: Encoder, image_shape: tuple[int, int, int], cfg: BYOLConfig):
         super().__init__(encoder, image_shape)
-        self.head = ProjectionHead(encoder.feature_dim, proj_hidden, proj_dim)
-        self.predictor = ProjectionHead(proj_dim, pred_hidden, proj_dim)
+        self.head = ProjectionHead(encoder.feature_dim, cfg.proj_hidden, cfg.proj_dim)
+        self.predictor = ProjectionHead(cfg.proj_dim, cfg.pred_hidden, cfg.proj_dim)
         self.target_encoder, self.target_head = frozen_copy(encoder), frozen_copy(self.head)
-        self.base_momentum = base_momentum
+        self.base_momentum = cfg.base_momentum
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
         x = torch.cat(views, 0)

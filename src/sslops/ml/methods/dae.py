@@ -35,12 +35,10 @@ class DenoisingAutoencoder(Method):
 
     name, Config = "dae", DAEConfig
 
-    def __init__(
-        self, encoder: Encoder, image_shape: tuple[int, int, int], noise_p: float, noise_std: float, dec_hidden: int
-    ):
+    def __init__(self, encoder: Encoder, image_shape: tuple[int, int, int], cfg: DAEConfig):
         super().__init__(encoder, image_shape)
-        self.noise_p, self.noise_std = noise_p, noise_std
-        self.decoder = pixel_decoder(encoder.feature_dim, dec_hidden, self.image_shape)
+        self.noise_p, self.noise_std = cfg.noise_p, cfg.noise_std
+        self.decoder = pixel_decoder(encoder.feature_dim, cfg.dec_hidden, self.image_shape)
 
     def corrupt(self, x: torch.Tensor) -> torch.Tensor:
         """`x` (raw 0..255 pixels) with masking and Gaussian noise, still in raw pixels."""

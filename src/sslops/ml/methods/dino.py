@@ -76,34 +76,20 @@ class DINO(Method):
 
     name, Config = "dino", DINOConfig
 
-    def __init__(
-        self,
-        encoder: Encoder,
-        image_shape: tuple[int, int, int],
-        proj_hidden: int,
-        bottleneck_dim: int,
-        out_dim: int,
-        teacher_temp: float,
-        student_temp: float,
-        center_momentum: float,
-        base_momentum: float,
-        local_crops: int,
-        local_fraction: float,
-        local_scale: tuple[float, float],
-    ):
+    def __init__(self, encoder: Encoder, image_shape: tuple[int, int, int], cfg: DINOConfig):
         super().__init__(encoder, image_shape)
         _, h, w = self.image_shape
-        side = round(local_fraction * min(h, w))
-        if local_crops and not 2 <= side < min(h, w):
+        side = round(cfg.local_fraction * min(h, w))
+        if cfg.local_crops and not 2 <= side < min(h, w):
             raise ValueError(
-                f"dino.local_fraction {local_fraction} gives {side}-px local crops of {h}x{w} views: they must be "
+                f"dino.local_fraction {cfg.local_fraction} gives {side}-px local crops of {h}x{w} views: they must be "
                 "at least 2 px and smaller than the views"
             )
-        self.head = DINOHead(encoder.feature_dim, proj_hidden, bottleneck_dim, out_dim)
+        self.head = DINOHead(encoder.feature_dim, cfg.proj_hidden, cfg.bottleneck_dim, cfg.out_dim)
         self.teacher_encoder, self.teacher_head = frozen_copy(encoder), frozen_copy(self.head)
-        self.loss = DINOLoss(out_dim, teacher_temp, student_temp, center_momentum)
-        self.base_momentum, self.local_crops = base_momentum, local_crops
-        self.local_augment = BatchAugment(replace(AugmentConfig.crop_flip(tuple(local_scale), 0.5), size=side))
+        self.loss = DINOLoss(cfg.out_dim, cfg.teacher_temp, cfg.student_temp, cfg.center_momentum)
+        self.base_momentum, self.local_crops = cfg.base_momentum, cfg.local_crops
+        self.local_augment = BatchAugment(replace(AugmentConfig.crop_flip(tuple(cfg.local_scale), 0.5), size=side))
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
         x = torch.cat(views, 0)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from annotated_types import Ge
 from torch import nn
 
-from sslops.ml.methods.base import Method, PositiveInt, like
+from sslops.ml.methods.base import Method, PositiveInt, check_divides, like
 from sslops.ml.models import Encoder
 
 _PERMUTATION_POOL = 100_000  # candidates for the greedy choice when there are too many orderings to list
@@ -83,19 +83,17 @@ class Jigsaw(Method):
 
     name, Config = "jigsaw", JigsawConfig
 
-    def __init__(self, encoder: Encoder, image_shape: tuple[int, int, int], grid: int, permutations: int, hidden: int):
+    def __init__(self, encoder: Encoder, image_shape: tuple[int, int, int], cfg: JigsawConfig):
         super().__init__(encoder, image_shape)
-        _, h, w = self.image_shape
-        if h % grid or w % grid:
-            raise ValueError(f"jigsaw.grid {grid} must divide the image size {h}x{w}")
-        self.grid = grid
-        orders = torch.from_numpy(jigsaw_permutations(grid * grid, permutations))
+        check_divides("jigsaw.grid", cfg.grid, self.image_shape)
+        self.grid = cfg.grid
+        orders = torch.from_numpy(jigsaw_permutations(cfg.grid * cfg.grid, cfg.permutations))
         self.register_buffer("orders", orders, persistent=False)  # deterministic: rebuilt, never saved
         self.head = nn.Sequential(
-            nn.Linear(grid * grid * encoder.feature_dim, hidden),
-            nn.BatchNorm1d(hidden),
+            nn.Linear(cfg.grid * cfg.grid * encoder.feature_dim, cfg.hidden),
+            nn.BatchNorm1d(cfg.hidden),
             nn.ReLU(inplace=True),
-            nn.Linear(hidden, permutations),
+            nn.Linear(cfg.hidden, cfg.permutations),
         )
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:

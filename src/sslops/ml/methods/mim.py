@@ -9,7 +9,7 @@ import torch
 from annotated_types import Interval
 
 from sslops.ml.losses import reconstruction_mse
-from sslops.ml.methods.base import Method, PositiveInt, like, pixel_decoder
+from sslops.ml.methods.base import Method, PositiveInt, check_divides, like, pixel_decoder
 from sslops.ml.models import Encoder
 
 
@@ -31,15 +31,11 @@ class MaskedReconstruction(Method):
 
     name, Config = "mim", MIMConfig
 
-    def __init__(
-        self, encoder: Encoder, image_shape: tuple[int, int, int], patch: int, mask_ratio: float, dec_hidden: int
-    ):
+    def __init__(self, encoder: Encoder, image_shape: tuple[int, int, int], cfg: MIMConfig):
         super().__init__(encoder, image_shape)
-        c, h, w = self.image_shape
-        if h % patch or w % patch:
-            raise ValueError(f"mim.patch {patch} must divide the image size {h}x{w}")
-        self.patch, self.mask_ratio = patch, mask_ratio
-        self.decoder = pixel_decoder(encoder.feature_dim, dec_hidden, self.image_shape)
+        check_divides("mim.patch", cfg.patch, self.image_shape)
+        self.patch, self.mask_ratio = cfg.patch, cfg.mask_ratio
+        self.decoder = pixel_decoder(encoder.feature_dim, cfg.dec_hidden, self.image_shape)
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
         x = torch.cat(views, 0)

@@ -29,21 +29,12 @@ class MoCo(Method):
 
     name, Config = "moco", MoCoConfig
 
-    def __init__(
-        self,
-        encoder: Encoder,
-        image_shape: tuple[int, int, int],
-        proj_hidden: int,
-        proj_dim: int,
-        temperature: float,
-        queue_size: int,
-        momentum: float,
-    ):
+    def __init__(self, encoder: Encoder, image_shape: tuple[int, int, int], cfg: MoCoConfig):
         super().__init__(encoder, image_shape)
-        self.head = ProjectionHead(encoder.feature_dim, proj_hidden, proj_dim)
+        self.head = ProjectionHead(encoder.feature_dim, cfg.proj_hidden, cfg.proj_dim)
         self.key_encoder, self.key_head = frozen_copy(encoder), frozen_copy(self.head)
-        self.temperature, self.momentum = temperature, momentum
-        self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim), dim=1))
+        self.temperature, self.momentum = cfg.temperature, cfg.momentum
+        self.register_buffer("queue", F.normalize(torch.randn(cfg.queue_size, cfg.proj_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:

@@ -24,13 +24,16 @@ class RotationPrediction(Method):
 
     name, Config = "rotation", RotationConfig
 
-    def __init__(self, encoder: Encoder, image_shape: tuple[int, int, int], hidden: int):
+    def __init__(self, encoder: Encoder, image_shape: tuple[int, int, int], cfg: RotationConfig):
         super().__init__(encoder, image_shape)
         _, h, w = self.image_shape
         if h != w:
             raise ValueError(f"rotation prediction needs square images, got {h}x{w} (set augment.size)")
         self.head = nn.Sequential(
-            nn.Linear(encoder.feature_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 4)
+            nn.Linear(encoder.feature_dim, cfg.hidden),
+            nn.BatchNorm1d(cfg.hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(cfg.hidden, 4),
         )
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:

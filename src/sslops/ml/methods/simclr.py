@@ -24,12 +24,10 @@ class SimCLR(Method):
 
     name, Config = "simclr", SimCLRConfig
 
-    def __init__(
-        self, encoder: Encoder, image_shape: tuple[int, int, int], proj_hidden: int, proj_dim: int, temperature: float
-    ):
+    def __init__(self, encoder: Encoder, image_shape: tuple[int, int, int], cfg: SimCLRConfig):
         super().__init__(encoder, image_shape)
-        self.head = ProjectionHead(encoder.feature_dim, proj_hidden, proj_dim)
-        self.loss = NTXentLoss(temperature)
+        self.head = ProjectionHead(encoder.feature_dim, cfg.proj_hidden, cfg.proj_dim)
+        self.loss = NTXentLoss(cfg.temperature)
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
         x = torch.cat(views, 0)  # one forward pass over both views: better BN statistics, fewer kernel calls

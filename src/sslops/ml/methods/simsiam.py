@@ -26,14 +26,13 @@ class SimSiam(Method):
 
     name, Config = "simsiam", SimSiamConfig
 
-    def __init__(
-        self, encoder: Encoder, image_shape: tuple[int, int, int], proj_hidden: int, proj_dim: int, pred_hidden: int
-    ):
+    def __init__(self, encoder: Encoder, image_shape: tuple[int, int, int], cfg: SimSiamConfig):
         super().__init__(encoder, image_shape)
         self.head = nn.Sequential(
-            ProjectionHead(encoder.feature_dim, proj_hidden, proj_dim), nn.BatchNorm1d(proj_dim, affine=False)
+            ProjectionHead(encoder.feature_dim, cfg.proj_hidden, cfg.proj_dim),
+            nn.BatchNorm1d(cfg.proj_dim, affine=False),
         )
-        self.predictor = ProjectionHead(proj_dim, pred_hidden, proj_dim)
+        self.predictor = ProjectionHead(cfg.proj_dim, cfg.pred_hidden, cfg.proj_dim)
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
         z = self.head(self.encoder(torch.cat(views, 0)))

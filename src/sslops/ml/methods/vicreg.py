@@ -29,19 +29,10 @@ class VICReg(Method):
 
     name, Config = "vicreg", VICRegConfig
 
-    def __init__(
-        self,
-        encoder: Encoder,
-        image_shape: tuple[int, int, int],
-        proj_hidden: int,
-        proj_dim: int,
-        sim_weight: float,
-        var_weight: float,
-        cov_weight: float,
-    ):
+    def __init__(self, encoder: Encoder, image_shape: tuple[int, int, int], cfg: VICRegConfig):
         super().__init__(encoder, image_shape)
-        self.head = ProjectionHead(encoder.feature_dim, proj_hidden, proj_dim)
-        self.weights = (sim_weight, var_weight, cov_weight)
+        self.head = ProjectionHead(encoder.feature_dim, cfg.proj_hidden, cfg.proj_dim)
+        self.weights = (cfg.sim_weight, cfg.var_weight, cfg.cov_weight)
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
         z1, z2 = self.head(self.encoder(torch.cat(views, 0))).chunk(2, 0)
