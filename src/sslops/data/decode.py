@@ -3,8 +3,8 @@
 Each part is decoded, hashed (sha256 of its pixels) and summarised (mean, standard deviation) where it is decoded,
 and its pixels are written straight into the store's memory-mapped .npy at the part's rows: nothing but three small
 per-image values travels between processes. The results come back in plan order, so the store is the same byte for
-byte whatever the number of processes. This module imports numpy and the standard library only, so a worker starts
-in a fraction of a second.
+byte whatever the number of processes. A worker imports only numpy, the standard library and the readers (no
+pandas, no torch): a pool of two starts in about 0.6 s (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import numpy as np
 from sslops.data.sources import Part, Plan
 from sslops.errors import SslopsError
 
-# Fewer images than this per process and starting one (a fresh interpreter: about half a second) costs more than it
-# saves: a 96 px JPEG decodes in a fraction of a millisecond (docs/benchmarks.md).
+# Fewer images than this per process and starting one costs more than it saves: a 96 px JPEG decodes in about
+# 0.18 ms here (docs/benchmarks.md).
 IMAGES_PER_WORKER = 8192
-WINDOW = 1024  # parts queued per process at most
+MAX_CHUNK = 1024  # parts handed to a worker per task at most
 
 
 def cores() -> int:
@@ -50,7 +50,7 @@ def decode_into(plan: Plan, store: Path, workers: int) -> Iterator[tuple[list[st
         images.flush()
         return
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        chunk = max(1, min(WINDOW, len(plan.parts) // (8 * workers)))
+        chunk = max(1, min(MAX_CHUNK, len(plan.parts) // (8 * workers)))
         yield from pool.imap(_decode_job, jobs, chunksize=chunk)
 
 
