@@ -1,4 +1,4 @@
-"""Training images/s of every pretext method on this machine: what equal wall-clock budgets are computed from.
+"""Training images/s of every pretext method on this machine, measured side by side in one process.
 
   python bench/method_throughput.py [--steps 30] [--methods simclr,dino] [--json bench/results/method_throughput.json]
 

@@ -4,6 +4,7 @@ keeps a generated table from losing rows (no DVC queue here: `dvc exp show --jso
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -149,8 +150,9 @@ def test_the_guards_read_the_committed_tables() -> None:
     """The row keys are parsed from the documents as the scripts wrote them: a format change that the parsers miss
     would disarm the guard, so they must find every method of docs/methods.md and the README's seeds."""
     methods = (ROOT / "docs" / "methods.md").read_text()
-    shown = compare_methods.shown_seeds(methods.split(compare_methods.BEGIN)[1].split(compare_methods.END)[0])
-    assert {m for m, _ in shown} == set(compare_methods.METHODS)
+    table = methods.split(compare_methods.BEGIN)[1].split(compare_methods.END)[0]
+    with_seeds = set(re.findall(r"^\| (\w+) \| \d", table, re.M))  # rows of finished runs; the rest not run yet
+    assert {m for m, _ in compare_methods.shown_seeds(table)} == with_seeds and "rotation" in with_seeds
     readme = (ROOT / "README.md").read_text()
     seeds = compare_methods.shown_seeds(
         readme.split(compare_methods.SEEDS_BEGIN)[1].split(compare_methods.SEEDS_END)[0]
@@ -188,7 +190,7 @@ def test_a_resumed_sweep_queues_only_runs_not_made_with_the_current_params() -> 
     assert not compare_methods.current({"sections": {"pretrain": made["sections"]["pretrain"]}}, expected)
 
 
-def _run(seed: int, amp: str, pretrained: float) -> dict[str, Any]:
+def _run(seed: int, amp: str, pretrained: float, machine: str = "CPU A") -> dict[str, Any]:
     """A finished sweep run as `compare_methods.runs()` gives it, fine-tuned with the committed headline protocols."""
     from sslops.config import Project
 
@@ -204,7 +206,7 @@ def _run(seed: int, amp: str, pretrained: float) -> dict[str, Any]:
         "name": f"method-dino-s{seed}",
         "params": {"seed": seed, "images": 318944},
         "sections": {"pretrain": {"seed": seed}, "finetune": {"draws": 4}},  # as the run was made (params.yaml: 3)
-        "pretrain": {"amp": amp, "knn_acc": 0.84, "seconds": 200.0, "images_per_s": 1600.0},
+        "pretrain": {"amp": amp, "knn_acc": 0.84, "seconds": 200.0, "images_per_s": 1600.0, "machine": machine},
         "evaluate": evaluate,
     }
 
@@ -222,10 +224,23 @@ def test_runs_of_another_precision_are_never_averaged_with_the_committed_ones() 
     rows = {
         line.split(" | ")[0].lstrip("| "): line for line in compare_methods.table(found, finetune, "bf16").splitlines()
     }
-    assert "| dino | 0, 2 | 84.00 % ± 0.00 |" in rows["dino"] and "85.00 % ± 1.41" in rows["dino"]
+    assert "| dino | 0, 2 | CPU A, bf16 | 84.00 % ± 0.00 |" in rows["dino"] and "85.00 % ± 1.41" in rows["dino"]
     assert "| dino (off) | 1 | " in rows["dino (off)"] and "80.00 %" in rows["dino (off)"]
     assert "rotation (off)" in rows and "rotation" not in rows
     assert compare_methods.shown_seeds("\n".join(rows.values())) >= {("dino", 0), ("dino (off)", 1)}
+
+
+def test_each_row_names_its_machine_and_runs_of_two_machines_are_two_rows() -> None:
+    """Equal images make runs comparable across machines, but a row's times and images/s belong to one machine: the
+    table keeps one row per machine and precision and says which."""
+    from sslops.config import Project
+
+    finetune = Project(ROOT).config("finetune")
+    found = {("dino", 0): _run(0, "bf16", 0.84), ("dino", 1): _run(1, "bf16", 0.86, machine="CPU B")}
+    found[("dino", 2)] = _run(2, "off", 0.80, machine="CPU B")
+    dino = [line for line in compare_methods.table(found, finetune, "bf16").splitlines() if line.startswith("| dino")]
+    expected = [["0", "CPU A, bf16"], ["1", "CPU B, bf16"], ["2", "CPU B, fp32"]]
+    assert [line.split(" | ")[1:3] for line in dino] == expected
 
 
 def test_the_seeds_summary_keeps_one_value_per_seed_of_the_committed_precision() -> None:
@@ -250,14 +265,14 @@ def test_a_sweep_queues_what_is_missing_and_the_table_budgets_only_for_other_met
     other = next(m for m in compare_methods.METHODS if m != default)
     made = {"pretrain": dict(project.params["pretrain"], seed=0), "finetune": project.params["finetune"]}
     existing = {(default, 0): {"name": "HEAD (committed run)", "sections": made}}
-    queue = compare_methods.queue_for(project, [(default, 0), (default, 1), (other, 1)], {other: 1234}, existing)
+    queue = compare_methods.queue_for(project, [(default, 0), (default, 1), (other, 1)], existing)
     assert list(queue) == [f"method-{default}-s1", f"method-{other}-s1"]  # seed 0 of the default is committed
     assert "tasks.fashion-mnist.budgets=[0.01,1.0]" not in queue[f"method-{default}-s1"]  # the README needs them all
     assert queue[f"method-{other}-s1"] == [
         "evaluate@fashion-mnist",
-        *("-S", f"pretrain.method={other}", "-S", "pretrain.seed=1", "-S", "pretrain.images=1234"),
+        *("-S", f"pretrain.method={other}", "-S", "pretrain.seed=1"),  # the same images as every method
         *("-S", "tasks.fashion-mnist.budgets=[0.01,1.0]"),
     ]
-    assert len(compare_methods.queue_for(project, [(default, 0)], {}, existing, rerun=True)) == 1
-    full = compare_methods.queue_for(project, [(other, 1)], {}, {}, all_budgets=True)
+    assert len(compare_methods.queue_for(project, [(default, 0)], existing, rerun=True)) == 1
+    full = compare_methods.queue_for(project, [(other, 1)], {}, all_budgets=True)
     assert not any("budgets" in a for a in full[f"method-{other}-s1"])
