@@ -51,7 +51,7 @@ def search_recipes(project: Project, task: str, trials: list[str] | None = None)
         started, entries = time.perf_counter(), []
         for init in SEARCHED:
             encoder = encoders[init].to(device)
-            train = (rows, labels, features(encoder, store.images[rows], device))
+            train = (rows, labels, features(encoder, store.take(rows), device))
             entries += fit.search_subsets(train, init, encoder, names)
         tracking.log_metrics({"seconds": time.perf_counter() - started})
         run_id = run.info.run_id

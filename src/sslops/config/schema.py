@@ -97,6 +97,13 @@ class ResizeKnobs(Section):
     mode: Literal["crop", "pad"]  # crop: shorter side to `side`, centre crop; pad: longer side to `side`, black borders
 
 
+class StoreKnobs(Section):
+    """`prepare.store`: how the prepared images are kept (`sslops.data.store`, `sslops.data.encoded`)."""
+
+    format: Literal["auto", "raw", "jpeg"]  # auto: jpeg from 64x64 pixels up, raw below
+    quality: Annotated[int, Field(ge=1, le=100)]  # JPEG quality of images re-encoded for the store
+
+
 class PrepareParams(Section):
     """`prepare:` the pretraining dataset. Its labels, if any, are never read by pretraining itself."""
 
@@ -108,6 +115,7 @@ class PrepareParams(Section):
     max_pixels: PositiveInt  # imagefolder and `sslops embed`: larger images are refused before decoding
     resize: ResizeKnobs
     workers: PositiveInt | None  # processes that decode images (also for the tasks); null: every core
+    store: StoreKnobs
 
     _root = field_validator("root")(_inside_project)
 
@@ -253,6 +261,7 @@ class PretrainParams(Section):
     compile: StrictBool  # torch.compile the model (did not pay on CPU: docs/benchmarks.md)
     device: Device
     threads: PositiveInt | None
+    decode_workers: NonNegativeInt | None  # a JPEG store: processes decoding batches (0: this one); null: every core
     seed: NonNegativeInt  # initial weights and the order of the images
     val_fraction: Annotated[float, Field(gt=0, lt=1)]  # of labelled train, for the monitor and promotion metric
     val_seed: NonNegativeInt  # the split's own seed: another pretraining seed is still scored on the same images

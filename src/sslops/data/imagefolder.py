@@ -9,6 +9,7 @@ Corrupt files are reported when their pixels are loaded. Colour modes are conver
 from __future__ import annotations
 
 import functools
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -27,8 +28,17 @@ def image_files(folder: Path) -> list[Path]:
     return [p for p in sorted(folder.rglob("*")) if not p.is_dir() and p.name not in IGNORED]
 
 
-def _load(path: Path, channels: int, max_pixels: int) -> np.ndarray:
-    return images.read(path, channels, max_pixels)[None]
+def _files(folder: Path) -> list[str]:
+    """`image_files` as strings, in the same order: a Path object per file is ten times the memory of its name, and
+    a folder may hold millions."""
+    found = []
+    for top, _, files in os.walk(folder):
+        found += [os.path.join(top, f) for f in files if f not in IGNORED]
+    return sorted(found, key=lambda path: path.split(os.sep))
+
+
+def _load(path: str, channels: int, max_pixels: int) -> np.ndarray:
+    return images.read(Path(path), channels, max_pixels)[None]
 
 
 def plan_imagefolder(
@@ -53,11 +63,11 @@ def plan_imagefolder(
     names = list(classes) + [c for c in found if c not in classes]
     label_of = {name: i for i, name in enumerate(names)}
 
-    entries: list[tuple[str, Path, int | None]] = []
+    entries: list[tuple[str, str, int | None]] = []
     rejected: list[images.ImageRejected] = []
     for split, folder in split_dirs.items():
         for class_dir in sorted(d for d in folder.iterdir() if d.is_dir()):
-            files = image_files(class_dir)
+            files = _files(class_dir)
             if not files:
                 rejected.append(
                     images.ImageRejected(class_dir, "class folder is empty; add images or remove it", "empty")
@@ -74,31 +84,35 @@ def plan_imagefolder(
             if c not in trained
         ]
     if unlabeled_dir and (root / unlabeled_dir).is_dir():
-        entries += [("unlabeled", f, None) for f in image_files(root / unlabeled_dir)]
+        entries += [("unlabeled", f, None) for f in _files(root / unlabeled_dir)]
 
     headers = []
     for _, path, _ in entries:
         try:
-            headers.append(images.inspect(path, root, max_pixels))
+            headers.append(images.inspect(Path(path), root, max_pixels))
         except images.ImageRejected as exc:
             rejected.append(exc)
     images.refuse(root, rejected)  # every file that cannot be used, before any pixel is read
-    gray = sum(images.is_gray(mode) for _, _, mode in headers)
+    gray = sum(images.is_gray(h.mode) for h in headers)
     notes = ()
     if channels is None:
         channels = 1 if gray == len(headers) else 3
         if 0 < gray < len(headers):
             mix = f"{gray} grayscale and {len(headers) - gray} colour images"
             notes = (f"{mix}: all converted to RGB (set prepare.channels: 1 for grayscale)",)
+    one_label = {k: np.array([k], dtype=np.int64) for k in label_of.values()}  # shared: one array per class
+    for array in one_label.values():
+        array.flags.writeable = False
     parts = [
         Part(
             split=split,
-            source=path.relative_to(root).as_posix(),
+            source=Path(path).relative_to(root).as_posix(),
             count=1,
-            shape=(h, w, channels),
-            labels=None if label is None else np.array([label], dtype=np.int64),
+            shape=(head.height, head.width, channels),
+            labels=None if label is None else one_label[label],
             load=functools.partial(_load, path, channels, max_pixels),
+            file=path if head.plain_jpeg and head.mode == ("L" if channels == 1 else "RGB") else None,
         )
-        for (split, path, label), (h, w, _) in zip(entries, headers, strict=True)
+        for (split, path, label), head in zip(entries, headers, strict=True)
     ]
-    return Plan(parts=parts, classes=names, notes=notes, modes=dict(Counter(mode for _, _, mode in headers)))
+    return Plan(parts=parts, classes=names, notes=notes, modes=dict(Counter(h.mode for h in headers)))

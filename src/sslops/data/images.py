@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -28,6 +29,16 @@ SIXTEEN_BIT = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 ORIENTATION = 0x0112  # EXIF tag; values 5 to 8 turn the image by 90 degrees, so height and width swap
 TRANSPOSING = {5, 6, 7, 8}
+
+
+class Header(NamedTuple):
+    """What a file's header says, after every check: size (EXIF orientation applied), Pillow mode, and whether its
+    bytes are a JPEG that decodes to exactly what `read` returns in that mode (no orientation to apply)."""
+
+    height: int
+    width: int
+    mode: str
+    plain_jpeg: bool = False
 
 
 class ImageRejected(SslopsError):
@@ -58,7 +69,7 @@ def check_path(path: Path, root: Path) -> None:
         raise ImageRejected(path, "not a regular file (a FIFO, device or socket)", "not-a-file")
 
 
-def inspect(path: Path, root: Path, max_pixels: int) -> tuple[int, int, str]:
+def inspect(path: Path, root: Path, max_pixels: int) -> Header:
     """(height, width, mode) of a file a user handed over as an image, after every check a reader applies to it
     before decoding: confined to `root`, an image by its suffix, not empty, a readable header within `max_pixels`."""
     check_path(path, root)
@@ -85,9 +96,9 @@ def refuse(root: Path, rejected: list[ImageRejected]) -> None:
         raise ImageRejected(root, reason, rejected[0].kind)
 
 
-def header(path: Path, max_pixels: int) -> tuple[int, int, str]:
-    """(height, width, mode) of the image as `read` returns it (EXIF orientation applied), from the file header
-    alone; refuses oversized images before any pixel is decoded."""
+def header(path: Path, max_pixels: int) -> Header:
+    """The image's size as `read` returns it (EXIF orientation applied) and mode, from the file header alone;
+    refuses oversized images before any pixel is decoded."""
     try:
         with Image.open(path) as img:
             height, width, mode = img.height, img.width, img.mode
@@ -99,13 +110,15 @@ def header(path: Path, max_pixels: int) -> tuple[int, int, str]:
                     "too-large",
                 )
             # Pillow reads a PNG's EXIF by decoding the whole image unless the chunk came before the pixels.
-            if (img.format != "PNG" or "exif" in img.info) and img.getexif().get(ORIENTATION, 1) in TRANSPOSING:
+            orientation = img.getexif().get(ORIENTATION, 1) if img.format != "PNG" or "exif" in img.info else 1
+            if orientation in TRANSPOSING:
                 height, width = width, height
+            plain_jpeg = img.format == "JPEG" and mode in ("L", "RGB") and orientation == 1
     except Image.DecompressionBombError as exc:  # Pillow's own limit, far above max_pixels
         raise ImageRejected(path, f"refused before decoding: {exc}", "too-large") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageRejected(path, f"cannot be read as an image ({exc})", "unreadable") from None
-    return height, width, mode
+    return Header(height, width, mode, plain_jpeg)
 
 
 def is_gray(mode: str) -> bool:

@@ -92,7 +92,8 @@ def fit_plan(plan: Plan, fit: Fit | None) -> tuple[Plan, dict[str, object]]:
             continue
         resized += part.count
         load = functools.partial(_fitted, part.load, fit)
-        parts.append(replace(part, shape=fit.shape, load=load, source_size=part.source_size or part.shape[:2]))
+        source_size = part.source_size or part.shape[:2]
+        parts.append(replace(part, shape=fit.shape, load=load, source_size=source_size, file=None))  # new pixels
     record = {"resized": resized, "height": fit.height, "width": fit.width, "channels": fit.channels, "mode": fit.mode}
     notes = plan.notes
     if resized:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a folder of a million photos plans a million parts
 class Part:
     """A run of images from one source file, all of one shape, loaded on demand.
 
@@ -28,6 +28,7 @@ class Part:
     labels: np.ndarray | None
     load: Callable[[], np.ndarray] = field(repr=False, compare=False)
     source_size: tuple[int, int] | None = None  # (height, width) in the file, when `sslops.data.resize` changed it
+    file: str | None = None  # a JPEG of exactly this one image as loaded: the store may keep its bytes as they are
 
 
 @dataclass(frozen=True)

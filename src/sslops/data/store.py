@@ -1,20 +1,26 @@
-"""The canonical image store: one memory-mappable uint8 array (N x H x W x C) plus a manifest table.
+"""The canonical image store: the images (N x H x W x C, uint8 when read) plus a manifest table.
 
-Every later stage reads images through `ImageStore`, whatever the raw format was, and the manifest
-(one row per image, same order) is what Great Expectations validates and MLflow logs as the dataset.
+The images are kept either raw, one memory-mappable uint8 array (images.npy: small images, read at memory speed),
+or encoded as JPEG in shards (`sslops.data.encoded`: photos, a tenth of the bytes, decoded when read); `Codec` and
+`prepare.store` choose. Every later stage reads images through `ImageStore`, whatever the raw format or the codec,
+and the manifest (one row per image, same order) is what Great Expectations validates and MLflow logs as the
+dataset.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from sslops.data.decode import decode_into
+from sslops.data import encoded
+from sslops.data.decode import Stats, decode_into, encode_parts
+from sslops.data.encoded import Codec, EncodedImages
 from sslops.data.sources import Plan
 from sslops.errors import SslopsError
 from sslops.outputs.atomic import ensure_space, reserve
@@ -42,12 +48,16 @@ MANIFEST_COLUMNS = {
 }
 
 
-def write_store(plan: Plan, out_dir: Path, progress: bool = True, workers: int = 1) -> pd.DataFrame:
-    """Fill `out_dir` with images.npy, manifest.parquet and classes.json from `plan`; return the manifest.
+RAW = Codec("raw")
 
-    Pixels are written part by part into a memory-mapped .npy, so datasets larger than RAM work. Up to `workers`
-    processes decode the parts (and hash them and take their statistics), in plan order: the store is the same
-    byte for byte whatever the number. `out_dir` should be a temporary directory (see
+
+def write_store(plan: Plan, out_dir: Path, progress: bool = True, workers: int = 1, codec: Codec = RAW) -> pd.DataFrame:
+    """Fill `out_dir` with the images (raw: images.npy; jpeg: shards, index and spec), manifest.parquet and
+    classes.json from `plan`; return the manifest.
+
+    Images are written part by part (raw: into a memory-mapped .npy), so datasets larger than RAM work. Up to
+    `workers` processes decode the parts (and encode them, hash them and take their statistics), in plan order: the
+    store is the same byte for byte whatever the number. `out_dir` should be a temporary directory (see
     `sslops.outputs.atomic.atomic_dir`): a part that fails to decode leaves nothing behind.
     """
     if plan.total == 0:
@@ -56,47 +66,66 @@ def write_store(plan: Plan, out_dir: Path, progress: bool = True, workers: int =
     if len(shapes) != 1:
         raise SslopsError(f"Images have different shapes {sorted(shapes)}; one size and channel count is required.")
     (h, w, c), n = shapes.pop(), plan.total
-    ensure_space(out_dir, n * h * w * c, f"the image store ({n} images of {h}x{w}x{c})")
-    images = np.lib.format.open_memmap(out_dir / IMAGES, mode="w+", dtype=np.uint8, shape=(n, h, w, c))
-    reserve(out_dir / IMAGES, (out_dir / IMAGES).stat().st_size)
-    del images  # created; the decoders write through their own maps of the file
-    sha = np.empty(n, dtype=object)
+    if codec.format == "raw":
+        ensure_space(out_dir, n * h * w * c, f"the image store ({n} images of {h}x{w}x{c})")
+        images = np.lib.format.open_memmap(out_dir / IMAGES, mode="w+", dtype=np.uint8, shape=(n, h, w, c))
+        reserve(out_dir / IMAGES, (out_dir / IMAGES).stat().st_size)
+        del images  # created; the decoders write through their own maps of the file
+        results = decode_into(plan, out_dir / IMAGES, workers)
+    else:  # the bytes are known only once encoded: the disk is checked shard by shard
+        writer = encoded.ShardWriter(out_dir, codec, (h, w, c), n)
+        results = _written(writer, encode_parts(plan, codec.quality, workers))
+    # Columns as arrays filled part by part: a million rows of Python lists would cost several times the memory.
+    split, source, sha = (np.empty(n, dtype=object) for _ in range(3))
+    index, label, source_height, source_width = (np.empty(n, dtype=np.int64) for _ in range(4))
+    unlabeled = np.zeros(n, dtype=bool)
     mean, std = np.empty(n), np.empty(n)
-    columns: dict[str, list] = {"split": [], "source": [], "index": [], "label": [], "source_size": []}
     row = 0
     with progress_bar(n, "prepare", "img", enabled=progress) as bar:
-        for part, (digests, means, stds) in zip(plan.parts, decode_into(plan, out_dir / IMAGES, workers), strict=True):
-            sha[row : row + part.count] = digests
-            mean[row : row + part.count], std[row : row + part.count] = means, stds
-            columns["split"] += [part.split] * part.count
-            columns["source"] += [part.source] * part.count
-            columns["index"] += range(part.count)  # position within the source file
-            columns["label"] += [None] * part.count if part.labels is None else part.labels.tolist()
-            columns["source_size"] += [part.source_size or part.shape[:2]] * part.count
+        for part, (digests, means, stds) in zip(plan.parts, results, strict=True):
+            rows = slice(row, row + part.count)
+            sha[rows], mean[rows], std[rows] = digests, means, stds
+            split[rows], source[rows] = part.split, part.source
+            index[rows] = np.arange(part.count)  # position within the source file
+            if part.labels is None:
+                label[rows], unlabeled[rows] = 0, True
+            else:
+                label[rows] = part.labels
+            source_height[rows], source_width[rows] = part.source_size or part.shape[:2]
             row += part.count
             bar.update(part.count)
-    labels = pd.array(columns["label"], dtype="Int64")
-    names = np.asarray(plan.classes, dtype=object)
+    named = ~unlabeled & (label >= 0) & (label < len(plan.classes))
+    class_name = np.full(n, None, dtype=object)
+    class_name[named] = np.asarray(plan.classes, dtype=object)[label[named]]
     manifest = pd.DataFrame(
         {
-            "split": columns["split"],
-            "source": columns["source"],
-            "index": columns["index"],
-            "label": labels,
-            "class_name": [None if pd.isna(v) else names[v] if 0 <= v < len(names) else None for v in labels],
+            "split": split,
+            "source": source,
+            "index": index,
+            "label": pd.arrays.IntegerArray(label, unlabeled),
+            "class_name": class_name,
             "height": h,
             "width": w,
             "channels": c,
-            "source_height": [hw[0] for hw in columns["source_size"]],
-            "source_width": [hw[1] for hw in columns["source_size"]],
+            "source_height": source_height,
+            "source_width": source_width,
             "sha256": sha,
             "mean": mean,
             "std": std,
         }
     ).astype(MANIFEST_COLUMNS)
+    if codec.format != "raw":
+        writer.close()
     manifest.to_parquet(out_dir / MANIFEST, index=False)
     (out_dir / CLASSES).write_text(json.dumps(plan.classes, indent=2) + "\n")
     return manifest
+
+
+def _written(writer: encoded.ShardWriter, parts: Iterator[tuple[list[bytes], int, Stats]]) -> Iterator[Stats]:
+    """Each part's statistics, once its bytes are in the store."""
+    for blobs, kept, stats in parts:
+        writer.add(blobs, kept)
+        yield stats
 
 
 def manifest_digest(manifest: pd.DataFrame) -> str:
@@ -114,23 +143,34 @@ def rows_digest(manifest: pd.DataFrame, rows: np.ndarray) -> str:
 
 @dataclass(frozen=True)
 class ImageStore:
-    """Read side of the canonical store: images memory-mapped, manifest and class names loaded."""
+    """Read side of the canonical store: images memory-mapped (raw) or decoded when indexed (JPEG), manifest and
+    class names loaded. `images[rows]` is a uint8 (len(rows), H, W, C) array either way."""
 
-    images: np.ndarray
+    images: np.ndarray | EncodedImages
     manifest: pd.DataFrame
     classes: list[str]
 
+    @property
+    def encoded(self) -> bool:
+        return isinstance(self.images, EncodedImages)
+
+    def take(self, rows: np.ndarray) -> np.ndarray | encoded.Rows:
+        """Images `rows` for a reader that goes through them batch by batch: raw, an array (a memory-speed gather);
+        JPEG, a view that decodes each batch as it is sliced, so memory holds a batch, not every row."""
+        return encoded.Rows(self.images, rows) if isinstance(self.images, EncodedImages) else self.images[rows]
+
     @classmethod
     def open(cls, folder: Path) -> ImageStore:
-        missing = [name for name in (IMAGES, MANIFEST, CLASSES) if not (folder / name).is_file()]
+        kept = encoded.SPEC if (folder / encoded.SPEC).is_file() else IMAGES
+        missing = [name for name in (kept, MANIFEST, CLASSES) if not (folder / name).is_file()]
         if missing:
             raise SslopsError(
                 f"{folder}: prepared store is incomplete (missing {', '.join(missing)}); run the prepare stage."
             )
-        images = np.load(folder / IMAGES, mmap_mode="r")
+        images = EncodedImages(folder) if kept == encoded.SPEC else np.load(folder / IMAGES, mmap_mode="r")
         manifest = pd.read_parquet(folder / MANIFEST)
         if len(manifest) != len(images):
-            raise SslopsError(f"{folder}: manifest has {len(manifest)} rows but images.npy holds {len(images)} images.")
+            raise SslopsError(f"{folder}: manifest has {len(manifest)} rows but {kept} holds {len(images)} images.")
         return cls(images, manifest, json.loads((folder / CLASSES).read_text()))
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,7 @@
-"""Where pretraining batches come from: the augmentation cache or on-the-fly batched augmentation.
+"""Where pretraining batches come from: the augmentation cache, on-the-fly batched augmentation of an array, or a
+JPEG store decoded by loader workers and augmented on the fly.
 
-Both yield pairs of uint8 (B, C, H, W) view tensors for this rank's share of a seeded, per-epoch
+All yield pairs of uint8 (B, C, H, W) view tensors for this rank's share of a seeded, per-epoch
 permutation, so a run resumed at an epoch boundary sees exactly the batches an uninterrupted run would.
 """
 
@@ -10,6 +11,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,3 +94,89 @@ def on_the_fly_pairs(
         idx = np.sort(order[start : start + batch_size])
         batch = torch.from_numpy(np.ascontiguousarray(images[idx])).to(device or "cpu").permute(0, 3, 1, 2)
         yield augment(batch, gen), augment(batch, gen)
+
+
+class _Batches(torch.utils.data.Sampler):
+    """The current epoch's batches of store rows, set before each pass: a persistent loader keeps its workers
+    across epochs while the order changes."""
+
+    def __init__(self) -> None:
+        self.batches: list[np.ndarray] = []
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class _Decoded(torch.utils.data.Dataset):
+    """A batch of rows of a JPEG store (anything with `blob(row)` and `shape`), decoded by torchvision.io's
+    libjpeg-turbo into uint8 (B, C, H, W) in a loader worker; or, for a GPU, the bytes alone (decoded there)."""
+
+    def __init__(self, images: Any, on_gpu: bool) -> None:
+        self.images, self.on_gpu = images, on_gpu
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, rows: np.ndarray) -> torch.Tensor | list[torch.Tensor]:
+        from torchvision.io import decode_jpeg
+
+        blobs = [torch.frombuffer(bytearray(self.images.blob(int(row))), dtype=torch.uint8) for row in rows]
+        return blobs if self.on_gpu else torch.stack(decode_jpeg(blobs, mode=_mode(self.images.shape[3])))
+
+
+def _mode(channels: int) -> Any:
+    from torchvision.io import ImageReadMode
+
+    return ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+
+
+class JpegStream:
+    """Pretraining pairs straight from a JPEG store: each step's rows decoded in `workers` loader processes (on a
+    GPU: their bytes read there, decoded by nvJPEG in one batched call), then the batched augmentation twice on
+    `device`, as `on_the_fly_pairs` does over an array. Same rows, order and generator: the pairs equal those of
+    `on_the_fly_pairs` over the decoded images, whatever the number of workers."""
+
+    def __init__(
+        self,
+        images: Any,
+        rows: np.ndarray,
+        augment: BatchAugment,
+        batch_size: int,
+        seed: int,
+        device: torch.device,
+        workers: int,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        self.images, self.rows, self.augment, self.batch_size = images, rows, augment, batch_size
+        self.seed, self.device, self.rank, self.world = seed, device, rank, world
+        self.sampler = _Batches()
+        on_gpu = device.type == "cuda"
+        self.loader = torch.utils.data.DataLoader(
+            _Decoded(images, on_gpu),
+            sampler=self.sampler,
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=on_gpu,
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers else None,
+            multiprocessing_context="spawn" if workers else None,  # the stage holds an MLflow run and its threads
+        )
+
+    def pairs(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from torchvision.io import decode_jpeg
+
+        order = epoch_order(len(self.rows), epoch, self.seed, self.rank, self.world)
+        gen = torch.Generator(device=self.device).manual_seed(
+            int(np.random.default_rng([self.seed, epoch, self.rank, 2]).integers(2**62))
+        )
+        size = self.batch_size
+        self.sampler.batches = [self.rows[np.sort(order[s : s + size])] for s in range(0, len(order) - size + 1, size)]
+        for batch in self.loader:
+            if isinstance(batch, list):  # bytes, for the GPU's decoder
+                batch = torch.stack(decode_jpeg(batch, mode=_mode(self.images.shape[3]), device=self.device))
+            batch = batch.to(self.device, non_blocking=True)
+            yield self.augment(batch, gen), self.augment(batch, gen)

@@ -90,13 +90,16 @@ def run(project: Project) -> dict[str, Any]:
 
 
 def _plan(project: Project, cfg: AugmentParams, store: ImageStore, images: int) -> CachePlan:
-    """The cache that fits both augment.disk_budget_gb and the disk's free space (augment.over_budget decides)."""
+    """The cache that fits both augment.disk_budget_gb and the disk's free space (augment.over_budget decides);
+    none for a JPEG store, which pretraining decodes and augments batch by batch."""
     import shutil
 
     from sslops.ml.augment import view_size
-    from sslops.ml.cache import plan_cache
+    from sslops.ml.cache import CachePlan, plan_cache
     from sslops.outputs.atomic import HEADROOM_BYTES
 
+    if store.encoded:  # K raw views of photos would be 50 to 100 times their JPEGs (docs/benchmarks.md)
+        return CachePlan(0, 0, "the prepared images are kept as JPEG (prepare.store): views are made on the fly")
     height, width, channels = store.images.shape[1:]
     side_h, side_w = view_size(cfg.size, height, width)
     folder = project.root / "artifacts"

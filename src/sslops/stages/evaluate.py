@@ -65,7 +65,7 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
         tracking.set_tags({**tags, "pretrain.run_id": model["pretrain_run_id"], "evaluate.machine": machine(device)})
         started = time.perf_counter()
         encoders = _encoders(folder, model, device)
-        test_feats = {init: features(enc, store.images[test_rows], device) for init, enc in encoders.items()}
+        test_feats = {init: features(enc, store.take(test_rows), device) for init, enc in encoders.items()}
         results = _score(cfg, folder, index, store, encoders, (test_rows, test_labels, test_feats), device)
         summary = headline(results)
         _draw(out.plots, task, cfg, results, summary, store.classes, test_labels, test_feats)
@@ -138,7 +138,7 @@ def _score(
     n_classes = int(index["n_classes"])
     knn_files = [np.load(folder / e["file"]) for e in index["entries"] if e["protocol"] == "knn"]
     bank_rows = np.unique(np.concatenate(knn_files))
-    bank_feats = {init: features(enc, store.images[bank_rows], device) for init, enc in encoders.items()}
+    bank_feats = {init: features(enc, store.take(bank_rows), device) for init, enc in encoders.items()}
     row_labels = store.manifest["label"].fillna(-1).to_numpy(dtype=np.int64)
     results = []
     for entry in index["entries"]:
@@ -162,7 +162,7 @@ def _score(
         else:
             classifier = Classifier(encoders["pretrained"].untrained_copy(), n_classes)
             classifier.load_state_dict(torch.load(state_file, map_location="cpu", weights_only=True))
-            preds = predict(classifier.to(device), store.images[test_rows], device)
+            preds = predict(classifier.to(device), store.take(test_rows), device)
         keep = {k: entry[k] for k in ("budget", "budget_name", "labels", "draw", "init", "protocol", "run_id")}
         keep["headline"] = _headline_flag(folder, entry)
         result = {**keep, **scores(test_labels, preds, n_classes)}

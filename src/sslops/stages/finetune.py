@@ -224,7 +224,7 @@ class Fit:
         from sslops.ml.transfer import features
 
         started = time.perf_counter()
-        feats = features(encoder, self.store.images[train[0]], self.device)
+        feats = features(encoder, self.store.take(train[0]), self.device)
         print(f"{init}: features of {len(train[0])} train images in {time.perf_counter() - started:.1f}s")
         if self.auto and init != "pixels":
             self.choose((*train, feats), init, encoder)
@@ -366,7 +366,7 @@ class Fit:
         from sslops.ml.transfer import soft_targets
 
         started = time.perf_counter()
-        targets = soft_targets(teacher, self.store.images[pool], labelled, labels, self.device)
+        targets = soft_targets(teacher, self.store.take(pool), labelled, labels, self.device)
         n_classes = targets.shape[1]
         student, stats = self.finetune(encoder, init, self.cfg.distill.recipe, seed, (pool, targets), n_classes, None)
         return student, {**stats, "seconds": time.perf_counter() - started}
@@ -404,7 +404,7 @@ class Fit:
                 lp = probe if recipe.head == "probe" else None  # an LP-FT trial starts from that probe
                 fitted = (rows[fit], labels[fit])
                 model, stats = self.finetune(encoder, base["init"], recipe, seed, fitted, n_classes, lp)
-                acc = float((predict(model, self.store.images[rows[held]], self.device) == labels[held]).mean())
+                acc = float((predict(model, self.store.take(rows[held]), self.device) == labels[held]).mean())
                 tracking.log_metrics({**stats, "holdout_acc": acc})
             entries.append({**scored, "protocol": "finetune", "trial": trial, "holdout_acc": acc})
             entries[-1]["seconds"] = round(stats["seconds"], 2)
@@ -437,7 +437,7 @@ class Fit:
             model.head.load_state_dict(probe.state_dict())  # LP-FT: start from the probe
         stats = finetune(
             model.to(self.device),
-            self.store.images[rows],
+            self.store.take(rows),
             labels,
             recipe.to_core(FinetuneConfig, seed=seed),
             self.device,

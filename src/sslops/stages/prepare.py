@@ -16,11 +16,11 @@ from typing import Any
 from sslops.adapters import tracking
 from sslops.config import Project
 from sslops.config.schema import PrepareParams, TaskParams
-from sslops.data import resize
+from sslops.data import encoded, resize
 from sslops.data.decode import cores, processes
 from sslops.data.formats import plan_dataset
 from sslops.data.sources import Plan
-from sslops.data.store import MANIFEST, manifest_digest, write_store
+from sslops.data.store import MANIFEST, RAW, manifest_digest, write_store
 from sslops.errors import SslopsError
 from sslops.outputs.atomic import atomic_dir, write_json
 
@@ -53,8 +53,10 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
         for note in plan.notes:
             print(f"prepare: {note}")
         workers = processes(plan, cfg.workers or cores())
+        codec = encoded.choose(cfg.store.format, cfg.store.quality, plan.parts[0].shape) if plan.parts else RAW
         with atomic_dir(out.prepared) as tmp:
-            manifest = write_store(plan, tmp, workers=workers)
+            manifest = write_store(plan, tmp, workers=workers, codec=codec)
+            stored = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file() and f.name != MANIFEST)
             if task is None:
                 height, width, channels = plan.parts[0].shape
                 shape = {"height": height, "width": width, "channels": channels, "mode": cfg.resize.mode}
@@ -69,10 +71,13 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
             "resized": fitted["resized"],
             "seconds": round(time.perf_counter() - start, 2),
             "workers": workers,
+            "store": codec.format,
+            "store_bytes": stored,
             "manifest_digest": digest,
         }
         tracking.log_manifest(manifest, out.prepared / MANIFEST, digest, context="prepare")
         tracking.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        tracking.log_params({"prepare.store.codec": codec.format})  # what `format: auto` became
         tracking.set_tags({"data.manifest_digest": digest, "data.shape": "x".join(map(str, summary["shape"]))})
         write_json(out.metrics / "prepare.json", summary)
     return summary

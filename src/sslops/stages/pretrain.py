@@ -28,6 +28,7 @@ from sslops.adapters import tracking
 from sslops.adapters.provenance import code_digest, file_digest
 from sslops.config import Project, params_hash
 from sslops.config.schema import AugmentParams, PretrainParams
+from sslops.data.decode import cores
 from sslops.data.store import ImageStore, manifest_digest, rows_digest
 from sslops.errors import SslopsError
 from sslops.outputs.atomic import atomic_dir, atomic_file, write_json
@@ -178,6 +179,22 @@ def _view_source(
 
         def batches(epoch: int) -> Any:
             return view_sources.cached_pairs(cache, local_batch, epoch, seed, rank, world_size)
+    elif store.encoded:  # decoded batch by batch in loader workers: memory holds a few batches, not the store
+        from sslops.ml.augment import AugmentConfig, BatchAugment
+
+        workers = min(cores(), MAX_DECODE_WORKERS) if cfg.decode_workers is None else cfg.decode_workers
+        stream = view_sources.JpegStream(
+            store.images,
+            rows,
+            BatchAugment(augment.to_core(AugmentConfig)),
+            local_batch,
+            seed,
+            device,
+            workers,
+            rank,
+            world_size,
+        )
+        batches = stream.pairs
     else:
         from sslops.ml.augment import AugmentConfig, BatchAugment
 
@@ -247,6 +264,7 @@ class ValidationSplit:
     digest: str  # of the validation images and labels: promotion compares only versions scored on the same
 
 
+MAX_DECODE_WORKERS = 8  # `decode_workers: null`: every core up to this; more decode faster than one GPU trains
 FEW_VALIDATION_IMAGES = 500  # under this, the monitor's accuracies (and the promotion they decide) are coarse
 
 
@@ -292,8 +310,8 @@ def _monitor(
     def on_epoch(stats: EpochStats) -> dict[str, float]:
         last = stats.epoch == epochs - 1
         rows, labels = (bank_rows, bank_labels) if last else small_bank
-        bank = features(method.encoder, store.images[rows], device)
-        queries = features(method.encoder, store.images[split.val_rows], device)
+        bank = features(method.encoder, store.take(rows), device)
+        queries = features(method.encoder, store.take(split.val_rows), device)
         extra = {"knn_acc": knn_accuracy(bank, labels, queries, split.val_labels, cfg.knn.k, cfg.knn.temperature)}
         if last:
             extra["linear_acc"] = probe_accuracy(

@@ -50,6 +50,7 @@ from sslops.adapters.tracking.runs import (  # noqa: F401 - the adapter's API
     log_manifest,
     log_metrics,
     log_metrics_to,
+    log_params,
     run_status,
     search_runs,
     set_tags,

@@ -218,6 +218,13 @@ def log_manifest(manifest: pd.DataFrame, source: Path, digest: str, context: str
         mlflow.log_input(dataset, context=context)
 
 
+def log_params(params: dict[str, Any]) -> None:
+    """Params the stage resolves while it runs (what `auto` became), beside the ones logged at its start."""
+    import mlflow
+
+    mlflow.log_params({k: _param_value(v) for k, v in params.items()})
+
+
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     import mlflow
 
