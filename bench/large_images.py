@@ -14,6 +14,8 @@ standard ImageNet stem by default):
   cache+prefetch  CUDA only: the same reads gathered and pinned in a background thread, copied host-to-device
                 with non-blocking copies on a side CUDA stream while the previous step runs
   on-the-fly    the pipeline's loop without a cache: `BatchAugment` on the device over the decoded store
+  jpeg-store    the pipeline's loop for photos: the prepare stage's JPEG store of the same files (their bytes kept),
+                each batch decoded by `JpegStream`'s loader workers (--store-workers), `BatchAugment` on the device
   torchvision   the loop users would otherwise write: torchvision ImageFolder over the JPEG files, per-sample
                 transforms.v2 (the same recipe: RandomResizedCrop scale 0.2-1, flip, ColorJitter(0.4, 0.4, 0.4,
                 0.1) p=0.8, RandomGrayscale 0.2), two views per image, a DataLoader decoding the files every
@@ -55,14 +57,17 @@ from pretrain_throughput import ROOT, augment_recipe, default_params
 from sslops.config import Project
 from sslops.config.validation import method_knobs
 from sslops.data import images as image_files
+from sslops.data.encoded import Codec, EncodedImages
+from sslops.data.formats import plan_dataset
 from sslops.data.resize import Fit, fit_image
+from sslops.data.store import write_store
 from sslops.ml.augment import AugmentConfig, BatchAugment
 from sslops.ml.cache import build_cache
 from sslops.ml.device import amp_name, cpu_has_native_bf16, cpu_model, pick_device
 from sslops.ml.methods import METHOD_CONFIGS, SimCLR
 from sslops.ml.models import BACKBONES, BackboneConfig, Encoder
 from sslops.ml.train import TrainConfig, pretrain
-from sslops.ml.views import ViewCache, cached_pairs, on_the_fly_pairs
+from sslops.ml.views import JpegStream, ViewCache, cached_pairs, on_the_fly_pairs
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 Stream = Callable[[int], Iterator[Pair]]  # first epoch -> an endless iterator of (view1, view2) batches
@@ -410,6 +415,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each measurement")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of every loop; best is kept")
     parser.add_argument("--workers", default="0,1", help="DataLoader num_workers tried for the torchvision loop")
+    parser.add_argument("--store-workers", default="1,2", help="decode workers tried for the JPEG store loop")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     if args.views < 2:
@@ -418,6 +424,7 @@ def main() -> None:
     amp = amp_name(args.amp, device)
     cuda = device.type == "cuda"
     workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    store_workers = [int(w) for w in args.store_workers.split(",") if w.strip()]
     train = train_config(args.batch, amp)
 
     with tempfile.TemporaryDirectory(dir=args.scratch, prefix="large_images-") as tmp:
@@ -446,6 +453,14 @@ def main() -> None:
         cache_s = time.perf_counter() - started
         cache = ViewCache.open(cache_dir)
         store_bytes = disk_bytes([scratch / "images.npy"])
+        started = time.perf_counter()  # the prepare stage's JPEG store of the same files (their bytes kept)
+        jpeg_dir = scratch / "jpeg_store"
+        jpeg_dir.mkdir()
+        plan = plan_dataset("imagefolder", root, [], 3, None, MAX_PIXELS)
+        write_store(plan, jpeg_dir, progress=False, codec=Codec("jpeg", args.quality))
+        jpeg_store_s = time.perf_counter() - started
+        jpeg_store = EncodedImages(jpeg_dir)
+        jpeg_store_bytes = disk_bytes(sorted(p for p in jpeg_dir.rglob("*") if p.is_file() and p.suffix != ".parquet"))
         cache_bytes = disk_bytes(sorted(cache_dir.iterdir()))
 
         run = Run(
@@ -493,6 +508,13 @@ def main() -> None:
             f"on-the-fly BatchAugment on {device.type}",
             lambda: contextlib.nullcontext(endless(lambda e: on_the_fly_pairs(store, augment, b, e, 0, device=device))),
         )
+        for w in store_workers:
+            loops[f"jpeg_store_workers_{w}"] = (
+                f"JPEG store: JpegStream, {w} decode workers, augment on {device.type}",
+                lambda w=w: contextlib.nullcontext(
+                    endless(JpegStream(jpeg_store, np.arange(len(jpeg_store)), augment, b, 0, device, w).pairs)
+                ),
+            )
         for w in workers:
             loops[f"torchvision_workers_{w}"] = (
                 f"torchvision ImageFolder + v2 per sample, num_workers={w}",
@@ -521,6 +543,7 @@ def main() -> None:
     print(
         f"bytes on disk: JPEG folder {mib(jpeg_bytes['files'])} ({per_image / 1024:.1f} KiB per image; "
         f"{mib(jpeg_bytes['allocated'])} allocated), store {mib(store_bytes['files'])}, "
+        f"JPEG store {mib(jpeg_store_bytes['files'])}, "
         f"cache (K={args.views}) {mib(cache_bytes['files'])}"
     )
 
@@ -530,8 +553,13 @@ def main() -> None:
             "over_model_step": {key: rate / ceiling for key, rate in best.items()},
             "rounds": rounds,
             "labels": {key: label for key, (label, _) in loops.items()},
-            "bytes_on_disk": {"jpeg_folder": jpeg_bytes, "store": store_bytes, "cache": cache_bytes},
-            "one_off_seconds": {"decode_store": decode_s, "build_cache": cache_s},
+            "bytes_on_disk": {
+                "jpeg_folder": jpeg_bytes,
+                "store": store_bytes,
+                "jpeg_store": jpeg_store_bytes,
+                "cache": cache_bytes,
+            },
+            "one_off_seconds": {"decode_store": decode_s, "build_cache": cache_s, "jpeg_store": jpeg_store_s},
             "settings": {
                 "images": len(paths),
                 "size": args.size,
@@ -542,6 +570,7 @@ def main() -> None:
                 "warmup": args.warmup,
                 "rounds": args.rounds,
                 "workers": workers,
+                "store_workers": store_workers,
                 "backbone": run.backbone.to_dict(),
                 "head": dataclasses.asdict(HEAD),
                 "augment": dataclasses.asdict(RECIPE),
