@@ -69,6 +69,24 @@ def test_a_part_refused_in_a_worker_is_named_and_the_error_is_the_same(tmp_path,
     assert info.value.path == bad and info.value.kind == "decode" and "truncated after planning" in str(info.value)
 
 
+def test_a_large_folder_is_planned_by_several_processes_alike(tmp_path, monkeypatch):
+    """Headers read in two processes give the plan one process gives, and every unusable file is still named."""
+    from sslops.data import imagefolder
+
+    monkeypatch.setattr(store_module, "IMAGES_PER_WORKER", 8)
+    monkeypatch.setattr(imagefolder, "HEADERS_PER_TASK", 5)
+    root = tmp_path / "raw"
+    write_imagefolder(root, per_class=6, size=10, unlabeled=4)
+    one = plan_dataset("imagefolder", root, [], None, "unlabeled", 10**6, workers=1)
+    two = plan_dataset("imagefolder", root, [], None, "unlabeled", 10**6, workers=2)
+    assert [(p.source, p.shape, p.file) for p in one.parts] == [(p.source, p.shape, p.file) for p in two.parts]
+    (root / "train" / "class1" / "empty.png").touch()
+    (root / "unlabeled" / "notes.txt").write_text("not an image")
+    with pytest.raises(ImageRejected, match="2 file") as info:
+        plan_dataset("imagefolder", root, [], None, "unlabeled", 10**6, workers=2)
+    assert "empty.png: empty" in str(info.value) and "notes.txt: not an image file" in str(info.value)
+
+
 def test_every_reader_plans_parts_a_worker_can_receive(tmp_path):
     write_idx_dataset(tmp_path / "idx")
     for plan in (plan_dataset("idx", tmp_path / "idx", [], None, None, 10**6), _plan(tmp_path / "folder")):

@@ -50,7 +50,7 @@ def decode_into(plan: Plan, store: Path, workers: int) -> Iterator[Stats]:
     rows = np.cumsum([0] + [p.count for p in plan.parts[:-1]]).tolist()
     jobs = [(part, store, row) for part, row in zip(plan.parts, rows, strict=True)]
     try:
-        yield from _in_pool(_decode_job, jobs, processes(plan, workers))
+        yield from in_pool(_decode_job, jobs, processes(plan, workers))
     finally:  # this process's descriptor, when it wrote the parts itself (a pool's close with its processes)
         if store in _OPENED:
             os.close(_OPENED.pop(store)[0])
@@ -60,12 +60,12 @@ def encode_parts(plan: Plan, quality: int, workers: int) -> Iterator[tuple[list[
     """Every part of `plan` as JPEG bytes at `quality` (a source file already a JPEG of the part's shape and colour
     mode: its own bytes), by up to `workers` processes; yield each part's (bytes, how many kept their source's, stats
     of the decoded bytes) in plan order."""
-    yield from _in_pool(_encode, [(part, quality) for part in plan.parts], processes(plan, workers))
+    yield from in_pool(_encode, [(part, quality) for part in plan.parts], processes(plan, workers))
 
 
-def _in_pool(fn: Callable[[Any], Any], jobs: list[Any], workers: int) -> Iterator[Any]:
+def in_pool(fn: Callable[[Any], Any], jobs: list[Any], workers: int) -> Iterator[Any]:
     """`fn` over `jobs`, results in order: in this process, or in `workers` fresh interpreters (spawn, not fork: the
-    stage process holds an MLflow run and its threads)."""
+    stage process holds an MLflow run and its threads). Also how a plan reads a large folder's headers."""
     if workers == 1:
         yield from map(fn, jobs)
         return

@@ -14,9 +14,16 @@ FORMATS = ("idx", "imagefolder", "cifar10")
 
 
 def plan_dataset(
-    fmt: str, root: Path, classes: list[str], channels: int | None, unlabeled_dir: str | None, max_pixels: int
+    fmt: str,
+    root: Path,
+    classes: list[str],
+    channels: int | None,
+    unlabeled_dir: str | None,
+    max_pixels: int,
+    workers: int = 1,
 ) -> Plan:
-    """Plan reading the raw dataset at `root`; raises SslopsError naming the problem on bad input."""
+    """Plan reading the raw dataset at `root` (a folder of files: its headers read by up to `workers` processes);
+    raises SslopsError naming the problem on bad input."""
     if fmt not in FORMATS:
         raise SslopsError(
             f"Unknown dataset format '{fmt}' in params.yaml (prepare.format); supported: {', '.join(FORMATS)}."
@@ -29,4 +36,4 @@ def plan_dataset(
         return plan_idx(root, classes)
     if fmt == "cifar10":
         return plan_cifar10(root, classes)
-    return plan_imagefolder(root, classes, channels, unlabeled_dir, max_pixels)
+    return plan_imagefolder(root, classes, channels, unlabeled_dir, max_pixels, workers=workers)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sslops.data import images
+from sslops.data import decode, images
 from sslops.data.sources import Part, Plan
 from sslops.errors import SslopsError
 
@@ -37,6 +37,29 @@ def _files(folder: Path) -> list[str]:
     return sorted(found, key=lambda path: path.split(os.sep))
 
 
+HEADERS_PER_TASK = 2048  # files whose headers one task of a planning process reads
+
+
+def _inspect_chunk(paths: list[str], root: Path, max_pixels: int) -> list[images.Header | images.ImageRejected]:
+    """Each file's header, or why it cannot be used: a planning process's task (module level, so it pickles)."""
+    out: list[images.Header | images.ImageRejected] = []
+    for path in paths:
+        try:
+            out.append(images.inspect(Path(path), root, max_pixels))
+        except images.ImageRejected as exc:
+            out.append(exc)
+    return out
+
+
+def _headers(paths: list[str], root: Path, max_pixels: int, workers: int) -> list[images.Header | images.ImageRejected]:
+    """Every file's header, in order; a million files' headers take minutes in one process (docs/benchmarks.md), so
+    up to `workers` processes read them, one per `IMAGES_PER_WORKER` files at most (as decoding does)."""
+    chunks = [paths[i : i + HEADERS_PER_TASK] for i in range(0, len(paths), HEADERS_PER_TASK)]
+    processes = max(1, min(workers, len(paths) // decode.IMAGES_PER_WORKER))
+    job = functools.partial(_inspect_chunk, root=root, max_pixels=max_pixels)
+    return [header for chunk in decode.in_pool(job, chunks, processes) for header in chunk]
+
+
 def _load(path: str, channels: int, max_pixels: int) -> np.ndarray:
     return images.read(Path(path), channels, max_pixels)[None]
 
@@ -48,13 +71,15 @@ def plan_imagefolder(
     unlabeled_dir: str | None,
     max_pixels: int,
     train_has_every_class: bool = False,
+    workers: int = 1,
 ) -> Plan:
     """Plan an ImageFolder tree. `classes` fixes label order; folders not in it are appended sorted.
     `train_has_every_class`: a class folder under test/ alone is one more unusable folder (`sslops init`; prepare
     leaves it to validation, which names the missing class).
 
     `channels` None means: 1 when every image is grayscale, else 3 (a mix is converted to RGB, and said so).
-    Every file is checked by `sslops.data.images` (size limit, links, file type, name) before any pixel is read.
+    Every file is checked by `sslops.data.images` (size limit, links, file type, name) before any pixel is read,
+    by up to `workers` processes.
     """
     split_dirs = {s: root / s for s in ("train", "test") if (root / s).is_dir()}
     if "train" not in split_dirs:
@@ -86,12 +111,12 @@ def plan_imagefolder(
     if unlabeled_dir and (root / unlabeled_dir).is_dir():
         entries += [("unlabeled", f, None) for f in _files(root / unlabeled_dir)]
 
-    headers = []
-    for _, path, _ in entries:
-        try:
-            headers.append(images.inspect(Path(path), root, max_pixels))
-        except images.ImageRejected as exc:
-            rejected.append(exc)
+    headers: list[images.Header] = []
+    for result in _headers([path for _, path, _ in entries], root, max_pixels, workers):
+        if isinstance(result, images.ImageRejected):
+            rejected.append(result)
+        else:
+            headers.append(result)
     images.refuse(root, rejected)  # every file that cannot be used, before any pixel is read
     gray = sum(images.is_gray(h.mode) for h in headers)
     notes = ()

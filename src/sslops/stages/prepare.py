@@ -86,7 +86,13 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
 def _plan(project: Project, source: PrepareParams | TaskParams, cfg: PrepareParams, channels: int | None) -> Plan:
     """The raw dataset `source` names, planned (read lazily); `cfg` gives the limits shared by every dataset."""
     return plan_dataset(
-        source.format, project.path(source.root), list(source.classes), channels, cfg.unlabeled_dir, cfg.max_pixels
+        source.format,
+        project.path(source.root),
+        list(source.classes),
+        channels,
+        cfg.unlabeled_dir,
+        cfg.max_pixels,
+        workers=cfg.workers or cores(),
     )
 
 
