@@ -108,8 +108,8 @@ class ShardWriter:
         self.file = open(self.folder / SHARDS / f"{self.row // SHARD_IMAGES:05d}.bin", "wb")  # noqa: SIM115
         self.offset = 0
 
-    def close(self) -> int:
-        """Finish the store; returns its bytes (shards and index)."""
+    def close(self) -> None:
+        """Finish the store: the index, and the spec that makes it a store."""
         if self.file is not None:
             self.file.close()
         if self.row != self.total:
@@ -124,7 +124,6 @@ class ShardWriter:
             "source_bytes_kept": self.kept,
         }
         (self.folder / SPEC).write_text(json.dumps(spec, indent=2) + "\n")
-        return int(self.index[:, 1].sum()) + (self.folder / INDEX).stat().st_size
 
 
 class EncodedImages:
