@@ -181,25 +181,52 @@ def test_streamed_pairs_equal_the_on_the_fly_pairs_of_the_decoded_images(tmp_pat
             assert torch.equal(a1, b1) and torch.equal(a2, b2)
 
 
+def _photos(root: Path, per_class: int = 8) -> None:
+    """Photos as a user brings them: JPEG and PNG, 200 to 300 px on a side, landscape and portrait, in 4 classes
+    (train and test) and a flat unlabeled/ folder."""
+    rng = np.random.default_rng(1)
+    for split, count in (("train", per_class), ("test", per_class // 2), ("unlabeled", 2)):
+        for k in range(4 * count):
+            height, width = (int(v) for v in rng.integers(200, 301, size=2))
+            small = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+            img = Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC)
+            folder = root / split if split == "unlabeled" else root / split / f"class{k % 4}"
+            folder.mkdir(parents=True, exist_ok=True)
+            if k % 3:
+                img.save(folder / f"{k}.jpg", quality=90)
+            else:
+                img.save(folder / f"{k}.png")
+
+
 @pytest.mark.integration
-def test_the_stages_run_on_jpeg_stores_with_a_decoding_worker(project) -> None:
-    """`prepare.store: jpeg` through the stages: both stores JPEG, recorded in metrics and MLflow; no view cache;
-    pretraining fed by a loader process that decodes, its monitor reading the store batch by batch."""
-    from conftest import mlflow_runs, run_task, set_param
+def test_photos_at_224_px_go_through_the_stages_on_jpeg_stores(project) -> None:
+    """A folder of mixed-size JPEG and PNG photos at `resize.side: 224`: `store: auto` keeps both stores (the
+    pretraining one and the task's) as JPEG, recorded in metrics and MLflow; no view cache; pretraining fed by a
+    loader process that decodes, its monitor reading the store batch by batch."""
+    from conftest import CLASSES, TINY_BACKBONE, mlflow_runs, run_task, set_param
     from sslops.cli import main
 
-    set_param(project.root, "prepare", "store", {"format": "jpeg", "quality": 95})
+    _photos(project.root / "data" / "photos")
+    classes = CLASSES  # class0..class3, as the folder's
+    set_param(project.root, "prepare", "format", "imagefolder")
+    set_param(project.root, "prepare", "root", "data/photos")
+    set_param(project.root, "prepare", "classes", classes)
+    set_param(project.root, "prepare", "resize", {"side": 224, "mode": "crop"})
+    task = {"format": "imagefolder", "root": "data/photos", "classes": classes, "budgets": [1.0]}
+    set_param(project.root, "tasks", "photos", task)
+    set_param(project.root, "pretrain", "backbone", {**TINY_BACKBONE, "name": "small_cnn"})
+    set_param(project.root, "pretrain", "images", 32)
     set_param(project.root, "pretrain", "decode_workers", 1)
     for stage in ("prepare", "validate", "augment", "pretrain"):
         assert main([stage]) == 0, stage
-    run_task(stages=("prepare",))
+    run_task("photos", stages=("prepare",))
     prepared = json.loads((project.metrics_dir / "prepare.json").read_text())
-    assert prepared["store"] == "jpeg" and prepared["store_bytes"] > 0
-    assert ImageStore.open(project.prepared_dir).encoded
-    assert ImageStore.open(project.outputs("fashion-mnist").prepared).encoded
+    assert prepared["store"] == "jpeg" and prepared["shape"] == [224, 224, 3] and prepared["store_bytes"] > 0
+    assert prepared["store_bytes"] < 0.25 * prepared["images"] * 224 * 224 * 3  # raw would be 147 KiB an image
+    assert ImageStore.open(project.prepared_dir).encoded and ImageStore.open(project.outputs("photos").prepared).encoded
     augment = json.loads((project.metrics_dir / "augment.json").read_text())
     assert augment["views"] == 0 and "kept as JPEG" in augment["cache_plan"]
     pretrained = json.loads((project.metrics_dir / "pretrain.json").read_text())
-    assert pretrained["steps"] == 5 and 0 <= pretrained["knn_acc"] <= 1
+    assert pretrained["steps"] == 2 and 0 <= pretrained["knn_acc"] <= 1
     run = next(r for r in mlflow_runs(project.root) if r.info.run_name == "prepare")
-    assert run.data.params["prepare.store.codec"] == "jpeg" and run.data.params["prepare.store.quality"] == "95"
+    assert run.data.params["prepare.store.codec"] == "jpeg" and run.data.params["prepare.store.format"] == "auto"
