@@ -188,6 +188,9 @@ def test_a_resumed_sweep_queues_only_runs_not_made_with_the_current_params() -> 
     older = {"sections": {**made["sections"], "finetune": {"crop_scale": [0.3, 1]}}}  # other recipes since
     assert not compare_methods.current(older, expected)
     assert not compare_methods.current({"sections": {"pretrain": made["sections"]["pretrain"]}}, expected)
+    later = {**expected, "pretrain": {**expected["pretrain"], "decode_workers": None}}  # a knob added since, null
+    assert compare_methods.current(made, later)
+    assert not compare_methods.current(made, {**later, "pretrain": {**later["pretrain"], "decode_workers": 2}})
 
 
 def _run(seed: int, amp: str, pretrained: float, machine: str = "CPU A") -> dict[str, Any]:
