@@ -55,9 +55,9 @@ def write_store(plan: Plan, out_dir: Path, progress: bool = True, workers: int =
     """Fill `out_dir` with the images (raw: images.npy; jpeg: shards, index and spec), manifest.parquet and
     classes.json from `plan`; return the manifest.
 
-    Images are written part by part (raw: into a memory-mapped .npy), so datasets larger than RAM work. Up to
-    `workers` processes decode the parts (and encode them, hash them and take their statistics), in plan order: the
-    store is the same byte for byte whatever the number. `out_dir` should be a temporary directory (see
+    Images are written part by part (raw: into the .npy file at each part's rows), so datasets larger than RAM
+    work. Up to `workers` processes decode the parts (and encode them, hash them and take their statistics), in plan
+    order: the store is the same byte for byte whatever the number. `out_dir` should be a temporary directory (see
     `sslops.outputs.atomic.atomic_dir`): a part that fails to decode leaves nothing behind.
     """
     if plan.total == 0:
@@ -70,7 +70,7 @@ def write_store(plan: Plan, out_dir: Path, progress: bool = True, workers: int =
         ensure_space(out_dir, n * h * w * c, f"the image store ({n} images of {h}x{w}x{c})")
         images = np.lib.format.open_memmap(out_dir / IMAGES, mode="w+", dtype=np.uint8, shape=(n, h, w, c))
         reserve(out_dir / IMAGES, (out_dir / IMAGES).stat().st_size)
-        del images  # created; the decoders write through their own maps of the file
+        del images  # created; the decoders write into the file with pwrite
         results = decode_into(plan, out_dir / IMAGES, workers)
     else:  # the bytes are known only once encoded: the disk is checked shard by shard
         writer = encoded.ShardWriter(out_dir, codec, (h, w, c), n)
