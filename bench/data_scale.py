@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,9 @@ PEAK = (
 )
 
 
+@cache
 def _bases(size: int) -> np.ndarray:
+    """The 4,096 synthetic photos every file is one of (computed once per process)."""
     rng = np.random.default_rng(0)
     palettes = rng.uniform(0, 255, (10, 3, 3))
     return np.stack([synthetic_image(rng, size, palettes[i % 10]) for i in range(BASES)])
@@ -52,22 +55,13 @@ def _bases(size: int) -> np.ndarray:
 def _write(job: tuple[Path, int, int, int]) -> None:
     """Files start..stop-1 (one process's share)."""
     root, size, start, stop = job
-    bases = _bases_cached(size)
+    bases = _bases(size)
     for i in range(start, stop):
         pixels = bases[i % BASES].copy()
         for b in range(5):  # five hex digits of i, in steps of 16 that JPEG keeps
             pixels[:8, 8 * b : 8 * b + 8] = (i >> (4 * b)) % 16 * 16
         split = "test" if (i // 10) % 10 == 0 else "train"  # 10 % of every class
         Image.fromarray(pixels).save(root / split / f"c{i % 10}" / f"{i:07d}.jpg", quality=90)
-
-
-_BASES: dict[int, np.ndarray] = {}
-
-
-def _bases_cached(size: int) -> np.ndarray:
-    if size not in _BASES:
-        _BASES[size] = _bases(size)
-    return _BASES[size]
 
 
 def write_photos(root: Path, n: int, size: int) -> float:

@@ -1,7 +1,7 @@
 """Decoding a plan's parts into the image store, in this process or in a pool of processes.
 
 Each part is decoded, hashed (sha256 of its pixels) and summarised (mean, standard deviation) where it is decoded.
-For the raw store its pixels are written straight into the memory-mapped .npy at the part's rows: nothing but three
+For the raw store its pixels are written straight into the .npy file at the part's rows (pwrite): nothing but three
 small per-image values travels between processes. For the JPEG store (`sslops.data.encoded`) each image is encoded
 there (or its source file's bytes kept) and the bytes travel back, a tenth of the pixels; the statistics are those
 of the stored bytes decoded again. The results come back in plan order, so the store is the same byte for byte

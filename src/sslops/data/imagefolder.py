@@ -23,14 +23,9 @@ from sslops.errors import SslopsError
 IGNORED = {".DS_Store", "Thumbs.db", ".gitignore", ".dvcignore"}
 
 
-def image_files(folder: Path) -> list[Path]:
-    """The files below `folder` (checked one by one when the plan reads their headers)."""
-    return [p for p in sorted(folder.rglob("*")) if not p.is_dir() and p.name not in IGNORED]
-
-
-def _files(folder: Path) -> list[str]:
-    """`image_files` as strings, in the same order: a Path object per file is ten times the memory of its name, and
-    a folder may hold millions."""
+def image_files(folder: Path) -> list[str]:
+    """The files below `folder` (checked one by one when the plan reads their headers), in path order, as names: a
+    Path object per file is ten times the memory of its name, and a folder may hold millions."""
     found = []
     for top, _, files in os.walk(folder):
         found += [os.path.join(top, f) for f in files if f not in IGNORED]
@@ -92,7 +87,7 @@ def plan_imagefolder(
     rejected: list[images.ImageRejected] = []
     for split, folder in split_dirs.items():
         for class_dir in sorted(d for d in folder.iterdir() if d.is_dir()):
-            files = _files(class_dir)
+            files = image_files(class_dir)
             if not files:
                 rejected.append(
                     images.ImageRejected(class_dir, "class folder is empty; add images or remove it", "empty")
@@ -109,7 +104,7 @@ def plan_imagefolder(
             if c not in trained
         ]
     if unlabeled_dir and (root / unlabeled_dir).is_dir():
-        entries += [("unlabeled", f, None) for f in _files(root / unlabeled_dir)]
+        entries += [("unlabeled", f, None) for f in image_files(root / unlabeled_dir)]
 
     headers: list[images.Header] = []
     for result in _headers([path for _, path, _ in entries], root, max_pixels, workers):
