@@ -83,12 +83,15 @@ def _fetch_data(args: argparse.Namespace) -> int:
     from sslops.commands.digits import export_digits
     from sslops.commands.fetch import fetch_fashion_mnist
     from sslops.config import Project
+    from sslops.data.scenes import generate as generate_scenes
 
     project = Project.discover()
     target = project.path(args.target)
     print(f"Fashion-MNIST in {target}: {fetch_fashion_mnist(target)}")
     digits = project.path(args.digits)
     print(f"scikit-learn digits in {digits}: {export_digits(digits)}")
+    scenes = project.path(args.scenes)
+    print(f"Fashion-MNIST scenes (boxes and masks) in {scenes}: {generate_scenes(scenes, target)}")
     return 0
 
 
@@ -289,9 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
             )
             parser_.add_argument("--task", required=required, metavar="NAME", help=what)
         parser_.set_defaults(func=_run_stage)
-    fetch = sub.add_parser("fetch-data", help="put the verified Fashion-MNIST and scikit-learn digits into data/")
+    fetch = sub.add_parser(
+        "fetch-data", help="put the verified Fashion-MNIST, scikit-learn digits and scenes made of them into data/"
+    )
     fetch.add_argument("--target", default="data/fashion-mnist", help="Fashion-MNIST's folder (default: %(default)s)")
     fetch.add_argument("--digits", default="data/digits", help="the digits' folder (default: %(default)s)")
+    fetch.add_argument(
+        "--scenes", default="data/fashion-scenes", help="the dense task's scenes' folder (default: %(default)s)"
+    )
     fetch.set_defaults(func=_fetch_data)
     lin = sub.add_parser("lineage", help="trace a model version back to its data, or data forward to its models")
     lin.add_argument(
