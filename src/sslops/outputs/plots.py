@@ -123,3 +123,58 @@ def tsne_2d(feats: np.ndarray, seed: int, perplexity: float) -> np.ndarray:
     reduced = PCA(n_components=min(50, feats.shape[1], len(feats)), random_state=seed).fit_transform(feats)
     tsne = TSNE(n_components=2, perplexity=min(perplexity, (len(feats) - 1) / 3), init="pca", random_state=seed)
     return tsne.fit_transform(reduced)
+
+
+def dense_examples(
+    images: np.ndarray, panels: list[tuple[str, list[dict]]], classes: list[str], path: Path, score_min: float = 0.3
+) -> None:
+    """Test scenes (rows) beside their ground truth and each model's prediction (columns). `images` are uint8
+    (N, H, W, C); each panel is (title, one dict per image) holding `mask` (H, W class ids, 0 background) and/or
+    `boxes` (n, 4 x1 y1 x2 y2), `labels` (0-based) and optionally `scores` (boxes under `score_min` are not drawn)."""
+    plt = _pyplot()
+    from matplotlib.patches import Rectangle
+
+    colours = plt.get_cmap("tab10")
+    n, cols = len(images), len(panels)
+    fig, axes = plt.subplots(n, cols, figsize=(2.2 * cols, 2.2 * n), squeeze=False)
+    for i in range(n):
+        for j, (title, found) in enumerate(panels):
+            ax, item = axes[i, j], found[i]
+            ax.imshow(images[i].squeeze(-1) if images.shape[-1] == 1 else images[i], cmap="gray", vmin=0, vmax=255)
+            if "mask" in item:
+                shown = np.ma.masked_equal(item["mask"], 0)
+                ax.imshow(shown, cmap=colours, vmin=1, vmax=10, alpha=0.55, interpolation="nearest")
+            scores = item.get("scores", np.ones(len(item.get("boxes", []))))
+            for (x1, y1, x2, y2), label, score in zip(
+                item.get("boxes", []), item.get("labels", []), scores, strict=True
+            ):
+                if score < score_min:
+                    continue
+                colour = colours(int(label) % 10)
+                ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=1.2))
+                text = classes[int(label)] + ("" if "scores" not in item else f" {score:.2f}")
+                ax.text(x1, y1 - 1, text, color=colour, fontsize=6, va="bottom")
+            ax.axis("off")
+            if i == 0:
+                ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+
+
+def precision_recall(curves: dict[str, np.ndarray], path: Path, title: str) -> None:
+    """Precision against recall (COCO's 101 recall points, IoU 0.5, mean over classes), one line per model, named
+    "<init>, <what>": its init sets the line style."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    recall = np.linspace(0, 1, 101)
+    for name, precision in curves.items():  # "pretrained, ..." solid, "scratch, ..." dashed
+        ax.plot(recall, precision, LINESTYLES.get(name.split(",")[0], "-"), label=name)
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
