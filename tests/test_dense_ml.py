@@ -50,7 +50,7 @@ def test_the_segmenter_learns_beyond_its_random_init():
     model = dense.Segmenter(dense.DenseBackbone(_encoder()), classes=3, width=16)
     untrained = dense.iou_scores(dense.confusion(dense.segment(model, test_images, "cpu"), test_masks, 3, 255))[1]
     recipe = dense.DenseRecipe(steps=45, batch_size=8, lr=3e-3)
-    dense.fit_segmenter(model, images, masks, 255, recipe, pretrained=False, device=torch.device("cpu"))
+    dense.fit_segmenter(model, images, masks, 255, dense.Fitting(recipe, pretrained=False, device=torch.device("cpu")))
     learned = dense.iou_scores(dense.confusion(dense.segment(model, test_images, "cpu"), test_masks, 3, 255))[1]
     assert learned > untrained + 0.3 and learned > 0.6
 
@@ -61,7 +61,7 @@ def test_the_detector_learns_beyond_its_random_init():
     model = dense.detector(dense.DenseBackbone(_encoder()), classes=2, side=32, width=32)
     untrained = dense.box_map(dense.detect(model, test_images, "cpu"), test_boxes)["map_50"]
     recipe = dense.DenseRecipe(steps=90, batch_size=8, lr=3e-3)
-    dense.fit_detector(model, images, boxes, recipe, pretrained=False, device=torch.device("cpu"))
+    dense.fit_detector(model, images, boxes, dense.Fitting(recipe, pretrained=False, device=torch.device("cpu")))
     learned = dense.box_map(dense.detect(model, test_images, "cpu"), test_boxes)["map_50"]
     assert learned > untrained + 0.3
 

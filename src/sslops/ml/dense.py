@@ -137,22 +137,31 @@ class DenseRecipe:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class Fitting:
+    """How one dense model is fine-tuned, besides its data: the recipe, whether its backbone is pretrained (its
+    rate then scaled by `recipe.backbone_lr_scale`), and where and in what precision it computes."""
+
+    recipe: DenseRecipe
+    pretrained: bool
+    device: torch.device
+    precision: Precision = FP32
+    progress: bool = False
+
+
 def _fit(
     model: nn.Module,
     backbone: nn.Module,
     n: int,
     loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    recipe: DenseRecipe,
-    pretrained: bool,
-    device: torch.device,
-    precision: Precision,
-    progress: bool,
+    how: Fitting,
 ) -> dict[str, float]:
     """The loop both dense models share: `loss_of(rows, flip)` is a batch's loss (rows of the training set, and
     which of them to flip)."""
+    recipe, device, precision = how.recipe, how.device, how.precision
     gen = torch.Generator().manual_seed(recipe.seed)
     own = {id(p) for p in backbone.parameters()}
-    scale = recipe.backbone_lr_scale if pretrained else 1.0
+    scale = recipe.backbone_lr_scale if how.pretrained else 1.0
     groups = [
         {"params": list(backbone.parameters()), "lr": recipe.lr * scale},
         {"params": [p for p in model.parameters() if id(p) not in own], "lr": recipe.lr},
@@ -164,7 +173,7 @@ def _fit(
     started, losses = time.perf_counter(), []
     order = torch.randperm(n, generator=gen)
     at = 0
-    with progress_bar(recipe.steps, "fine-tune", "step", enabled=progress, leave=False) as bar:
+    with progress_bar(recipe.steps, "fine-tune", "step", enabled=how.progress, leave=False) as bar:
         for step in range(recipe.steps):
             if at + recipe.batch_size > n and at > 0:
                 order, at = torch.randperm(n, generator=gen), 0
@@ -195,21 +204,17 @@ def fit_segmenter(
     images: np.ndarray,
     masks: np.ndarray,
     ignore: int,
-    recipe: DenseRecipe,
-    pretrained: bool,
-    device: torch.device,
-    precision: Precision = FP32,
-    progress: bool = False,
+    how: Fitting,
 ) -> dict[str, float]:
     """Train `model` on uint8 (N, H, W, C) `images` and their (N, H, W) class-id `masks` (`ignore` not counted)."""
 
     def loss_of(rows: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
         target = torch.from_numpy(masks[rows.numpy()]).long()
         target[flip] = target[flip].flip(-1)
-        logits = model(_batch(images, rows, flip, device)).float()
-        return F.cross_entropy(logits, target.to(device), ignore_index=ignore)
+        logits = model(_batch(images, rows, flip, how.device)).float()
+        return F.cross_entropy(logits, target.to(how.device), ignore_index=ignore)
 
-    return _fit(model, model.backbone, len(images), loss_of, recipe, pretrained, device, precision, progress)
+    return _fit(model, model.backbone, len(images), loss_of, how)
 
 
 Boxes = list[tuple[np.ndarray, np.ndarray]]  # per image: (n, 4) x1, y1, x2, y2 and (n,) 0-based labels
@@ -219,27 +224,23 @@ def fit_detector(
     model: nn.Module,
     images: np.ndarray,
     boxes: Boxes,
-    recipe: DenseRecipe,
-    pretrained: bool,
-    device: torch.device,
-    precision: Precision = FP32,
-    progress: bool = False,
+    how: Fitting,
 ) -> dict[str, float]:
     """Train a `detector` on uint8 (N, H, W, C) `images` and their boxes; an image without a box is background."""
     width = images.shape[2]
 
     def loss_of(rows: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-        x = _batch(images, rows, flip, device) / 255
+        x = _batch(images, rows, flip, how.device) / 255
         targets = []
         for row, flipped in zip(rows.tolist(), flip.tolist(), strict=True):
             b = torch.as_tensor(boxes[row][0], dtype=torch.float32).reshape(-1, 4)
             if flipped:
                 b = torch.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], 1)
-            targets.append({"boxes": b.to(device), "labels": torch.as_tensor(boxes[row][1] + 1).to(device)})
+            targets.append({"boxes": b.to(how.device), "labels": torch.as_tensor(boxes[row][1] + 1).to(how.device)})
         parts = model(list(x), targets)
         return sum(parts.values())
 
-    return _fit(model, model.backbone.backbone, len(images), loss_of, recipe, pretrained, device, precision, progress)
+    return _fit(model, model.backbone.backbone, len(images), loss_of, how)
 
 
 @torch.no_grad()
