@@ -3,7 +3,7 @@
 Layouts, per split (`train`, `test`) under a task's root:
 
 - `coco`: `<split>/annotations.json` (COCO's `images`, `annotations`, `categories`) beside `<split>/images/`;
-  boxes `[x, y, width, height]` in pixels, masks as polygons or RLE (read by `instance_mask`).
+  boxes `[x, y, width, height]` in pixels, instance masks as polygons or RLE (kept as given).
 - `masks`: `<split>/images/<name>.<png|jpg>` beside `<split>/masks/<name>.png`, a single-channel PNG holding a
   class id per pixel: 0 .. classes - 1, or the ignore value (pixels no loss or metric counts).
 

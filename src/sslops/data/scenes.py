@@ -37,7 +37,6 @@ MAX_ITEMS = 4
 SCALES = (20, 44)  # item side in px, inclusive
 INK = 32  # item pixels at least this bright are the item (Fashion-MNIST's background is 0)
 MIN_VISIBLE = 0.5  # an item covered beyond this share is not placed
-IGNORE = 255  # mask value a reader skips (none in the generated scenes; other folders may use it)
 COUNTS = {"train": 2000, "test": 500}
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 SUMS = "SHA256SUMS"
@@ -85,10 +84,13 @@ def _scaled(item: np.ndarray, side: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Scene:
+    """One composed scene: the pixels and each placed item's visible pixels, from which both label files follow."""
+
     image: np.ndarray  # SIDE x SIDE uint8
     instances: list[tuple[int, np.ndarray]]  # (label, visible mask) per item, in drawing order
 
     def semantic(self) -> np.ndarray:
+        """The class mask: 0 background, 1 + label where an item is visible."""
         mask = np.zeros((SIDE, SIDE), dtype=np.uint8)
         for label, visible in self.instances:
             mask[visible] = label + 1
