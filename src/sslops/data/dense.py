@@ -24,11 +24,11 @@ import numpy as np
 from PIL import Image
 
 from sslops.data import images
+from sslops.data.imagefolder import IGNORED
 from sslops.errors import SslopsError
 
 ANNOTATIONS = "annotations.json"
 MAX_JSON_BYTES = 1 << 30  # a COCO file larger than this is refused before it is parsed
-LISTED = 20  # problems named in one error; the rest are counted
 
 
 class DenseRejected(SslopsError):
@@ -58,8 +58,8 @@ class DenseSplit:
 
 def _refuse(where: Path, problems: list[str]) -> None:
     if problems:
-        listed = "\n".join(f"  - {p}" for p in problems[:LISTED])
-        more = f"\n  ... and {len(problems) - LISTED} more" if len(problems) > LISTED else ""
+        listed = "\n".join(f"  - {p}" for p in problems[: images.LISTED])
+        more = f"\n  ... and {len(problems) - images.LISTED} more" if len(problems) > images.LISTED else ""
         raise DenseRejected(f"{where}: {len(problems)} problem(s) with its labels; fix them:\n{listed}{more}")
 
 
@@ -207,13 +207,13 @@ def read_masks(root: Path, split: str, classes: list[str], ignore: int, max_pixe
     for folder in (image_dir, mask_dir):
         if not folder.is_dir():
             raise DenseRejected(f"{folder}: missing; a mask task needs <split>/images/ beside <split>/masks/.")
-    masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.is_file()}
+    masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.is_file() and p.name not in IGNORED}
     problems: list[str] = []
     out: list[DenseImage] = []
     allowed = np.zeros(256, dtype=bool)
     allowed[: len(classes)] = True
     allowed[ignore] = True
-    for file in sorted(p for p in image_dir.iterdir() if p.name not in {".DS_Store", "Thumbs.db"}):
+    for file in sorted(p for p in image_dir.iterdir() if p.name not in IGNORED):
         name = file.relative_to(root).as_posix()
         mask = masks.pop(file.stem, None)
         if mask is None:
