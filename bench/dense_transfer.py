@@ -45,14 +45,16 @@ from sslops.ml.models import load_encoder_dir  # noqa: E402
 from sslops.outputs import plots  # noqa: E402
 
 IGNORE = 255
+MAX_PIXELS = Project(ROOT).config("prepare").max_pixels  # the pipeline's limit on an image before it is decoded
 SHOWN = 4  # test scenes in the examples picture
 
 
 def load(root: Path, split: str) -> tuple[np.ndarray, np.ndarray, list, list[str]]:
     """A split's images (N, H, W, 1), semantic masks (N, H, W), boxes and class names, through the readers."""
-    coco = readers.read_coco(root, split, max_pixels=10**7)
+    coco = readers.read_coco(root, split, MAX_PIXELS)
     masks = {
-        m.file: m.mask for m in readers.read_masks(root, split, ["background", *coco.classes], IGNORE, 10**7).images
+        m.file: m.mask
+        for m in readers.read_masks(root, split, ["background", *coco.classes], IGNORE, MAX_PIXELS).images
     }
     images = np.stack([np.asarray(Image.open(root / i.file))[..., None] for i in coco.images])
     semantic = np.stack([np.asarray(Image.open(root / masks[i.file])) for i in coco.images])
