@@ -69,7 +69,15 @@ def make_project(root: Path, tiny: bool, device: str) -> None:
         format="imagefolder", root=f"data/{TASK}", classes=CLASSES, resize={"side": 224, "mode": "crop"}
     )
     params["validate"].update(min_rows=10, min_class_share=0.1)
-    params["tasks"] = {TASK: {"format": "imagefolder", "root": f"data/{TASK}", "classes": CLASSES, "budgets": [1.0]}}
+    params["tasks"] = {
+        TASK: {
+            "kind": "classification",
+            "format": "imagefolder",
+            "root": f"data/{TASK}",
+            "classes": CLASSES,
+            "budgets": [1.0],
+        }
+    }
     pretrain = params["pretrain"]
     pretrain.update(device=device, min_steps=1)
     if tiny:  # seconds on a CPU: the CPU profile's small_cnn at its smallest

@@ -142,7 +142,9 @@ def project_params(text: str) -> dict[str, Any]:
     params = yaml.safe_load(text)
     resize = {**(params["prepare"].get("resize") or {}), "side": None}
     params["prepare"].update(format="imagefolder", root=DATA, classes=CLASSES, unlabeled_dir="unlabeled", resize=resize)
-    params["tasks"] = {TASK: {"format": "imagefolder", "root": DATA, "classes": CLASSES, "budgets": BUDGETS}}
+    params["tasks"] = {
+        TASK: {"kind": "classification", "format": "imagefolder", "root": DATA, "classes": CLASSES, "budgets": BUDGETS}
+    }
     # Sized for Fashion-MNIST, min_rows 1,000 would refuse a folder whose labelled part is 800 rows; 0.05 is half
     # the 10 % share each of 10 balanced classes holds here: what a user of a folder this size would set.
     params["validate"].update(min_rows=100, min_class_share=0.05)

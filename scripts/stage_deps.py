@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 PACKAGE = SRC / "sslops"
 CODE = "src/sslops"
+DENSE = "sslops.stages.dense"  # the task stages of detection and segmentation tasks (the CLI picks it by kind)
 
 
 def module_name(path: Path) -> str:
@@ -100,7 +101,7 @@ def entry_files(stages: list[str]) -> set[Path]:
     used += [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in ("_run_stage", "_stage_runner")]
     names = {m for node in used for m in imported(node) if m.startswith("sslops.")}
     files = {PACKAGE / "__main__.py", cli}
-    for name in names - {f"sslops.stages.{s}" for s in stages}:
+    for name in names - {f"sslops.stages.{s}" for s in stages} - {DENSE}:
         files |= closure(name)
     return files
 
@@ -112,8 +113,11 @@ def stage_of(cmd: str) -> str:
 
 
 def needed(cmd: str, stages: list[str]) -> list[str]:
-    """The source files `cmd` (`python -m sslops <stage> ...`) runs, relative to the repository."""
+    """The source files `cmd` (`python -m sslops <stage> ...`) runs, relative to the repository: a task's stage
+    (`--task`) also runs the dense module's, for a detection or segmentation task."""
     files = closure(f"sslops.stages.{stage_of(cmd)}") | entry_files(stages)
+    if "--task" in cmd.split():
+        files |= closure(DENSE)
     return sorted(str(p.relative_to(REPO)) for p in files)
 
 

@@ -200,6 +200,17 @@ def write_idx_dataset(
         write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels[sl])
 
 
+def scene_items(folder: Path) -> Path:
+    """Fashion-MNIST-shaped IDX files whose train items are all 200 and test items all 100 where inked."""
+    folder.mkdir(parents=True)
+    shape = np.zeros((28, 28), dtype=np.uint8)
+    shape[4:24, 6:22] = 1
+    for split, value, n in (("train", 200, 30), ("t10k", 100, 10)):
+        write_idx(folder / f"{split}-images-idx3-ubyte", np.repeat(shape[None] * value, n, 0))
+        write_idx(folder / f"{split}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
+    return folder
+
+
 def write_imagefolder(root: Path, per_class: int = 3, size: int = 10, unlabeled: int = 2, rgb: bool = True) -> None:
     """`<root>/<split>/<class>/*.png` plus a flat `unlabeled/` folder."""
     c = 3 if rgb else 1
@@ -252,7 +263,13 @@ def small_params(text: str) -> str:
         probe={"weight_decay": 1e-3, "iterations": 20},
     )
     params["tasks"] = {
-        TASK: {"format": "idx", "root": "data/fashion-mnist", "classes": CLASSES, "budgets": [0.25, 1.0]}
+        TASK: {
+            "kind": "classification",
+            "format": "idx",
+            "root": "data/fashion-mnist",
+            "classes": CLASSES,
+            "budgets": [0.25, 1.0],
+        }
     }
     params["finetune"].update(probe={"weight_decays": [1e-3, 1e-2], "iterations": 20})
     params["finetune"]["recipe"].update(epochs=2, max_steps=4, batch_size=16)

@@ -12,29 +12,18 @@ import pytest
 from PIL import Image
 from pycocotools import mask as coco_mask
 
+from conftest import scene_items
 from sslops.data import dense, scenes
-from sslops.data.idx import write_idx
 from sslops.errors import SslopsError
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"train": 12, "test": 6}
 
 
-def _items(folder: Path) -> Path:
-    """Fashion-MNIST-shaped IDX files whose train items are all 200 and test items all 100 where inked."""
-    folder.mkdir(parents=True)
-    shape = np.zeros((28, 28), dtype=np.uint8)
-    shape[4:24, 6:22] = 1
-    for split, value, n in (("train", 200, 30), ("t10k", 100, 10)):
-        write_idx(folder / f"{split}-images-idx3-ubyte", np.repeat(shape[None] * value, n, 0))
-        write_idx(folder / f"{split}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("scenes")
-    scenes.generate(base / "scenes", _items(base / "fashion"), SMALL)
+    scenes.generate(base / "scenes", scene_items(base / "fashion"), SMALL)
     return base / "scenes"
 
 
@@ -93,7 +82,7 @@ def test_the_default_scenes_match_their_recorded_digest(tmp_path: Path):
 
 
 def test_generating_from_other_items_than_recorded_is_refused_and_writes_nothing(tmp_path: Path):
-    fashion = _items(tmp_path / "fashion")
+    fashion = scene_items(tmp_path / "fashion")
     with pytest.raises(SslopsError, match="not the recorded"):
         scenes.generate(tmp_path / "scenes", fashion)
     assert not (tmp_path / "scenes").exists()

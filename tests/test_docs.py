@@ -111,7 +111,13 @@ def test_every_params_key_is_in_the_configuration_reference() -> None:
     text = (REPO / "docs" / "configuration.md").read_text()
     keys = flatten(yaml.safe_load((REPO / "params.yaml").read_text()))
     # mappings of names (profiles, trials, the search's choices) are one row each: their entries are named by the user
-    named = ("pretrain.profiles.", "finetune.trials.", "finetune.chosen.", "finetune.headline.")
+    named = (
+        "pretrain.profiles.",
+        "finetune.trials.",
+        "finetune.dense.trials.",
+        "finetune.chosen.",
+        "finetune.headline.",
+    )
     missing = [k for k in keys if f"| `{k}` |" not in text and not k.startswith(named)]
     assert not missing and all(f"| `{k.rstrip('.')}` |" in text for k in named)
 

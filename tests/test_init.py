@@ -143,7 +143,13 @@ def test_params_are_written_keeping_comments_quotes_and_nulls(tmp_path) -> None:
     path = tmp_path / "params.yaml"
     shutil.copy(REPO / "params.yaml", path)
     original = path.read_text()
-    task = {"format": "imagefolder", "root": "data/photos", "classes": ["a", "b"], "budgets": ["8/class", 1.0]}
+    task = {
+        "kind": "classification",
+        "format": "imagefolder",
+        "root": "data/photos",
+        "classes": ["a", "b"],
+        "budgets": ["8/class", 1.0],
+    }
     write_params(path, {"prepare.resize.side": 55, "tasks.photos": task}, ["tasks.digits", "finetune.chosen.digits"])
     text = path.read_text()
     assert 'cron: "0 2 * * *"' in text and "  size: null" in text and "# the pretraining dataset" in text

@@ -212,7 +212,13 @@ def test_photos_at_224_px_go_through_the_stages_on_jpeg_stores(project) -> None:
     set_param(project.root, "prepare", "root", "data/photos")
     set_param(project.root, "prepare", "classes", classes)
     set_param(project.root, "prepare", "resize", {"side": 224, "mode": "crop"})
-    task = {"format": "imagefolder", "root": "data/photos", "classes": classes, "budgets": [1.0]}
+    task = {
+        "kind": "classification",
+        "format": "imagefolder",
+        "root": "data/photos",
+        "classes": classes,
+        "budgets": [1.0],
+    }
     set_param(project.root, "tasks", "photos", task)
     set_param(project.root, "pretrain", "backbone", {**TINY_BACKBONE, "name": "small_cnn"})
     set_param(project.root, "pretrain", "images", 32)

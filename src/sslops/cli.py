@@ -36,11 +36,11 @@ def _run_stage(args: argparse.Namespace) -> int:
     from sslops.pipeline_lock import stage_lock
 
     checked = Project.discover()
-    run = _stage_runner(args.command)
     checked.config(args.command)  # bad params fail before the lock file is touched, as before any other write
     task = getattr(args, "task", None)
     if task is not None:
         checked.outputs(task)  # an unknown task is named before anything runs
+    run = _stage_runner(args.command, task is not None and checked.config("tasks")[task].dense)
     timeout = checked.config("flow").lock_timeout_s
     holder = f"sslops {args.command}" + (f" --task {task}" if task else "")
     with stage_lock(checked.root, timeout, holder, on_wait=print):
@@ -57,8 +57,13 @@ def _run_stage(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stage_runner(name: str) -> Callable[..., dict[str, Any]]:
-    """The chosen stage's `run`, importing that stage only (a stage's imports are its start-up cost)."""
+def _stage_runner(name: str, dense: bool = False) -> Callable[..., dict[str, Any]]:
+    """The chosen stage's `run`, importing that stage only (a stage's imports are its start-up cost); for a detection
+    or segmentation task, the dense module's stage of that name."""
+    if dense:
+        from sslops.stages import dense as stages
+
+        return getattr(stages, name)
     match name:
         case "prepare":
             from sslops.stages import prepare as stage

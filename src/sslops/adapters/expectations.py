@@ -89,6 +89,19 @@ class Check:
         return f"{self.expectation}({self.column})" if self.column else self.expectation
 
 
+def failure_report(failed: list[Check]) -> str:
+    """A compact, readable table of failed expectations with counts and example rows."""
+    lines = [f"{len(failed)} expectation(s) failed:"]
+    for check in failed:
+        count = "" if check.unexpected_count is None else f" unexpected={check.unexpected_count}"
+        share = "" if check.unexpected_percent is None else f" ({check.unexpected_percent:.3g}%)"
+        observed = "" if check.observed is None else f" observed={check.observed}"
+        limits = {k: v for k, v in check.kwargs.items() if k in ("min_value", "max_value", "mostly", "value_set")}
+        lines.append(f"  - [{check.suite}] {check.title}{count}{share}{observed} expected {limits}")
+        lines += [f"      e.g. {row}" for row in check.examples]
+    return "\n".join(lines)
+
+
 def manifest_expectations(cfg: ValidateParams, classes: list[str], rows: int, task: bool) -> list:
     """Expectations over the annotated manifest of `rows` images, thresholds from params.yaml's `validate` section;
     a downstream `task`'s test images must not be among the pretraining images either."""
@@ -228,3 +241,47 @@ def _examples(column: str | None, details: dict[str, Any], frame: pd.DataFrame, 
     rows = frame[frame[column].isin(values)].head(limit)
     keep = [c for c in ("row", "split", "source", "index", "class_name", column) if c in rows]
     return rows[list(dict.fromkeys(keep))].to_dict("records")
+
+
+def dense_expectations(cfg: ValidateParams, kind: str, classes: list[str], rows: int) -> dict[str, list]:
+    """The suites of a detection or segmentation task: its images (one size, no blanks, no test image in train or in
+    pretraining, duplicates within a split) and its labels: boxes inside their image and not degenerate, every
+    class id declared (detection); masks the size of their image, ids in range (segmentation)."""
+    import great_expectations as gx
+
+    E = gx.expectations
+    tolerance = {"mostly": max(0.0, 1.0 - (cfg.max_leaked_test + 0.5) / max(rows, 1))} if cfg.max_leaked_test else {}
+    suites: dict[str, list] = {
+        "images": [
+            E.ExpectTableRowCountToBeBetween(min_value=cfg.min_rows, max_value=cfg.max_rows),
+            E.ExpectColumnDistinctValuesToContainSet(column="split", value_set=["train", "test"]),
+            E.ExpectColumnUniqueValueCountToBeBetween(column="height", min_value=1, max_value=1),
+            E.ExpectColumnUniqueValueCountToBeBetween(column="width", min_value=1, max_value=1),
+            E.ExpectColumnValuesToBeBetween(column="std", min_value=cfg.blank_std, mostly=1.0 - cfg.max_blank_share),
+            E.ExpectColumnValuesToBeInSet(
+                column="duplicate_in_split", value_set=[False], mostly=1.0 - cfg.max_duplicate_share
+            ),
+            E.ExpectColumnValuesToBeBetween(column="labelled", min_value=1, mostly=0.5),
+            *[
+                E.ExpectColumnValuesToBeInSet(column=column, value_set=[False], **tolerance)
+                for column in ("test_in_train", "test_in_pretraining")
+            ],
+        ],
+        "class_balance": balance_expectations(cfg, classes),
+    }
+    if kind == "detection":
+        suites["boxes"] = [
+            E.ExpectTableRowCountToBeBetween(min_value=1),
+            *[E.ExpectColumnValuesToBeBetween(column=c, min_value=0) for c in ("x1", "y1", "right", "bottom")],
+            *[
+                E.ExpectColumnValuesToBeBetween(column=c, min_value=0, strict_min=True)
+                for c in ("box_width", "box_height")
+            ],
+            E.ExpectColumnValuesToBeBetween(column="label", min_value=0, max_value=len(classes) - 1),
+        ]
+    else:
+        suites["masks"] = [
+            E.ExpectColumnValuesToBeInSet(column="size_matches", value_set=[True]),
+            E.ExpectColumnValuesToBeBetween(column="ids_out_of_range", min_value=0, max_value=0),
+        ]
+    return suites

@@ -166,6 +166,8 @@ def _stage(project: Project, kind: str, task: str, rates: _Rates | None) -> tupl
         return views * images / AUGMENT_VIEWS_PER_S, f"{views} views of {images:,} images"
     if kind == "pretrain":
         return _pretrain(project, rates)
+    if project.config("tasks")[task].dense:
+        return None, f"a {project.config('tasks')[task].kind} task: not estimated (docs/benchmarks.md has its minutes)"
     sizes = _metrics(project, task, "prepare")
     if not sizes:
         return None, f"unknown until task_prepare@{task} has run once"

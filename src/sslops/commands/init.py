@@ -72,7 +72,13 @@ def propose(project: Project, found: Survey, root: str, replace_tasks: bool, sid
     channels = 1 if found.gray == sum(found.modes.values()) else 3
     name = task_name(root)
     budgets = budgets_for(found.smallest_class)
-    task = {"format": found.layout, "root": root, "classes": found.classes, "budgets": budgets}
+    task = {
+        "kind": "classification",
+        "format": found.layout,
+        "root": root,
+        "classes": found.classes,
+        "budgets": budgets,
+    }
     tasks, finetune = project.section("tasks"), project.section("finetune")
     removed = [t for t in tasks if t != name] if replace_tasks else []
     updates: dict[str, Any] = {

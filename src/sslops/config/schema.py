@@ -41,6 +41,14 @@ Name = Annotated[str, Field(min_length=1)]
 Range = tuple[PositiveFloat, PositiveFloat]
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
 Format = Literal["idx", "imagefolder", "cifar10"]
+Kind = Literal["classification", "detection", "segmentation"]
+# The layouts each task kind is read from: whole-image labels as the pretraining dataset's; boxes (and instance
+# masks) as COCO JSON; semantic masks as an image folder beside a mask folder (`sslops.data.dense`).
+KIND_FORMATS: dict[str, tuple[str, ...]] = {
+    "classification": ("idx", "imagefolder", "cifar10"),
+    "detection": ("coco",),
+    "segmentation": ("masks",),
+}
 
 
 def _budget(value: object) -> float | str:
@@ -113,6 +121,7 @@ class PrepareParams(Section):
     channels: Literal["auto", 1, 3]
     unlabeled_dir: Name
     max_pixels: PositiveInt  # imagefolder and `sslops embed`: larger images are refused before decoding
+    mask_ignore: Annotated[int, Field(ge=0, le=255)]  # segmentation masks: the value of unlabelled pixels
     resize: ResizeKnobs
     workers: PositiveInt | None  # processes that decode images (also for the tasks); null: every core
     store: StoreKnobs
@@ -136,9 +145,11 @@ class PrepareParams(Section):
 
 
 class TaskParams(Section):
-    """`tasks.<name>`: one labelled downstream task, prepared to the encoder's input (size, channels)."""
+    """`tasks.<name>`: one labelled downstream task, prepared to the encoder's input (its channels; a classification
+    task also to its size)."""
 
-    format: Format  # how the task's files are laid out, as `prepare.format`
+    kind: Kind  # what is labelled: whole images (classification), boxes (detection) or pixels (segmentation)
+    format: Literal["idx", "imagefolder", "cifar10", "coco", "masks"]  # the layout of the task's files (KIND_FORMATS)
     root: Annotated[str, Field(min_length=1)]  # the task's folder inside the project's data/
     classes: list[Name]  # class names in label order; empty: taken from the data
     budgets: Annotated[list[Budget], Field(min_length=1)]  # fractions of the labelled train split, or N/class
@@ -153,6 +164,24 @@ class TaskParams(Section):
         if repeated:
             raise ValueError(f"each budget may appear once, {', '.join(repeated)} repeats")
         return budgets
+
+    @model_validator(mode="after")
+    def _format_of_kind(self) -> TaskParams:
+        """A layout is read for the labels it holds: a COCO file read as classes would be nonsense."""
+        if self.format not in KIND_FORMATS[self.kind]:
+            raise ValueError(
+                f"a {self.kind} task is read from {' or '.join(KIND_FORMATS[self.kind])}, not {self.format}"
+            )
+        if self.dense and any(isinstance(b, str) for b in self.budgets):
+            raise ValueError(f"a {self.kind} task's budgets are fractions of its train images (N/class needs classes)")
+        if self.kind == "segmentation" and not self.classes:
+            raise ValueError("a segmentation task lists its classes: a mask holds ids, not names (0 is the first)")
+        return self
+
+    @property
+    def dense(self) -> bool:
+        """Whether the task labels boxes or pixels (`sslops.stages.dense` runs its stages)."""
+        return self.kind != "classification"
 
 
 class TasksParams(RootModel[Annotated[dict[TaskName, TaskParams], Field(min_length=1)]]):
@@ -371,6 +400,42 @@ class Distill(Section):
         return self
 
 
+class DenseRecipeParams(Section):
+    """One fine-tuning recipe of a detection or segmentation model (the core's `DenseRecipe` without its seed)."""
+
+    steps: PositiveInt  # optimiser steps, cosine to 0
+    batch_size: PositiveInt  # scenes per step
+    lr: PositiveFloat  # AdamW's rate of the head (and of a random-init backbone)
+    backbone_lr_scale: NonNegativeFloat  # pretrained backbone's rate = lr x this
+    weight_decay: NonNegativeFloat
+    flip_p: Probability  # horizontal flips of a scene with its boxes or mask
+
+
+class DenseFinetune(Section):
+    """`finetune.dense`: how detection and segmentation tasks fine-tune. Every trial is tried on held-out scenes of
+    each budget, for both inits alike, and each init trains every label draw with its best (`sslops.stages.dense`)."""
+
+    recipe: DenseRecipeParams
+    trials: Annotated[dict[Name, DenseRecipeParams], Field(min_length=1)]  # each written as its changes to `recipe`
+
+
+def _changes_over(model: type[Section], base: dict[str, Any]) -> Any:
+    """A function making a recipe written as the keys it changes into the whole recipe it stands for. When `base`
+    is invalid its own errors are reported once, not again for every recipe written over it."""
+    try:
+        model.model_validate(base)
+        valid = True
+    except ValueError:
+        valid = False
+
+    def over(changes: Any) -> Any:
+        if not isinstance(changes, dict):
+            return changes
+        return {**base, **changes} if valid else model.model_construct(**{**base, **changes})
+
+    return over
+
+
 class FinetuneParams(Section):
     """`finetune:` the transfer protocols, shared by every task; each task names its own label budgets."""
 
@@ -387,6 +452,7 @@ class FinetuneParams(Section):
     headline: dict[TaskName, dict[BudgetKey, dict[Init, Protocol]]]  # the protocol of each side's headline figure
     search: RecipeSearch
     distill: Distill
+    dense: DenseFinetune
 
     @model_validator(mode="before")
     @classmethod
@@ -395,23 +461,16 @@ class FinetuneParams(Section):
         validated as the whole recipe it makes."""
         if not isinstance(raw, dict) or not isinstance(raw.get("recipe"), dict):
             return raw
-        base = raw["recipe"]
-        try:
-            Recipe.model_validate(base)
-            valid = True
-        except ValueError:  # the recipe's own errors are reported once, not again for every trial
-            valid = False
-
-        def over(changes: Any) -> Any:
-            if not isinstance(changes, dict):
-                return changes
-            return {**base, **changes} if valid else Recipe.model_construct(**{**base, **changes})
-
+        over = _changes_over(Recipe, raw["recipe"])
         if isinstance(raw.get("trials"), dict):
             raw = {**raw, "trials": {k: over(v) for k, v in raw["trials"].items()}}
         distill = raw.get("distill")
         if isinstance(distill, dict) and isinstance(distill.get("recipe"), dict):
             raw = {**raw, "distill": {**distill, "recipe": over(distill["recipe"])}}
+        dense = raw.get("dense")
+        if isinstance(dense, dict) and isinstance(dense.get("recipe"), dict) and isinstance(dense.get("trials"), dict):
+            over = _changes_over(DenseRecipeParams, dense["recipe"])
+            raw = {**raw, "dense": {**dense, "trials": {k: over(v) for k, v in dense["trials"].items()}}}
         return raw
 
     @model_validator(mode="after")

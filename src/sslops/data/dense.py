@@ -19,6 +19,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -26,6 +27,9 @@ from PIL import Image
 from sslops.data import images
 from sslops.data.imagefolder import IGNORED
 from sslops.errors import SslopsError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ANNOTATIONS = "annotations.json"
 MAX_JSON_BYTES = 1 << 30  # a COCO file larger than this is refused before it is parsed
@@ -257,3 +261,139 @@ def read_masks(root: Path, split: str, classes: list[str], ignore: int, max_pixe
     problems += [f"{split}/masks/{m.name}: a mask without an image" for m in masks.values()]
     _refuse(root / split, problems)
     return DenseSplit(out, list(classes))
+
+
+# The prepared store of a dense task (task_prepare writes it, the later task stages read it): per split the images
+# as one uint8 (N, H, W, C) array, and the boxes (one Parquet table, a row per box) or the masks (N, H, W); beside
+# them the manifest (a row per image, as the classification store's: split, file, size, pixel sha256 and stats).
+SPEC, BOXES, MANIFEST = "dense.json", "boxes.parquet", "manifest.parquet"
+
+
+def load_split(root: Path, labelled: DenseSplit, channels: int, max_pixels: int, ignore: int) -> DenseArrays:
+    """A split's images decoded with the image rules (converted to `channels`) and its boxes or masks as arrays.
+    Dense labels are in pixels of their image, so every image must already have one size: resizing scenes would
+    move every box."""
+    sizes = sorted({(i.height, i.width) for i in labelled.images})
+    if len(sizes) != 1:
+        shown = ", ".join(f"{w}x{h}" for h, w in sizes[:5])
+        raise DenseRejected(f"{root}: a dense task's images must share one size; found {len(sizes)} ({shown}).")
+    pixels = np.stack([images.read(root / i.file, channels, max_pixels) for i in labelled.images])
+    masks = None
+    if labelled.images[0].mask is not None:
+        masks = np.stack([np.asarray(Image.open(root / i.mask), dtype=np.uint8) for i in labelled.images])
+    return DenseArrays(
+        [i.file for i in labelled.images], pixels, [(i.boxes, i.labels) for i in labelled.images], masks, ignore
+    )
+
+
+@dataclass(frozen=True)
+class DenseArrays:
+    """One split of a dense task in memory: file names, images (N, H, W, C) uint8, per image its boxes (n, 4) x1 y1
+    x2 y2 and labels, and for a mask task the masks (N, H, W) with the `ignore` value."""
+
+    files: list[str]
+    images: np.ndarray
+    boxes: list[tuple[np.ndarray, np.ndarray]]
+    masks: np.ndarray | None
+    ignore: int
+
+    def take(self, rows: np.ndarray) -> DenseArrays:
+        """The images `rows` (positions in this split) with their labels."""
+        return DenseArrays(
+            [self.files[r] for r in rows],
+            self.images[rows],
+            [self.boxes[r] for r in rows],
+            None if self.masks is None else self.masks[rows],
+            self.ignore,
+        )
+
+
+def manifest(split: str, arrays: DenseArrays) -> pd.DataFrame:
+    """A row per image: its split, file, size, pixel sha256 (duplicates and leakage), mean and std (blank images)
+    and how many objects (boxes) or labelled pixels (masks) it holds."""
+    import hashlib
+
+    import pandas as pd
+
+    flat = arrays.images.reshape(len(arrays.images), -1).astype(np.float32)
+    labelled = (
+        [len(b) for b, _ in arrays.boxes]
+        if arrays.masks is None
+        else (arrays.masks != arrays.ignore).reshape(len(arrays.masks), -1).sum(1).tolist()
+    )
+    n, height, width, channels = arrays.images.shape
+    return pd.DataFrame(
+        {
+            "split": split,
+            "source": arrays.files,
+            "sha256": [hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest() for img in arrays.images],
+            "height": height,
+            "width": width,
+            "channels": channels,
+            "mean": flat.mean(1),
+            "std": flat.std(1),
+            "labelled": labelled,
+        },
+        index=pd.RangeIndex(n),
+    )
+
+
+def box_table(split: str, arrays: DenseArrays) -> pd.DataFrame:
+    """A row per box: its split, image (position in the split), corners, class and the image's size."""
+    import pandas as pd
+
+    rows = [
+        (split, i, *map(float, box), int(label))
+        for i, (boxes, labels) in enumerate(arrays.boxes)
+        for box, label in zip(boxes, labels, strict=True)
+    ]
+    table = pd.DataFrame(rows, columns=["split", "image", "x1", "y1", "x2", "y2", "label"])
+    table["image_height"], table["image_width"] = arrays.images.shape[1], arrays.images.shape[2]
+    return table
+
+
+def write_store(folder: Path, splits: dict[str, DenseArrays], spec: dict) -> pd.DataFrame:
+    """Write a dense task's store into `folder` (a fresh folder: the stage writes it atomically); return its
+    manifest."""
+    import pandas as pd
+
+    for split, arrays in splits.items():
+        np.save(folder / f"images-{split}.npy", arrays.images)
+        if arrays.masks is not None:
+            np.save(folder / f"masks-{split}.npy", arrays.masks)
+    if spec["kind"] == "detection":
+        pd.concat([box_table(s, a) for s, a in splits.items()]).to_parquet(folder / BOXES, index=False)
+    table = pd.concat([manifest(s, a) for s, a in splits.items()], ignore_index=True)
+    table.to_parquet(folder / MANIFEST, index=False)
+    (folder / SPEC).write_text(json.dumps(spec, indent=2) + "\n")
+    return table
+
+
+def open_store(folder: Path) -> tuple[dict, dict[str, DenseArrays]]:
+    """(spec, split -> arrays) of a prepared dense store; arrays are memory-mapped, nothing is unpickled."""
+    import pandas as pd
+
+    if not (folder / SPEC).is_file():
+        raise SslopsError(f"{folder}: no prepared dense store ({SPEC} missing); run the task_prepare stage.")
+    spec = json.loads((folder / SPEC).read_text())
+    table = pd.read_parquet(folder / MANIFEST)
+    boxes = pd.read_parquet(folder / BOXES) if spec["kind"] == "detection" else None
+    splits = {}
+    for split in spec["splits"]:
+        files = table.loc[table["split"] == split, "source"].tolist()
+        pixels = np.load(folder / f"images-{split}.npy", mmap_mode="r", allow_pickle=False)
+        masks = None
+        per_image: list[tuple[np.ndarray, np.ndarray]] = [
+            (np.zeros((0, 4), np.float32), np.zeros(0, np.int64)) for _ in files
+        ]
+        if boxes is not None:
+            mine = boxes[boxes["split"] == split]
+            for i, group in mine.groupby("image"):
+                per_image[int(i)] = (
+                    group[["x1", "y1", "x2", "y2"]].to_numpy(np.float32),
+                    group["label"].to_numpy(np.int64),
+                )
+        else:
+            masks = np.load(folder / f"masks-{split}.npy", mmap_mode="r", allow_pickle=False)
+        splits[split] = DenseArrays(files, pixels, per_image, masks, spec["ignore"])
+    return spec, splits

@@ -6,7 +6,12 @@ relations between rows, so they are computed here into boolean columns the suite
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
+
+from sslops.data.store import MANIFEST, PRETRAIN_SPLITS
+from sslops.errors import SslopsError
 
 
 def annotate(manifest: pd.DataFrame, pretrained: pd.Series | None = None) -> pd.DataFrame:
@@ -32,3 +37,12 @@ def class_balance(manifest: pd.DataFrame, classes: list[str], split: str = "trai
     table = pd.DataFrame({"class_name": names, "count": [int(counts.get(n, 0)) for n in names]})
     table["share"] = table["count"] / total
     return table
+
+
+def pretraining_hashes(prepared: Path) -> pd.Series:
+    """sha256 of every image pretraining learns from (the pretraining store's train and unlabeled splits)."""
+    path = prepared / MANIFEST
+    if not path.is_file():  # a task is checked against what pretraining learns from, so that must be prepared
+        raise SslopsError(f"{path} is missing: prepare the pretraining dataset first (dvc repro prepare).")
+    manifest = pd.read_parquet(path, columns=["split", "sha256"])
+    return manifest.loc[manifest["split"].isin(PRETRAIN_SPLITS), "sha256"]

@@ -17,14 +17,19 @@ Resampling is Pillow's bicubic (antialiased when shrinking); colour conversion f
 from __future__ import annotations
 
 import functools
+import json
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from sslops.data.sources import Plan
+from sslops.errors import SslopsError
+
+INPUT = "input.json"  # in the pretraining store: the encoder's input shape, which every task is prepared to
 
 
 @dataclass(frozen=True)
@@ -102,3 +107,14 @@ def fit_plan(plan: Plan, fit: Fit | None) -> tuple[Plan, dict[str, object]]:
         shape = f"{fit.height}x{fit.width}x{fit.channels}"
         notes += (f"{resized} of {plan.total} images ({seen}) resized to {shape} ({fit.mode})",)
     return Plan(parts=parts, classes=plan.classes, notes=notes), record
+
+
+def encoder_input(prepared: Path) -> Fit:
+    """The shape the pretraining dataset was prepared to (artifacts/prepared/input.json)."""
+    try:
+        spec = json.loads((prepared / INPUT).read_text())
+    except (OSError, ValueError):
+        raise SslopsError(
+            f"{prepared / INPUT} is missing or unreadable: prepare the pretraining dataset first (dvc repro prepare)."
+        ) from None
+    return Fit(spec["height"], spec["width"], spec["channels"], spec["mode"])

@@ -320,3 +320,51 @@ def box_map(predicted: list[dict], truth: Boxes) -> dict:
     present = (at_50 >= 0).all(0)
     curve = at_50[:, present].mean(1) if present.any() else np.zeros(len(at_50))
     return {"map": float(scores["map"]), "map_50": float(scores["map_50"]), "precision_50": curve}
+
+
+def box_confusion(
+    predicted: list[dict], truth: Boxes, classes: int, iou: float = 0.5, score_min: float = 0.3
+) -> np.ndarray:
+    """(classes + 1, classes + 1) counts of a detector's class mistakes; the last row and column are "background".
+    Each true box pairs with the highest-scoring prediction (scores >= `score_min`) that overlaps it by IoU >= `iou`
+    and is not yet paired: its class is the column, none is a miss (background column); a prediction left unpaired is
+    a false alarm (background row)."""
+    from torchvision.ops import box_iou
+
+    matrix = np.zeros((classes + 1, classes + 1), dtype=np.int64)
+    for found, (boxes, labels) in zip(predicted, truth, strict=True):
+        keep = found["scores"] >= score_min
+        p_boxes, p_labels = found["boxes"][keep], found["labels"][keep]
+        order = np.argsort(-found["scores"][keep], kind="stable")
+        overlap = box_iou(torch.as_tensor(boxes).reshape(-1, 4), torch.as_tensor(p_boxes).reshape(-1, 4)).numpy()
+        used = np.zeros(len(p_boxes), dtype=bool)
+        for t, label in enumerate(labels):
+            pick = next((j for j in order if not used[j] and overlap[t, j] >= iou), None)
+            if pick is None:
+                matrix[label, classes] += 1
+            else:
+                used[pick] = True
+                matrix[label, p_labels[pick]] += 1
+        for j in np.flatnonzero(~used):
+            matrix[classes, p_labels[j]] += 1
+    return matrix
+
+
+@torch.no_grad()
+def object_features(
+    encoder: Encoder, images: np.ndarray, regions: list[list[np.ndarray]], device: torch.device
+) -> np.ndarray:
+    """One vector per object: the encoder's deepest feature map averaged over the object's region, a boolean (H, W)
+    mask per object of each image (a box filled, or one class's pixels). What the embedding map shows of a dense
+    task: how the encoder separates the objects of a scene before any fine-tuning."""
+    backbone = DenseBackbone(encoder).to(device).eval()
+    out = []
+    for image, masks in zip(images, regions, strict=True):
+        if not masks:
+            continue
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().to(device)
+        deep = backbone(x)[1][0].float().cpu()  # (C, h, w)
+        weights = F.adaptive_avg_pool2d(torch.from_numpy(np.stack(masks)).float()[:, None], deep.shape[-2:])[:, 0]
+        weights = weights / weights.sum((1, 2), keepdim=True).clamp_min(1e-6)
+        out.append(torch.einsum("nhw,chw->nc", weights, deep).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)

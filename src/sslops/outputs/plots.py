@@ -37,16 +37,18 @@ def view_pairs_grid(originals: np.ndarray, first: np.ndarray, second: np.ndarray
 LINESTYLES = {"pretrained": "-", "scratch": "--", "pixels": ":"}
 
 
-def label_efficiency(rows: list[dict], path: Path, title: str) -> None:
-    """Test accuracy against the number of labels (log x), one line per protocol and initialisation; error bars
-    span the label draws' min to max where a row has them (`acc_min`, `acc_max`)."""
+def label_efficiency(
+    rows: list[dict], path: Path, title: str, metric: str = "acc", ylabel: str = "test accuracy (%)"
+) -> None:
+    """A test score (`metric`, a share) against the number of labels (log x), one line per protocol and
+    initialisation; error bars span the label draws' min to max where a row has them (`<metric>_min`, `_max`)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     series = sorted({(r["protocol"], r["init"]) for r in rows})
     colours = {"linear": "tab:blue", "knn": "tab:green", "finetune": "tab:red", "distill": "tab:purple"}
     for protocol, init in series:
         pts = sorted(
-            (r["labels"], r["acc"], r.get("acc_min", r["acc"]), r.get("acc_max", r["acc"]))
+            (r["labels"], r[metric], r.get(f"{metric}_min", r[metric]), r.get(f"{metric}_max", r[metric]))
             for r in rows
             if (r["protocol"], r["init"]) == (protocol, init)
         )
@@ -62,7 +64,7 @@ def label_efficiency(rows: list[dict], path: Path, title: str) -> None:
         )
     ax.set_xscale("log")
     ax.set_xlabel("labelled training images")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(ylabel)
     ax.set_title(f"{title}: pretrained (solid), random init (dashed), pixels (dotted)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

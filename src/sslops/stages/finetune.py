@@ -122,7 +122,8 @@ def load_encoders(
     from sslops.ml.models import Pixels, input_shape, load_encoder_dir
 
     name, record = project.model_name, project.register_record()
-    with tracking.registered_encoder(name, _model_ref(record, cfg, name), record) as (folder, version, digests):
+    ref = tracking.model_ref(cfg.model, record, name)
+    with tracking.registered_encoder(name, ref, record) as (folder, version, digests):
         pretrained, spec = load_encoder_dir(folder, *digests)
     _check_input(spec, store, task)
     tags = {"model.name": name, "model.version": version.version, "model.ref": cfg.model}
@@ -172,20 +173,6 @@ def _check_input(spec: dict[str, Any], store: ImageStore, task: str) -> None:
             f"task {task}'s images are {'x'.join(map(str, store.images.shape[1:]))} but the encoder takes "
             f"{'x'.join(map(str, input_shape(spec)))}: prepare the task again (dvc repro task_prepare@{task})."
         )
-
-
-def _model_ref(record: dict[str, Any], cfg: FinetuneParams, name: str) -> str:
-    """The version number or alias to load. `candidate` means the version this project's register stage wrote to
-    metrics/register.json (`record`), by number, never the alias looked up again: on a shared server another
-    register may have moved the alias since."""
-    if str(cfg.model) != tracking.CANDIDATE:
-        return str(cfg.model)
-    if record.get("model_name") != name or "version" not in record:
-        raise SslopsError(
-            f"finetune.model 'candidate' means the version in metrics/register.json, which names no version of "
-            f"{name}: run the register stage first (dvc repro register)."
-        )
-    return str(record["version"])
 
 
 def _recipe_tags(trial: str, recipe: Recipe) -> dict[str, Any]:

@@ -8,9 +8,7 @@ the labelled task `tasks.NAME` into artifacts/tasks/NAME/prepared, fitted to tha
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 from typing import Any
 
 from sslops.adapters import tracking
@@ -21,21 +19,7 @@ from sslops.data.decode import cores, processes
 from sslops.data.formats import plan_dataset
 from sslops.data.sources import Plan
 from sslops.data.store import MANIFEST, RAW, manifest_digest, write_store
-from sslops.errors import SslopsError
 from sslops.outputs.atomic import atomic_dir, write_json
-
-INPUT = "input.json"  # in the pretraining store: the encoder's input shape, which every task is prepared to
-
-
-def encoder_input(prepared: Path) -> resize.Fit:
-    """The shape the pretraining dataset was prepared to (artifacts/prepared/input.json)."""
-    try:
-        spec = json.loads((prepared / INPUT).read_text())
-    except (OSError, ValueError):
-        raise SslopsError(
-            f"{prepared / INPUT} is missing or unreadable: prepare the pretraining dataset first (dvc repro prepare)."
-        ) from None
-    return resize.Fit(spec["height"], spec["width"], spec["channels"], spec["mode"])
 
 
 def run(project: Project, task: str | None = None) -> dict[str, Any]:
@@ -47,7 +31,7 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
             plan = _plan(project, cfg, cfg, None if cfg.channels == "auto" else cfg.channels)
             plan, fitted = resize.fit_plan(plan, resize.target(plan, cfg.resize.side, cfg.resize.mode))
         else:
-            fit = encoder_input(project.prepared_dir)
+            fit = resize.encoder_input(project.prepared_dir)
             plan = _plan(project, project.config("tasks")[task], cfg, fit.channels)
             plan, fitted = resize.fit_plan(plan, fit)
         for note in plan.notes:
@@ -60,7 +44,7 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
             if task is None:
                 height, width, channels = plan.parts[0].shape
                 shape = {"height": height, "width": width, "channels": channels, "mode": cfg.resize.mode}
-                write_json(tmp / INPUT, shape)
+                write_json(tmp / resize.INPUT, shape)
         counts = manifest["split"].value_counts().to_dict()
         digest = manifest_digest(manifest)
         summary = {

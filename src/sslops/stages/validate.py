@@ -16,25 +16,12 @@ from sslops.adapters import expectations, tracking
 from sslops.config import Project
 from sslops.config.schema import ValidateParams
 from sslops.data import quality
-from sslops.data.store import CLASSES, MANIFEST, PRETRAIN_SPLITS, manifest_digest
+from sslops.data.store import CLASSES, MANIFEST, manifest_digest
 from sslops.errors import DataValidationError, SslopsError
 from sslops.outputs.atomic import atomic_dir, write_json
 
 if TYPE_CHECKING:
-    import pandas as pd
-
-
-def failure_report(failed: list[expectations.Check]) -> str:
-    """A compact, readable table of failed expectations with counts and example rows."""
-    lines = [f"{len(failed)} expectation(s) failed:"]
-    for check in failed:
-        count = "" if check.unexpected_count is None else f" unexpected={check.unexpected_count}"
-        share = "" if check.unexpected_percent is None else f" ({check.unexpected_percent:.3g}%)"
-        observed = "" if check.observed is None else f" observed={check.observed}"
-        limits = {k: v for k, v in check.kwargs.items() if k in ("min_value", "max_value", "mostly", "value_set")}
-        lines.append(f"  - [{check.suite}] {check.title}{count}{share}{observed} expected {limits}")
-        lines += [f"      e.g. {row}" for row in check.examples]
-    return "\n".join(lines)
+    pass
 
 
 def run(project: Project, task: str | None = None) -> dict[str, Any]:
@@ -50,7 +37,7 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
 
         manifest = pd.read_parquet(manifest_path)
         declared = classes or json.loads((out.prepared / CLASSES).read_text())
-        pretrained = None if task is None else _pretraining_hashes(project)
+        pretrained = None if task is None else quality.pretraining_hashes(project.prepared_dir)
         checks = expectations.manifest_expectations(cfg, declared, len(manifest), task is not None)
         frames = {
             "manifest": (quality.annotate(manifest, pretrained), checks),
@@ -99,17 +86,6 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
             out.validated_marker.unlink(missing_ok=True)
             raise DataValidationError(
                 f"data validation failed; downstream stages will not run. Data Docs: "
-                f"{out.validation / 'data_docs' / 'index.html'}\n{failure_report(failed)}"
+                f"{out.validation / 'data_docs' / 'index.html'}\n{expectations.failure_report(failed)}"
             )
     return summary
-
-
-def _pretraining_hashes(project: Project) -> pd.Series:
-    """sha256 of every image pretraining learns from (the pretraining store's train and unlabeled splits)."""
-    import pandas as pd
-
-    path = project.prepared_dir / MANIFEST
-    if not path.is_file():  # a task is checked against what pretraining learns from, so that must be prepared
-        raise SslopsError(f"{path} is missing: prepare the pretraining dataset first (dvc repro prepare).")
-    manifest = pd.read_parquet(path, columns=["split", "sha256"])
-    return manifest.loc[manifest["split"].isin(PRETRAIN_SPLITS), "sha256"]

@@ -29,6 +29,7 @@ from sslops.adapters.tracking.registry import (  # noqa: F401 - the adapter's AP
     EncoderDigests,
     describe_version,
     log_encoder,
+    model_ref,
     register_version,
     registered_encoder,
     resolve_version,

@@ -71,6 +71,20 @@ def version_by_alias(name: str, alias: str) -> mlflow.entities.model_registry.Mo
         return None
 
 
+def model_ref(ref: str | int, record: dict[str, Any], name: str) -> str:
+    """The version number or alias a stage loads for `finetune.model` = `ref`. `candidate` means the version this
+    project's register stage wrote to its record (`record`, metrics/register.json), by number, never the alias looked
+    up again: on a shared server another register may have moved the alias since."""
+    if str(ref) != CANDIDATE:
+        return str(ref)
+    if record.get("model_name") != name or "version" not in record:
+        raise SslopsError(
+            f"finetune.model 'candidate' means the version in metrics/register.json, which names no version of "
+            f"{name}: run the register stage first (dvc repro register)."
+        )
+    return str(record["version"])
+
+
 def resolve_version(name: str, ref: str) -> mlflow.entities.model_registry.ModelVersion:
     """A model version from an alias (`champion`) or a version number (`3`); a clear error otherwise."""
     from mlflow.exceptions import MlflowException
