@@ -102,7 +102,7 @@ def main() -> None:
                     how = dense.Fitting(recipe, init == "pretrained", device, precision, progress=True)
                     began = time.perf_counter()
                     if kind == "detection":
-                        model = dense.detector(backbone, len(classes), side=train_images.shape[1])
+                        model = dense.detector(backbone, len(classes), size=train_images.shape[1:3])
                         dense.fit_detector(model, train_images[picked], [train_boxes[i] for i in picked], how)
                         found = dense.detect(model, test_images, device)
                         score = dense.box_map(found, test_boxes)

@@ -58,7 +58,7 @@ def test_the_segmenter_learns_beyond_its_random_init():
 def test_the_detector_learns_beyond_its_random_init():
     images, _, boxes = _squares(48)
     test_images, _, test_boxes = _squares(32, seed=1)
-    model = dense.detector(dense.DenseBackbone(_encoder()), classes=2, side=32, width=32)
+    model = dense.detector(dense.DenseBackbone(_encoder()), classes=2, size=(32, 32), width=32)
     untrained = dense.box_map(dense.detect(model, test_images, "cpu"), test_boxes)["map_50"]
     recipe = dense.DenseRecipe(steps=90, batch_size=8, lr=3e-3)
     dense.fit_detector(model, images, boxes, dense.Fitting(recipe, pretrained=False, device=torch.device("cpu")))
@@ -101,7 +101,7 @@ def test_box_map_against_hand_computed_values():
 def test_the_detector_starts_with_boxes_that_can_learn():
     """torchvision starts FCOS's box distances at the ReLU's kink; features that push them below it (a pretrained
     encoder did) would leave the regression without gradient. Every distance starts positive, whatever the map."""
-    model = dense.detector(dense.DenseBackbone(_encoder()), classes=2, side=32, width=32)
+    model = dense.detector(dense.DenseBackbone(_encoder()), classes=2, size=(32, 32), width=32)
     for features in (torch.zeros(1, 32, 4, 4), -torch.ones(1, 32, 4, 4)):
         distances, _ = model.head.regression_head([features])
         assert (distances > 0).all()

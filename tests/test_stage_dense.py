@@ -8,6 +8,7 @@ import json
 import shutil
 
 import mlflow
+import pandas as pd
 import pytest
 import yaml
 
@@ -59,7 +60,8 @@ def test_dense_tasks_run_their_four_stages_and_report_both_inits(dense_project):
         run_task(task)
         _check_task(project, task)
     report = results_markdown(project)
-    assert "**Task `boxes`**: detection, fine-tuned" in report and "**Task `masks`**: segmentation" in report
+    assert "**Task `boxes`**: detection (fine-tuned on train scenes) on its full test split" in report
+    assert "**Task `masks`**: segmentation" in report
     for row in ("| mAP@[.5:.95] | pretrained |", "| mAP@.5 | scratch |", "| mIoU | pretrained |"):
         assert row in report
     assert "| **gain** | pretrained − scratch (mAP@[.5:.95]) |" in report
@@ -118,6 +120,20 @@ def test_a_test_scene_also_in_train_fails_validation(scene_project):
     out = scene_project.outputs("masks")
     assert not out.validated_marker.exists()
     assert json.loads((out.metrics / "validate.json").read_text())["test_in_train"] == 1
+
+
+@pytest.mark.integration
+def test_a_box_moved_out_of_its_image_in_the_store_fails_validation(scene_project):
+    """The readers refuse such a box, so only an edited or foreign store holds one: the suite is the second check."""
+    assert main(["prepare", "--task", "boxes"]) == 0
+    path = scene_project.outputs("boxes").prepared / "boxes.parquet"
+    path.chmod(0o644)
+    table = pd.read_parquet(path)
+    table.loc[0, "x2"] = 200.0
+    table.to_parquet(path, index=False)
+    assert main(["validate", "--task", "boxes"]) == 1
+    failed = json.loads((scene_project.outputs("boxes").metrics / "validate.json").read_text())["failed_expectations"]
+    assert failed == ["expect_column_values_to_be_between(right)"]
 
 
 @pytest.mark.integration

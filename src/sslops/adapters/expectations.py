@@ -261,7 +261,7 @@ def dense_expectations(cfg: ValidateParams, kind: str, classes: list[str], rows:
             E.ExpectColumnValuesToBeInSet(
                 column="duplicate_in_split", value_set=[False], mostly=1.0 - cfg.max_duplicate_share
             ),
-            E.ExpectColumnValuesToBeBetween(column="labelled", min_value=1, mostly=0.5),
+            E.ExpectColumnValuesToBeBetween(column="objects", min_value=1, mostly=0.5),  # mostly scenes, not empty
             *[
                 E.ExpectColumnValuesToBeInSet(column=column, value_set=[False], **tolerance)
                 for column in ("test_in_train", "test_in_pretraining")

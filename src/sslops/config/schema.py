@@ -175,7 +175,7 @@ class TaskParams(Section):
         if self.dense and any(isinstance(b, str) for b in self.budgets):
             raise ValueError(f"a {self.kind} task's budgets are fractions of its train images (N/class needs classes)")
         if self.kind == "segmentation" and not self.classes:
-            raise ValueError("a segmentation task lists its classes: a mask holds ids, not names (0 is the first)")
+            raise ValueError("a segmentation task lists its classes: a mask holds ids, not names (0: the background)")
         return self
 
     @property

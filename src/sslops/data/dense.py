@@ -309,30 +309,43 @@ class DenseArrays:
 
 
 def manifest(split: str, arrays: DenseArrays) -> pd.DataFrame:
-    """A row per image: its split, file, size, pixel sha256 (duplicates and leakage), mean and std (blank images)
-    and how many objects (boxes) or labelled pixels (masks) it holds."""
+    """A row per image: its split, file, size, pixel sha256 (duplicates and leakage), mean and std (blank images),
+    its objects (boxes, or the classes other than the background, id 0, that its mask holds) and the sha256 of its
+    labels, so that the manifest's digest changes when a box or a mask does."""
     import hashlib
 
     import pandas as pd
 
+    def sha(*arrays: np.ndarray) -> str:
+        digest = hashlib.sha256()
+        for a in arrays:
+            digest.update(np.ascontiguousarray(a).tobytes())
+        return digest.hexdigest()
+
     flat = arrays.images.reshape(len(arrays.images), -1).astype(np.float32)
-    labelled = (
-        [len(b) for b, _ in arrays.boxes]
-        if arrays.masks is None
-        else (arrays.masks != arrays.ignore).reshape(len(arrays.masks), -1).sum(1).tolist()
-    )
+    if arrays.masks is None:
+        objects = [len(b) for b, _ in arrays.boxes]
+        labels = [sha(b.astype(np.float32), c.astype(np.int64)) for b, c in arrays.boxes]
+    else:
+        objects, labels = [], []
+        for mask in arrays.masks:
+            present = np.bincount(mask.ravel(), minlength=256).astype(bool)
+            present[[0, arrays.ignore]] = False  # the background and unlabelled pixels are no object
+            objects.append(int(present.sum()))
+            labels.append(sha(mask))
     n, height, width, channels = arrays.images.shape
     return pd.DataFrame(
         {
             "split": split,
             "source": arrays.files,
-            "sha256": [hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest() for img in arrays.images],
+            "sha256": [sha(img) for img in arrays.images],
             "height": height,
             "width": width,
             "channels": channels,
             "mean": flat.mean(1),
             "std": flat.std(1),
-            "labelled": labelled,
+            "objects": objects,
+            "labels_sha256": labels,
         },
         index=pd.RangeIndex(n),
     )
@@ -389,9 +402,9 @@ def open_store(folder: Path) -> tuple[dict, dict[str, DenseArrays]]:
         if boxes is not None:
             mine = boxes[boxes["split"] == split]
             for i, group in mine.groupby("image"):
-                per_image[int(i)] = (
-                    group[["x1", "y1", "x2", "y2"]].to_numpy(np.float32),
-                    group["label"].to_numpy(np.int64),
+                per_image[int(i)] = (  # copies: arrays from Parquet may be read-only
+                    np.array(group[["x1", "y1", "x2", "y2"]], dtype=np.float32),
+                    np.array(group["label"], dtype=np.int64),
                 )
         else:
             masks = np.load(folder / f"masks-{split}.npy", mmap_mode="r", allow_pickle=False)

@@ -97,8 +97,9 @@ class _DeepMap(nn.Module):
         return self.reduce(self.backbone(x)[1])
 
 
-def detector(backbone: DenseBackbone, classes: int, side: int, width: int = 128) -> nn.Module:
-    """FCOS over one feature level for images of `side` px (not resized): class ids 1..classes (0: background),
+def detector(backbone: DenseBackbone, classes: int, size: tuple[int, int], width: int = 128) -> nn.Module:
+    """FCOS over one feature level for images of `size` (height, width), never resized (torchvision's transform scales
+    by min(min_size / shorter side, max_size / longer side), 1 here): class ids 1..classes (0: background),
     boxes x1, y1, x2, y2 in pixels. Inputs are float images in 0..1, as torchvision's detectors take them."""
     from torchvision.models.detection import FCOS
     from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -109,8 +110,8 @@ def detector(backbone: DenseBackbone, classes: int, side: int, width: int = 128)
     model = FCOS(
         _DeepMap(backbone, width),
         num_classes=classes + 1,
-        min_size=side,
-        max_size=side,
+        min_size=min(size),
+        max_size=max(size),
         image_mean=[0.0] * channels,
         image_std=[1 / 255] * channels,  # 0..1 back to the 0..255 the encoder normalises itself
         anchor_generator=AnchorGenerator(((stride,),), ((1.0,),)),
@@ -278,6 +279,18 @@ def confusion(predicted: np.ndarray, truth: np.ndarray, classes: int, ignore: in
     keep = truth != ignore
     pairs = truth[keep].astype(np.int64) * classes + predicted[keep].astype(np.int64)
     return np.bincount(pairs, minlength=classes * classes).reshape(classes, classes)
+
+
+def object_pairs(predicted: np.ndarray, truth: np.ndarray, ignore: int) -> list[tuple[int, int]]:
+    """(true class, predicted class) per object of (N, H, W) class-id masks: each class other than the background
+    (id 0) present in a scene, and the class predicted on most of its pixels. A confusion table a person can read:
+    one entry per object, not per pixel."""
+    pairs = []
+    for guess, true in zip(predicted, truth, strict=True):
+        for label in np.unique(true):
+            if label not in (0, ignore):
+                pairs.append((int(label), int(np.bincount(guess[true == label]).argmax())))
+    return pairs
 
 
 def iou_scores(matrix: np.ndarray) -> tuple[np.ndarray, float]:

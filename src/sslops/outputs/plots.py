@@ -117,6 +117,16 @@ def embedding_maps(maps: dict[str, np.ndarray], labels: np.ndarray, classes: lis
     plt.close(fig)
 
 
+def message(text: str, path: Path) -> None:
+    """A figure holding only `text`: where a plot has too little to show, its file still exists and says why."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 1.5))
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=10)
+    ax.axis("off")
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+
+
 def tsne_2d(feats: np.ndarray, seed: int, perplexity: float) -> np.ndarray:
     """2-D t-SNE coordinates of `feats` (PCA to 50 dimensions first), for `embedding_maps`."""
     from sklearn.decomposition import PCA

@@ -49,6 +49,7 @@ SPLITS = ("train", "test")
 INITS = ("pretrained", "scratch")
 METRICS = {"detection": ("map", "map_50"), "segmentation": ("miou",)}  # the first one ranks trials and headlines
 SHOWN = 4  # test scenes in the examples picture
+MIN_MAPPED = 5  # test objects below which t-SNE draws no map
 
 
 def prepare(project: Project, task: str) -> dict[str, Any]:
@@ -86,7 +87,7 @@ def prepare(project: Project, task: str) -> dict[str, Any]:
         summary = {
             "images": len(table),
             **{f"images_{s}": len(a.files) for s, a in splits.items()},
-            "objects_train": int(sum(len(b) for b, _ in splits["train"].boxes)),
+            "objects_train": int(table.loc[table["split"] == "train", "objects"].sum()),
             "classes": len(classes),
             "shape": [height, width, channels],
             "seconds": round(time.perf_counter() - start, 2),
@@ -283,7 +284,7 @@ class _Fitter:
 
         backbone = ml.DenseBackbone(copy.deepcopy(encoder).cpu())
         if self.spec["kind"] == "detection":
-            return ml.detector(backbone, len(self.spec["classes"]), side=self.spec["height"])
+            return ml.detector(backbone, len(self.spec["classes"]), size=(self.spec["height"], self.spec["width"]))
         return ml.Segmenter(backbone, len(self.spec["classes"]))
 
     def fit(
@@ -324,7 +325,7 @@ class _Fitter:
         if len(self.trials) == 1:
             return next(iter(self.trials)), {}
         order = np.random.default_rng(seed).permutation(len(data.files))
-        held = max(1, round(holdout * len(order)))
+        held = min(len(order) - 1, max(1, round(holdout * len(order))))  # at least one scene on each side
         rest, kept = data.take(np.sort(order[held:])), data.take(np.sort(order[:held]))
         metric = METRICS[self.spec["kind"]][0]
         scores = {}
@@ -370,8 +371,8 @@ def evaluate(project: Project, task: str) -> dict[str, Any]:
                 result["iou"] = [None if np.isnan(v) else round(float(v), 5) for v in scored["iou"]]
             results.append(result)
             tracking.log_metrics_to(entry["run_id"], {f"test.{m}": result[m] for m in metrics_of})
-            if entry["draw"] == 0:
-                shown[(entry["budget"], entry["init"])] = scored["found"][:SHOWN]
+            if entry["draw"] == 0:  # the examples picture and the confusion table take their predictions
+                shown[(entry["budget"], entry["init"])] = scored["found"]
         rows = _aggregate(results, metrics_of)
         summary = _headline(rows, metrics_of[0])
         with atomic_dir(out.evaluate) as tmp:  # a stage that fails on the way leaves no results of its own
@@ -466,6 +467,8 @@ def _draw(
 ) -> None:
     """The DVC plots (label efficiency, confusion, embedding map) and the pictures logged with the results
     (examples of predictions beside the truth; precision-recall curves for boxes)."""
+    from sslops.ml import dense as ml
+
     results, rows, shown = scored
     classes, metric = spec["classes"], METRICS[spec["kind"]][0]
     names = {"map": "test mAP@[.5:.95] (%)", "miou": "test mIoU (%)"}
@@ -485,11 +488,13 @@ def _draw(
     cm = np.asarray(best["confusion"])
     with atomic_file(figures / "confusion.png") as tmp:
         plots.confusion(cm, names_cm, title, tmp)
-    pairs = ["actual,predicted"] + [
-        f"{names_cm[t]},{names_cm[p]}" for t in range(len(cm)) for p in range(len(cm)) for _ in range(cm[t, p])
-    ]
+    if spec["kind"] == "detection":  # a pair per true box and per false alarm
+        pairs = [(t, p) for t in range(len(cm)) for p in range(len(cm)) for _ in range(cm[t, p])]
+    else:  # a pair per object (a class's pixels in a scene), not per pixel
+        predicted = np.stack([f["mask"] for f in shown[(smallest, "pretrained")]])
+        pairs = ml.object_pairs(predicted, np.asarray(test.masks), test.ignore)
     with atomic_file(figures / "confusion.csv") as tmp:
-        tmp.write_text("\n".join(pairs) + "\n")
+        tmp.write_text("\n".join(["actual,predicted", *(f"{names_cm[t]},{names_cm[p]}" for t, p in pairs)]) + "\n")
     _embedding_map(figures / "embedding_map.png", cfg, spec, test, encoders, device)
     largest = max(rows, key=lambda r: r["labels"])["budget"]
     picked = test.take(np.arange(min(SHOWN, len(test.files))))
@@ -499,7 +504,7 @@ def _draw(
             picked.boxes, picked.masks if picked.masks is not None else [None] * len(picked.files), strict=True
         )
     ]
-    panels = [("truth", truth)] + [(f"{init}, {largest}", shown[(largest, init)]) for init in INITS]
+    panels = [("truth", truth)] + [(f"{init}, {largest}", shown[(largest, init)][:SHOWN]) for init in INITS]
     plots.dense_examples(np.asarray(picked.images), panels, classes, evaluated / "examples.png")
     if spec["kind"] == "detection":
         curves = {f"{r['init']}, {r['budget_name']}": np.asarray(r["precision_50"]) for r in results if r["draw"] == 0}
@@ -533,6 +538,10 @@ def _embedding_map(
         if len(labels) >= cfg.map_points:
             break
     n = min(len(labels), cfg.map_points)
+    if n < MIN_MAPPED:
+        with atomic_file(path) as tmp:
+            plots.message(f"{n} test object(s): too few for an embedding map", tmp)
+        return
     images = np.asarray(test.images[: len(regions)])
     maps = {
         f"{init} encoder (t-SNE of {n} test objects)": plots.tsne_2d(

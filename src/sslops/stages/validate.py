@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sslops.adapters import expectations, tracking
 from sslops.config import Project
@@ -19,9 +19,6 @@ from sslops.data import quality
 from sslops.data.store import CLASSES, MANIFEST, manifest_digest
 from sslops.errors import DataValidationError, SslopsError
 from sslops.outputs.atomic import atomic_dir, write_json
-
-if TYPE_CHECKING:
-    pass
 
 
 def run(project: Project, task: str | None = None) -> dict[str, Any]:
