@@ -50,6 +50,7 @@ INITS = ("pretrained", "scratch")
 METRICS = {"detection": ("map", "map_50"), "segmentation": ("miou",)}  # the first one ranks trials and headlines
 SHOWN = 4  # test scenes in the examples picture
 MIN_MAPPED = 5  # test objects below which t-SNE draws no map
+SCORE_SHOWN = 0.5  # predicted boxes drawn in the examples picture: those scored at least this
 
 
 def prepare(project: Project, task: str) -> dict[str, Any]:
@@ -504,8 +505,9 @@ def _draw(
             picked.boxes, picked.masks if picked.masks is not None else [None] * len(picked.files), strict=True
         )
     ]
-    panels = [("truth", truth)] + [(f"{init}, {largest}", shown[(largest, init)][:SHOWN]) for init in INITS]
-    plots.dense_examples(np.asarray(picked.images), panels, classes, evaluated / "examples.png")
+    name = next(r["budget_name"] for r in rows if r["budget"] == largest)
+    panels = [("truth", truth)] + [(f"{init}, {name}", shown[(largest, init)][:SHOWN]) for init in INITS]
+    plots.dense_examples(np.asarray(picked.images), panels, classes, evaluated / "examples.png", score_min=SCORE_SHOWN)
     if spec["kind"] == "detection":
         curves = {f"{r['init']}, {r['budget_name']}": np.asarray(r["precision_50"]) for r in results if r["draw"] == 0}
         plots.precision_recall(curves, evaluated / "precision_recall.png", f"Task {task}: IoU 0.5")
