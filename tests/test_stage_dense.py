@@ -60,8 +60,8 @@ def test_dense_tasks_run_their_four_stages_and_report_both_inits(dense_project):
         run_task(task)
         _check_task(project, task)
     report = results_markdown(project)
-    assert "**Task `boxes`**: detection (fine-tuned on train scenes) on its full test split" in report
-    assert "**Task `masks`**: segmentation" in report
+    assert "**Task `boxes`**: detection mAP@[.5:.95] on its full test split" in report
+    assert "**Task `masks`**: segmentation mIoU on its full test split" in report
     for row in ("| mAP@[.5:.95] | pretrained |", "| mAP@.5 | scratch |", "| mIoU | pretrained |"):
         assert row in report
     assert "| **gain** | pretrained − scratch (mAP@[.5:.95]) |" in report

@@ -165,7 +165,7 @@ def task_tables(project: Project, tasks: list[str], readme: bool) -> tuple[list[
         if kind == "classification":
             table, what = format_table(results["results"], results["headline"]), "test accuracy"
         else:
-            table, what = format_dense_table(kind, results["results"]), f"{kind} (fine-tuned on train scenes)"
+            table, what = format_dense_table(kind, results["results"]), f"{kind} {DENSE_NAMES[DENSE_METRICS[kind][0]]}"
         tables += [f"**Task `{task}`**: {what} on its full test split", "", table, ""]
         tables += _unfinished(project, task, results.get("run_id"), readme)
         finetuned = _metrics(project, f"tasks/{task}/finetune")
