@@ -76,7 +76,8 @@ def test_the_store_keeps_jpeg_bytes_that_already_are_the_image_and_reencodes_the
     plan = _plan(tmp_path / "raw")
     out = tmp_path / "store"
     out.mkdir()
-    manifest = write_store(plan, out, progress=False, codec=Codec("jpeg", 90))
+    write_store(plan, out, progress=False, codec=Codec("jpeg", 90))
+    manifest = ImageStore.open(out).manifest
     spec = json.loads((out / encoded.SPEC).read_text())
     assert spec["format"] == "jpeg" and spec["quality"] == 90 and spec["shape"] == [SIDE, SIDE, 3]
     assert spec["source_bytes_kept"] == kinds["rgb_jpeg"]  # not the gray, the rotated or the PNG ones

@@ -12,13 +12,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import set_param, write_idx_dataset, write_imagefolder
 from sslops.data import decode as store_module  # where the processes are started
 from sslops.data.formats import plan_dataset
 from sslops.data.images import ImageRejected
-from sslops.data.store import IMAGES, MANIFEST, write_store
+from sslops.data.store import IMAGES, MANIFEST, ImageStore, ManifestWriter, manifest_digest, write_store
 
 
 def _load_noting_the_process(load, marks: Path) -> np.ndarray:
@@ -119,3 +120,17 @@ def test_the_prepare_stage_decodes_with_its_workers_knob(project, monkeypatch):
     assert main(["prepare"]) == 0
     assert json.loads((project.metrics_dir / "prepare.json").read_text())["workers"] == 2
     assert (project.prepared_dir / IMAGES).read_bytes() == alone
+
+
+def test_the_manifest_streamed_in_row_groups_is_the_table_and_digest_of_one_write(tmp_path: Path, monkeypatch) -> None:
+    """Chunk by chunk, the manifest file and the digest are what one DataFrame written at once would give."""
+    raw = tmp_path / "raw"
+    write_idx_dataset(raw, n_train=30, n_test=7)
+    plan = plan_dataset("idx", raw, [], None, None, 10**6)
+    monkeypatch.setattr(ManifestWriter, "CHUNK", 8)  # 37 rows: 5 row groups
+    (tmp_path / "out").mkdir()
+    written = write_store(plan, tmp_path / "out", progress=False)
+    assert pq.ParquetFile(tmp_path / "out" / MANIFEST).metadata.num_row_groups > 1
+    manifest = ImageStore.open(tmp_path / "out").manifest
+    assert written.rows == len(manifest) == 37 and written.splits == {"train": 30, "test": 7}
+    assert written.digest == manifest_digest(manifest)

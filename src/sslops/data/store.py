@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -51,9 +52,9 @@ MANIFEST_COLUMNS = {
 RAW = Codec("raw")
 
 
-def write_store(plan: Plan, out_dir: Path, progress: bool = True, workers: int = 1, codec: Codec = RAW) -> pd.DataFrame:
+def write_store(plan: Plan, out_dir: Path, progress: bool = True, workers: int = 1, codec: Codec = RAW) -> Written:
     """Fill `out_dir` with the images (raw: images.npy; jpeg: shards, index and spec), manifest.parquet and
-    classes.json from `plan`; return the manifest.
+    classes.json from `plan`; return its row counts and digest (the manifest itself is streamed to its file).
 
     Images are written part by part (raw: into the .npy file at each part's rows), so datasets larger than RAM
     work. Up to `workers` processes decode the parts (and encode them, hash them and take their statistics), in plan
@@ -75,14 +76,86 @@ def write_store(plan: Plan, out_dir: Path, progress: bool = True, workers: int =
     else:  # the bytes are known only once encoded: the disk is checked shard by shard
         writer = encoded.ShardWriter(out_dir, codec, (h, w, c), n)
         results = _written(writer, encode_parts(plan, codec.quality, workers))
-    # Columns as arrays filled part by part: a million rows of Python lists would cost several times the memory.
-    split, source, sha = (np.empty(n, dtype=object) for _ in range(3))
-    index, label, source_height, source_width = (np.empty(n, dtype=np.int64) for _ in range(4))
-    unlabeled = np.zeros(n, dtype=bool)
-    mean, std = np.empty(n), np.empty(n)
-    row = 0
+    rows = ManifestWriter(out_dir / MANIFEST, plan.classes, (h, w, c))
     with progress_bar(n, "prepare", "img", enabled=progress) as bar:
-        for part, (digests, means, stds) in zip(plan.parts, results, strict=True):
+        for part, stats in zip(plan.parts, results, strict=True):
+            rows.add(part, stats)
+            bar.update(part.count)
+    if codec.format != "raw":
+        writer.close()
+    written = rows.close()
+    (out_dir / CLASSES).write_text(json.dumps(plan.classes, indent=2) + "\n")
+    return written
+
+
+@dataclass(frozen=True)
+class Written:
+    """What write_store wrote, without holding the manifest: its rows per split and its digest (`manifest_digest`
+    of the whole table, computed chunk by chunk as it was written)."""
+
+    rows: int
+    splits: dict[str, int]
+    digest: str
+
+
+class ManifestWriter:
+    """The manifest written in Parquet row groups of `CHUNK` rows as the parts come, so that its memory does not
+    grow with the dataset (a million rows held as a DataFrame cost hundreds of MB, twice over while converted)."""
+
+    CHUNK = 8_192  # rows per row group (as many as a JPEG shard holds)
+
+    def __init__(self, path: Path, classes: list[str], shape: tuple[int, int, int]):
+        self.path, self.classes, self.shape = path, np.asarray(classes, dtype=object), shape
+        self.parts: list[tuple[Any, Stats]] = []
+        self.pending = 0
+        self.writer: Any = None
+        self.hash = hashlib.sha256()
+        self.splits: dict[str, int] = {}
+        self.rows = 0
+
+    def add(self, part: Any, stats: Stats) -> None:
+        self.parts.append((part, stats))
+        self.pending += part.count
+        if self.pending >= self.CHUNK:
+            self._flush()
+
+    def close(self) -> Written:
+        import pyarrow as pa
+
+        self._flush()
+        if self.writer is not None:
+            self.writer.close()
+        pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed blocks until told
+        return Written(self.rows, self.splits, self.hash.hexdigest()[:16])
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self.parts:
+            return
+        frame = self._frame()
+        self.parts, self.pending = [], 0
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, table.schema)
+        self.writer.write_table(table)
+        # hash_pandas_object hashes row by row, so chunk by chunk gives manifest_digest's bytes of the whole table
+        pa.default_memory_pool().release_unused()
+        self.hash.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+        for split, count in frame["split"].value_counts().items():
+            self.splits[split] = self.splits.get(split, 0) + int(count)
+        self.rows += len(frame)
+
+    def _frame(self) -> pd.DataFrame:
+        """The pending parts' rows, columns filled as arrays (Python lists of a chunk would cost several times more)."""
+        n = self.pending
+        split, source, sha = (np.empty(n, dtype=object) for _ in range(3))
+        index, label, source_height, source_width = (np.empty(n, dtype=np.int64) for _ in range(4))
+        unlabeled = np.zeros(n, dtype=bool)
+        mean, std = np.empty(n), np.empty(n)
+        row = 0
+        for part, (digests, means, stds) in self.parts:
             rows = slice(row, row + part.count)
             sha[rows], mean[rows], std[rows] = digests, means, stds
             split[rows], source[rows] = part.split, part.source
@@ -93,32 +166,27 @@ def write_store(plan: Plan, out_dir: Path, progress: bool = True, workers: int =
                 label[rows] = part.labels
             source_height[rows], source_width[rows] = part.source_size or part.shape[:2]
             row += part.count
-            bar.update(part.count)
-    named = ~unlabeled & (label >= 0) & (label < len(plan.classes))
-    class_name = np.full(n, None, dtype=object)
-    class_name[named] = np.asarray(plan.classes, dtype=object)[label[named]]
-    manifest = pd.DataFrame(
-        {
-            "split": split,
-            "source": source,
-            "index": index,
-            "label": pd.arrays.IntegerArray(label, unlabeled),
-            "class_name": class_name,
-            "height": h,
-            "width": w,
-            "channels": c,
-            "source_height": source_height,
-            "source_width": source_width,
-            "sha256": sha,
-            "mean": mean,
-            "std": std,
-        }
-    ).astype(MANIFEST_COLUMNS)
-    if codec.format != "raw":
-        writer.close()
-    manifest.to_parquet(out_dir / MANIFEST, index=False)
-    (out_dir / CLASSES).write_text(json.dumps(plan.classes, indent=2) + "\n")
-    return manifest
+        named = ~unlabeled & (label >= 0) & (label < len(self.classes))
+        class_name = np.full(n, None, dtype=object)
+        class_name[named] = self.classes[label[named]]
+        h, w, c = self.shape
+        return pd.DataFrame(
+            {
+                "split": split,
+                "source": source,
+                "index": index,
+                "label": pd.arrays.IntegerArray(label, unlabeled),
+                "class_name": class_name,
+                "height": h,
+                "width": w,
+                "channels": c,
+                "source_height": source_height,
+                "source_width": source_width,
+                "sha256": sha,
+                "mean": mean,
+                "std": std,
+            }
+        ).astype(MANIFEST_COLUMNS)
 
 
 def _written(writer: encoded.ShardWriter, parts: Iterator[tuple[list[bytes], int, Stats]]) -> Iterator[Stats]:

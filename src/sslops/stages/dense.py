@@ -94,7 +94,7 @@ def prepare(project: Project, task: str) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - start, 2),
             "manifest_digest": digest,
         }
-        tracking.log_manifest(table, out.prepared / dense.MANIFEST, digest, context="prepare")
+        tracking.log_manifest(out.prepared / dense.MANIFEST, digest, context="prepare")
         tracking.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         tracking.set_tags({"data.manifest_digest": digest, "data.shape": "x".join(map(str, summary["shape"]))})
         write_json(out.metrics / "prepare.json", summary)

@@ -18,7 +18,7 @@ from sslops.data import encoded, resize
 from sslops.data.decode import cores, processes
 from sslops.data.formats import plan_dataset
 from sslops.data.sources import Plan
-from sslops.data.store import MANIFEST, RAW, manifest_digest, write_store
+from sslops.data.store import MANIFEST, RAW, write_store
 from sslops.outputs.atomic import atomic_dir, write_json
 
 
@@ -39,17 +39,16 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
         workers = processes(plan, cfg.workers or cores())
         codec = encoded.choose(cfg.store.format, cfg.store.quality, plan.parts[0].shape) if plan.parts else RAW
         with atomic_dir(out.prepared) as tmp:
-            manifest = write_store(plan, tmp, workers=workers, codec=codec)
+            written = write_store(plan, tmp, workers=workers, codec=codec)
             stored = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file() and f.name != MANIFEST)
             if task is None:
                 height, width, channels = plan.parts[0].shape
                 shape = {"height": height, "width": width, "channels": channels, "mode": cfg.resize.mode}
                 write_json(tmp / resize.INPUT, shape)
-        counts = manifest["split"].value_counts().to_dict()
-        digest = manifest_digest(manifest)
+        digest = written.digest
         summary = {
-            "images": len(manifest),
-            **{f"images_{split}": int(counts.get(split, 0)) for split in ("train", "test", "unlabeled")},
+            "images": written.rows,
+            **{f"images_{split}": written.splits.get(split, 0) for split in ("train", "test", "unlabeled")},
             "classes": len(plan.classes),
             "shape": list(plan.parts[0].shape),
             "resized": fitted["resized"],
@@ -59,7 +58,7 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
             "store_bytes": stored,
             "manifest_digest": digest,
         }
-        tracking.log_manifest(manifest, out.prepared / MANIFEST, digest, context="prepare")
+        tracking.log_manifest(out.prepared / MANIFEST, digest, context="prepare")
         tracking.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         tracking.log_params({"prepare.store.codec": codec.format})  # what `format: auto` became
         tracking.set_tags({"data.manifest_digest": digest, "data.shape": "x".join(map(str, summary["shape"]))})

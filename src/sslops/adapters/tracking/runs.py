@@ -21,7 +21,6 @@ from sslops.errors import ServiceUnavailable
 
 if TYPE_CHECKING:
     import mlflow
-    import pandas as pd
 
 PREFECT_RUN_ENV = "PREFECT__FLOW_RUN_ID"
 
@@ -201,8 +200,10 @@ def _param_value(value: Any) -> Any:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
-def log_manifest(manifest: pd.DataFrame, source: Path, digest: str, context: str) -> None:
-    """Log the manifest as the run's dataset input (`mlflow.log_input`) under a full-content digest.
+def log_manifest(source: Path, digest: str, context: str) -> None:
+    """Log the manifest at `source` (Parquet) as the run's dataset input (`mlflow.log_input`) under a full-content
+    digest, by its schema and source only: reading a million rows back into memory to log them would cost what
+    writing them in chunks saved.
 
     MLflow's own pandas digest samples rows; ours hashes every row, so two manifests that differ in one
     image never share a digest.
@@ -210,11 +211,16 @@ def log_manifest(manifest: pd.DataFrame, source: Path, digest: str, context: str
     import warnings
 
     import mlflow
+    import pyarrow.parquet as pq
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.types.utils import _infer_schema
 
+    first = pq.ParquetFile(source).read_row_group(0).slice(0, 1).to_pandas()  # one row: the columns and types
     with warnings.catch_warnings():
         # MLflow hints about source ambiguity and nullable ints in a *model* schema; neither applies here.
         warnings.simplefilter("ignore", UserWarning)
-        dataset = mlflow.data.from_pandas(manifest, source=str(source), name="manifest", digest=digest)
+        dataset = MetaDataset(resolve_dataset_source(str(source)), "manifest", digest, _infer_schema(first))
         mlflow.log_input(dataset, context=context)
 
 
