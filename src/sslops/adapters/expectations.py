@@ -89,6 +89,17 @@ class Check:
         return f"{self.expectation}({self.column})" if self.column else self.expectation
 
 
+def outcome(checks: list[Check]) -> dict[str, Any]:
+    """The head of a validate stage's metrics: success, how many expectations ran and failed, and which."""
+    failed = [c for c in checks if not c.success]
+    return {
+        "success": not failed,
+        "evaluated": len(checks),
+        "failed": len(failed),
+        "failed_expectations": [c.title for c in failed],
+    }
+
+
 def failure_report(failed: list[Check]) -> str:
     """A compact, readable table of failed expectations with counts and example rows."""
     lines = [f"{len(failed)} expectation(s) failed:"]

@@ -125,10 +125,7 @@ def validate(project: Project, task: str) -> dict[str, Any]:
             write_json(tmp / "results.json", [c.__dict__ for c in checks])
         failed = [c for c in checks if not c.success]
         summary = {
-            "success": not failed,
-            "evaluated": len(checks),
-            "failed": len(failed),
-            "failed_expectations": [c.title for c in failed],
+            **expectations.outcome(checks),
             "test_in_train": int(table["test_in_train"].sum()),
             "test_in_pretraining": int(table["test_in_pretraining"].sum()),
             "manifest_digest": manifest_digest(pd.read_parquet(out.prepared / dense.MANIFEST)),

@@ -53,10 +53,7 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
                 )
             failed = [c for c in checks if not c.success]
             summary = {
-                "success": not failed,
-                "evaluated": len(checks),
-                "failed": len(failed),
-                "failed_expectations": [c.title for c in failed],
+                **expectations.outcome(checks),
                 "duplicate_in_split": int(frames["manifest"][0]["duplicate_in_split"].sum()),
                 "test_in_train": int(frames["manifest"][0]["test_in_train"].sum()),
                 **(
