@@ -13,6 +13,8 @@ from typing import Any
 
 INITS = ("pretrained", "scratch", "pixels")  # pixels: the task's prepared pixels as features (no fine-tuning)
 PROTOCOLS = ("linear", "knn", "finetune", "distill")  # distill: at the budgets of finetune.distill only
+# A detection or segmentation task's test metrics; the first ranks its recipe trials and makes its headline gain.
+DENSE_METRICS = {"detection": ("map", "map_50"), "segmentation": ("miou",)}
 
 
 def parse_budget(budget: float | str) -> tuple[float | None, int | None]:

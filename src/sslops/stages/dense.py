@@ -37,7 +37,7 @@ from sslops.config.schema import DenseRecipeParams
 from sslops.data import dense, quality, resize
 from sslops.data.store import manifest_digest
 from sslops.errors import DataValidationError, SslopsError
-from sslops.ml.results import budget_key, budget_name, mean, parse_budget, spread
+from sslops.ml.results import DENSE_METRICS, budget_key, budget_name, mean, parse_budget, spread
 from sslops.outputs import plots
 from sslops.outputs.atomic import atomic_dir, atomic_file, write_json
 
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 
 SPLITS = ("train", "test")
 INITS = ("pretrained", "scratch")
-METRICS = {"detection": ("map", "map_50"), "segmentation": ("miou",)}  # the first one ranks trials and headlines
 SHOWN = 4  # test scenes in the examples picture
 MIN_MAPPED = 5  # test objects below which t-SNE draws no map
 SCORE_SHOWN = 0.5  # predicted boxes drawn in the examples picture: those scored at least this
@@ -325,7 +324,7 @@ class _Fitter:
         order = np.random.default_rng(seed).permutation(len(data.files))
         held = min(len(order) - 1, max(1, round(holdout * len(order))))  # at least one scene on each side
         rest, kept = data.take(np.sort(order[held:])), data.take(np.sort(order[:held]))
-        metric = METRICS[self.spec["kind"]][0]
+        metric = DENSE_METRICS[self.spec["kind"]][0]
         scores = {}
         for trial in self.trials:
             model, _ = self.fit(rest, encoder, init, trial, seed)
@@ -349,7 +348,7 @@ def evaluate(project: Project, task: str) -> dict[str, Any]:
     test, model = splits["test"], index["model"]
     device = pick_device(cfg.device)
     fitter = _Fitter(spec, {}, device, None)
-    metrics_of = METRICS[spec["kind"]]
+    metrics_of = DENSE_METRICS[spec["kind"]]
     with tracking.stage_run(project, "evaluate", cfg.record(), task=task) as run:
         tags = {"model.name": model["name"], "model.version": model["version"], "task": task}
         tags |= {"finetune.run_id": index["parent_run_id"], "pretrain.run_id": model["pretrain_run_id"]}
@@ -468,7 +467,7 @@ def _draw(
     from sslops.ml import dense as ml
 
     results, rows, shown = scored
-    classes, metric = spec["classes"], METRICS[spec["kind"]][0]
+    classes, metric = spec["classes"], DENSE_METRICS[spec["kind"]][0]
     names = {"map": "test mAP@[.5:.95] (%)", "miou": "test mIoU (%)"}
     with atomic_file(figures / "label_efficiency.png") as tmp:
         plots.label_efficiency(rows, tmp, f"Task {task}", metric=metric, ylabel=names[metric])
