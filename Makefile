@@ -29,8 +29,8 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup data run run-dense test test-fast test-stack gpu-check lint format ui prefect-server serve deploy stack \
-	stack-down stack-status clean
+.PHONY: help setup data run run-dense test test-fast test-stack gpu-check lint format ui prefect-server serve deploy \
+	stack stack-down stack-status clean
 
 .DEFAULT_GOAL := help
 
