@@ -109,9 +109,8 @@ def validate(project: Project, task: str) -> dict[str, Any]:
     classes = spec["classes"]
     with tracking.stage_run(project, "validate", cfg.record(), task=task):
         start = time.perf_counter()
-        table = quality.annotate(
-            pd.read_parquet(out.prepared / dense.MANIFEST), quality.pretraining_hashes(project.prepared_dir)
-        )
+        manifest = pd.read_parquet(out.prepared / dense.MANIFEST)
+        table = quality.annotate(manifest, quality.pretraining_hashes(project.prepared_dir))
         suites = expectations.dense_expectations(cfg, spec["kind"], classes, len(table))
         frames = {"images": table, "class_balance": _balance(spec, splits["train"])}
         if spec["kind"] == "detection":
@@ -127,7 +126,7 @@ def validate(project: Project, task: str) -> dict[str, Any]:
             **expectations.outcome(checks),
             "test_in_train": int(table["test_in_train"].sum()),
             "test_in_pretraining": int(table["test_in_pretraining"].sum()),
-            "manifest_digest": manifest_digest(pd.read_parquet(out.prepared / dense.MANIFEST)),
+            "manifest_digest": manifest_digest(manifest),
             "seconds": round(time.perf_counter() - start, 2),
         }
         write_json(out.metrics / "validate.json", summary)
