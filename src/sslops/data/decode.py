@@ -12,9 +12,10 @@ pandas, no torch): a pool of two starts in about 0.6 s (docs/benchmarks.md).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import multiprocessing
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +48,10 @@ Stats = tuple[list[str], np.ndarray, np.ndarray]  # per image of a part: sha256,
 def decode_into(plan: Plan, store: Path, workers: int) -> Iterator[Stats]:
     """Decode every part of `plan` into `store` (a .npy of the plan's total shape, already created), by up to
     `workers` processes; yield each part's (sha256s, means, stds) in plan order."""
-    rows = np.cumsum([0] + [p.count for p in plan.parts[:-1]]).tolist()
-    jobs = [(part, store, row) for part, row in zip(plan.parts, rows, strict=True)]
+    rows = itertools.accumulate((p.count for p in plan.parts), initial=0)
+    jobs = ((part, store, row) for part, row in zip(plan.parts, rows, strict=False))
     try:
-        yield from in_pool(_decode_job, jobs, processes(plan, workers))
+        yield from in_pool(_decode_job, jobs, processes(plan, workers), len(plan.parts))
     finally:  # this process's descriptor, when it wrote the parts itself (a pool's close with its processes)
         if store in _OPENED:
             os.close(_OPENED.pop(store)[0])
@@ -60,17 +61,19 @@ def encode_parts(plan: Plan, quality: int, workers: int) -> Iterator[tuple[list[
     """Every part of `plan` as JPEG bytes at `quality` (a source file already a JPEG of the part's shape and colour
     mode: its own bytes), by up to `workers` processes; yield each part's (bytes, how many kept their source's, stats
     of the decoded bytes) in plan order."""
-    yield from in_pool(_encode, [(part, quality) for part in plan.parts], processes(plan, workers))
+    jobs = ((part, quality) for part in plan.parts)
+    yield from in_pool(_encode, jobs, processes(plan, workers), len(plan.parts))
 
 
-def in_pool(fn: Callable[[Any], Any], jobs: list[Any], workers: int) -> Iterator[Any]:
-    """`fn` over `jobs`, results in order: in this process, or in `workers` fresh interpreters (spawn, not fork: the
-    stage process holds an MLflow run and its threads). Also how a plan reads a large folder's headers."""
+def in_pool(fn: Callable[[Any], Any], jobs: Iterable[Any], workers: int, count: int) -> Iterator[Any]:
+    """`fn` over the `count` `jobs`, results in order: in this process, or in `workers` fresh interpreters (spawn, not
+    fork: the stage process holds an MLflow run and its threads). Also how a plan reads a large folder's headers.
+    `jobs` may be a generator: a job per image, listed up front, would cost memory in proportion to the dataset."""
     if workers == 1:
         yield from map(fn, jobs)
         return
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        chunk = max(1, min(MAX_CHUNK, len(jobs) // (8 * workers)))
+        chunk = max(1, min(MAX_CHUNK, count // (8 * workers)))
         yield from pool.imap(fn, jobs, chunksize=chunk)
 
 

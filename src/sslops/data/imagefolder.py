@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,11 +53,20 @@ def _headers(paths: list[str], root: Path, max_pixels: int, workers: int) -> lis
     chunks = [paths[i : i + HEADERS_PER_TASK] for i in range(0, len(paths), HEADERS_PER_TASK)]
     processes = max(1, min(workers, len(paths) // decode.IMAGES_PER_WORKER))
     job = functools.partial(_inspect_chunk, root=root, max_pixels=max_pixels)
-    return [header for chunk in decode.in_pool(job, chunks, processes) for header in chunk]
+    return [header for chunk in decode.in_pool(job, chunks, processes, len(chunks)) for header in chunk]
 
 
-def _load(path: str, channels: int, max_pixels: int) -> np.ndarray:
-    return images.read(Path(path), channels, max_pixels)[None]
+@dataclass(frozen=True, slots=True)
+class _File:
+    """A part's loader: one file's pixels, as a batch of one. Slotted: a folder of a million photos plans a million
+    of these, and a functools.partial with its arguments' tuple costs twice the memory (docs/benchmarks.md)."""
+
+    path: str
+    channels: int
+    max_pixels: int
+
+    def __call__(self) -> np.ndarray:
+        return images.read(Path(self.path), self.channels, self.max_pixels)[None]
 
 
 def plan_imagefolder(
@@ -120,18 +130,22 @@ def plan_imagefolder(
         if 0 < gray < len(headers):
             mix = f"{gray} grayscale and {len(headers) - gray} colour images"
             notes = (f"{mix}: all converted to RGB (set prepare.channels: 1 for grayscale)",)
-    one_label = {k: np.array([k], dtype=np.int64) for k in label_of.values()}  # shared: one array per class
+    # Shared between parts, not one per part: a label array per class, a shape tuple per size.
+    one_label = {k: np.array([k], dtype=np.int64) for k in label_of.values()}
     for array in one_label.values():
         array.flags.writeable = False
+    shapes: dict[tuple[int, int, int], tuple[int, int, int]] = {}
+    keep_mode = "L" if channels == 1 else "RGB"
+    prefix = len(os.path.join(root, ""))  # every path is below root as given: its name there is the rest
     parts = [
         Part(
             split=split,
-            source=Path(path).relative_to(root).as_posix(),
+            source=path[prefix:].replace(os.sep, "/"),
             count=1,
-            shape=(head.height, head.width, channels),
+            shape=shapes.setdefault((head.height, head.width, channels), (head.height, head.width, channels)),
             labels=None if label is None else one_label[label],
-            load=functools.partial(_load, path, channels, max_pixels),
-            file=path if head.plain_jpeg and head.mode == ("L" if channels == 1 else "RGB") else None,
+            load=_File(path, channels, max_pixels),
+            file=path if head.plain_jpeg and head.mode == keep_mode else None,
         )
         for (split, path, label), head in zip(entries, headers, strict=True)
     ]
