@@ -123,6 +123,8 @@ def test_shards_split_the_rows_and_reads_cross_them(tmp_path: Path, monkeypatch)
     write_store(plan, out, progress=False, codec=Codec("jpeg", 90))
     assert len(list((out / encoded.SHARDS).iterdir())) == -(-plan.total // 5)
     images = EncodedImages(out)
+    kept = [(row, p.file) for row, p in enumerate(plan.parts) if p.file is not None]
+    assert kept and all(bytes(images.blob(row)) == Path(file).read_bytes() for row, file in kept)  # where it was put
     rows = np.array([0, 4, 5, 11, plan.total - 1])
     assert np.array_equal(images[rows], np.stack([images[int(r)] for r in rows]))
     view = ImageStore.open(out).take(rows)
