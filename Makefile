@@ -29,8 +29,8 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup data run run-dense test test-fast test-stack gpu-check lint format ui prefect-server serve deploy \
-	stack stack-down stack-status clean
+.PHONY: help setup data run run-dense test test-fast test-stack gpu-wheels gpu-check lint format ui prefect-server \
+	serve deploy stack stack-down stack-status clean
 
 .DEFAULT_GOAL := help
 
@@ -103,8 +103,13 @@ test-stack: setup  ## the team stack's tests (Debian's postgresql, chromium)
 	pytest -m stack
 
 # A GPU machine's check (bench/gpu_check.py): no .venv there, the machine's python3 with torch; wheels of what it
-# lacks (MLflow, Great Expectations, DVC, pydantic...) go in .whl/. GPU_CHECK="--tiny --device cpu": a CPU's size.
+# lacks (MLflow, Great Expectations, DVC, pydantic...) go in .whl/: `make gpu-wheels` here, where pip can download,
+# with GPU_NODE=FILE (the node's `pip list --format=freeze`). GPU_CHECK="--tiny --device cpu": a CPU's size.
 GPU_CHECK ?=
+GPU_NODE ?= scripts/gpu_node_packages.txt
+gpu-wheels: $(STAMP)  ## fetch into .whl/ the wheels a GPU node lacks
+	python scripts/gpu_wheels.py --have $(GPU_NODE)
+
 gpu-check:  ## GPU machine: every stage on 224 px photos, loop on CUDA
 	if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl; fi
 	PYTHONPATH=$(CURDIR)/src:/tmp/site$${PYTHONPATH:+:$$PYTHONPATH} python3 bench/gpu_check.py $(GPU_CHECK)
