@@ -50,6 +50,7 @@ def run_queue(experiments: dict[str, list[str]]) -> float:
     torch threads already use every core (two 2-thread workers on 2 cores made finetune stages several times
     slower here, 2026-11-29)."""
     started = time.perf_counter()
+    orphaned(dvc("queue", "status"))
     for name, args in experiments.items():
         dvc("exp", "run", "--queue", "-f", "-n", name, *args)
     while True:
@@ -63,6 +64,18 @@ def run_queue(experiments: dict[str, list[str]]) -> float:
     if re.search(r"\bFailed\b", status):
         print("some experiments failed: `dvc queue logs <name>` shows why", file=sys.stderr)
     return time.perf_counter() - started
+
+
+def orphaned(status: str) -> None:
+    """Stop when `dvc queue status` lists a run as Running while no worker is active: its worker died with the
+    session or machine that ran it, DVC still shows it running, and the wait above would never end (this cost a
+    sweep an hour here)."""
+    running = re.findall(r"^\w+\s+(\S+).*\bRunning\b", status, re.M)
+    if running and re.search(r"Worker status: 0 active", status):
+        raise SystemExit(
+            f"{', '.join(running)}: listed as running, but no queue worker is active (its worker died). Remove it "
+            "with `dvc queue kill NAME; dvc queue remove NAME`, then run this again."
+        )
 
 
 def metrics_of(data: dict[str, Any], path: str) -> dict[str, Any]:
