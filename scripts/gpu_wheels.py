@@ -39,6 +39,7 @@ def needed(python: str, without: set[str]) -> dict[str, str]:
     installed = {canonicalize_name(d.metadata["Name"]): d for d in metadata.distributions()}
     found: dict[str, str] = {}
     absent: set[str] = set()
+    extras: dict[str, set[str]] = {}
     todo = [(Requirement("sslops"), "")]
     while todo:
         req, extra = todo.pop()
@@ -54,7 +55,8 @@ def needed(python: str, without: set[str]) -> dict[str, str]:
         if name not in found:
             found[name] = dist.version
             todo += [(Requirement(r), "") for r in dist.requires or []]
-        for wanted in req.extras:  # an extra asked for: its requirements too
+        for wanted in req.extras - extras.get(name, set()):  # an extra asked for the first time: its requirements
+            extras.setdefault(name, set()).add(wanted)
             todo += [(Requirement(r), wanted) for r in dist.requires or [] if "extra" in r]
     if absent:
         raise SystemExit(
