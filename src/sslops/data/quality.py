@@ -8,23 +8,42 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from sslops.data.store import MANIFEST, PRETRAIN_SPLITS
+from sslops.data.store import MANIFEST, PRETRAIN_SPLITS, read_manifest
 from sslops.errors import SslopsError
 
 
 def annotate(manifest: pd.DataFrame, pretrained: pd.Series | None = None) -> pd.DataFrame:
     """The manifest plus `row`, `duplicate_in_split` and `test_in_train` columns; with `pretrained` (the sha256s of
     the images the encoder was pretrained on) also `test_in_pretraining`: a downstream task's test image the encoder
-    has already seen inflates its transfer results just as a train/test leak does."""
-    frame = manifest.copy()
-    frame.insert(0, "row", range(len(frame)))
-    frame["duplicate_in_split"] = frame.duplicated(["split", "sha256"], keep="first")
-    train_hashes = frame.loc[frame["split"] == "train", "sha256"]
-    frame["test_in_train"] = (frame["split"] == "test") & frame["sha256"].isin(train_hashes)
+    has already seen inflates its transfer results just as a train/test leak does.
+
+    The relations are computed by Arrow on the hashes' own buffers: pandas' `duplicated` and `isin` turned every
+    hash into a Python string first, 1.4 KB a row at their peak (a million images: the stage's largest cost)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    frame = manifest.copy(deep=False)  # the caller's frame keeps its columns; the data is shared, not copied
+    keys = pa.Table.from_pandas(manifest[["split", "sha256"]], preserve_index=False)
+    split, sha = keys["split"], keys["sha256"]
+    rows = np.arange(len(frame))
+    first = keys.append_column("row", pa.array(rows)).group_by(["split", "sha256"], use_threads=False)
+    repeated = np.ones(len(frame), dtype=bool)
+    repeated[first.aggregate([("row", "min")])["row_min"].to_numpy()] = False  # the first of each is no duplicate
+    test = pc.equal(split, "test")
+
+    def among(hashes: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Which rows are test images whose hash is one of `hashes`."""
+        found = pc.and_(test, pc.is_in(sha, value_set=pa.chunked_array(hashes).combine_chunks()))
+        return found.fill_null(False).to_numpy()
+
+    frame.insert(0, "row", rows)
+    frame["duplicate_in_split"] = repeated
+    frame["test_in_train"] = among(pc.filter(sha, pc.equal(split, "train")))
     if pretrained is not None:
-        frame["test_in_pretraining"] = (frame["split"] == "test") & frame["sha256"].isin(pretrained)
+        frame["test_in_pretraining"] = among(pa.chunked_array([pa.array(pretrained, type=pa.string())]))
     return frame
 
 
@@ -44,5 +63,5 @@ def pretraining_hashes(prepared: Path) -> pd.Series:
     path = prepared / MANIFEST
     if not path.is_file():  # a task is checked against what pretraining learns from, so that must be prepared
         raise SslopsError(f"{path} is missing: prepare the pretraining dataset first (dvc repro prepare).")
-    manifest = pd.read_parquet(path, columns=["split", "sha256"])
+    manifest = read_manifest(path, columns=["split", "sha256"])
     return manifest.loc[manifest["split"].isin(PRETRAIN_SPLITS), "sha256"]

@@ -196,10 +196,40 @@ def _written(writer: encoded.ShardWriter, parts: Iterator[tuple[list[bytes], int
         yield stats
 
 
+DIGEST_ROWS = 65_536  # rows hashed at a time: hashing a string column converts it to Python objects first
+
+
 def manifest_digest(manifest: pd.DataFrame) -> str:
-    """A content digest of the whole manifest (every row and column), stable across runs and machines."""
-    hashed = pd.util.hash_pandas_object(manifest, index=False).to_numpy()
-    return hashlib.sha256(hashed.tobytes()).hexdigest()[:16]
+    """A content digest of the whole manifest (every row and column), stable across runs and machines. Hashed
+    DIGEST_ROWS rows at a time, so that its transient memory is one chunk's, not hundreds of bytes per row."""
+    return _digest(manifest.iloc[start : start + DIGEST_ROWS] for start in range(0, len(manifest), DIGEST_ROWS))
+
+
+def file_digest(path: Path) -> str:
+    """`manifest_digest` of a manifest file, read one row group at a time (the stages that only check which data
+    they were given need not hold the table)."""
+    import pyarrow.parquet as pq
+
+    groups = pq.ParquetFile(path)
+    return _digest(groups.read_row_group(i).to_pandas() for i in range(groups.num_row_groups))
+
+
+def _digest(chunks: Iterator[pd.DataFrame]) -> str:
+    """hash_pandas_object hashes row by row, so chunk by chunk gives the bytes of the whole table at once."""
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(pd.util.hash_pandas_object(chunk, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def read_manifest(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """A manifest file as a DataFrame, its strings kept in Arrow buffers (about 200 bytes a row), and the blocks
+    Arrow's allocator freed while reading handed back (it keeps them otherwise: a quarter more again)."""
+    import pyarrow as pa
+
+    frame = pd.read_parquet(path, columns=columns)
+    pa.default_memory_pool().release_unused()
+    return frame
 
 
 def rows_digest(manifest: pd.DataFrame, rows: np.ndarray) -> str:
@@ -228,7 +258,9 @@ class ImageStore:
         return encoded.Rows(self.images, rows) if isinstance(self.images, EncodedImages) else self.images[rows]
 
     @classmethod
-    def open(cls, folder: Path) -> ImageStore:
+    def open(cls, folder: Path, columns: list[str] | None = None) -> ImageStore:
+        """The store in `folder`; with `columns`, only those of the manifest (a stage that only needs the splits
+        holds 10 bytes a row instead of 200)."""
         kept = encoded.SPEC if (folder / encoded.SPEC).is_file() else IMAGES
         missing = [name for name in (kept, MANIFEST, CLASSES) if not (folder / name).is_file()]
         if missing:
@@ -236,7 +268,7 @@ class ImageStore:
                 f"{folder}: prepared store is incomplete (missing {', '.join(missing)}); run the prepare stage."
             )
         images = EncodedImages(folder) if kept == encoded.SPEC else np.load(folder / IMAGES, mmap_mode="r")
-        manifest = pd.read_parquet(folder / MANIFEST)
+        manifest = read_manifest(folder / MANIFEST, columns)
         if len(manifest) != len(images):
             raise SslopsError(f"{folder}: manifest has {len(manifest)} rows but {kept} holds {len(images)} images.")
         return cls(images, manifest, json.loads((folder / CLASSES).read_text()))

@@ -14,7 +14,7 @@ import numpy as np
 from sslops.adapters import tracking
 from sslops.config import Project
 from sslops.config.schema import AugmentParams
-from sslops.data.store import PRETRAIN_SPLITS, ImageStore, manifest_digest
+from sslops.data.store import MANIFEST, PRETRAIN_SPLITS, ImageStore, file_digest
 from sslops.errors import SslopsError
 from sslops.outputs.atomic import atomic_dir, atomic_file, write_json
 
@@ -22,11 +22,11 @@ if TYPE_CHECKING:
     from sslops.ml.cache import CachePlan
 
 
-def require_validated(project: Project, store: ImageStore) -> None:
+def require_validated(project: Project) -> None:
     """Refuse to build on data that has not passed the validate stage (nothing downstream of a failure runs)."""
     marker = project.validated_marker
     passed = json.loads(marker.read_text()).get("manifest_digest") if marker.is_file() else None
-    if passed != manifest_digest(store.manifest):
+    if passed != file_digest(project.prepared_dir / MANIFEST):
         raise SslopsError(
             f"The prepared data has not passed validation ({marker} is missing or names other data); "
             "run the validate stage first (dvc repro validate)."
@@ -62,8 +62,8 @@ def run(project: Project) -> dict[str, Any]:
     cfg: AugmentParams = project.config("augment")
     with tracking.stage_run(project, "augment", cfg.record()):
         start = time.perf_counter()
-        store = ImageStore.open(project.prepared_dir)
-        require_validated(project, store)
+        store = ImageStore.open(project.prepared_dir, columns=["split"])  # the splits are all it reads
+        require_validated(project)
         rows = pretrain_rows(store)
         plan = _plan(project, cfg, store, len(rows))
         print(f"augment: {plan.reason}")

@@ -16,7 +16,7 @@ from sslops.adapters import expectations, tracking
 from sslops.config import Project
 from sslops.config.schema import ValidateParams
 from sslops.data import quality
-from sslops.data.store import CLASSES, MANIFEST, manifest_digest
+from sslops.data.store import CLASSES, MANIFEST, manifest_digest, read_manifest
 from sslops.errors import DataValidationError, SslopsError
 from sslops.outputs.atomic import atomic_dir, write_json
 
@@ -30,9 +30,7 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
         raise SslopsError(f"{manifest_path} is missing: run the prepare stage first (dvc repro).")
     with tracking.stage_run(project, "validate", cfg.record(), task=task):
         start = time.perf_counter()
-        import pandas as pd
-
-        manifest = pd.read_parquet(manifest_path)
+        manifest = read_manifest(manifest_path)
         declared = classes or json.loads((out.prepared / CLASSES).read_text())
         pretrained = None if task is None else quality.pretraining_hashes(project.prepared_dir)
         checks = expectations.manifest_expectations(cfg, declared, len(manifest), task is not None)
