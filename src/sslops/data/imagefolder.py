@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import functools
 import os
-from collections import Counter
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 
@@ -22,6 +24,7 @@ from sslops.errors import SslopsError
 
 # Files a user's tree may legitimately carry next to the images.
 IGNORED = {".DS_Store", "Thumbs.db", ".gitignore", ".dvcignore"}
+SPLITS = ("train", "test", "unlabeled")
 
 
 def image_files(folder: Path) -> list[str]:
@@ -41,33 +44,107 @@ def _inspect_chunk(paths: list[str], root: Path, max_pixels: int) -> list[images
     out: list[images.Header | images.ImageRejected] = []
     for path in paths:
         try:
-            out.append(images.inspect(Path(path), root, max_pixels))
+            out.append(images.inspect(path, root, max_pixels))
         except images.ImageRejected as exc:
             out.append(exc)
     return out
 
 
-def _headers(paths: list[str], root: Path, max_pixels: int, workers: int) -> list[images.Header | images.ImageRejected]:
+def _headers(
+    files: _Files, root: Path, max_pixels: int, workers: int
+) -> Iterator[images.Header | images.ImageRejected]:
     """Every file's header, in order; a million files' headers take minutes in one process (docs/benchmarks.md), so
-    up to `workers` processes read them, one per `IMAGES_PER_WORKER` files at most (as decoding does)."""
-    chunks = [paths[i : i + HEADERS_PER_TASK] for i in range(0, len(paths), HEADERS_PER_TASK)]
-    processes = max(1, min(workers, len(paths) // decode.IMAGES_PER_WORKER))
+    up to `workers` processes read them, one per `IMAGES_PER_WORKER` files at most (as decoding does). The paths go
+    out a task at a time, and the headers come back as they are read: neither is held for the whole folder."""
+    n = len(files)
+    chunks = ([files.path(i) for i in range(at, min(n, at + HEADERS_PER_TASK))] for at in range(0, n, HEADERS_PER_TASK))
+    processes = max(1, min(workers, n // decode.IMAGES_PER_WORKER))
     job = functools.partial(_inspect_chunk, root=root, max_pixels=max_pixels)
-    return [header for chunk in decode.in_pool(job, chunks, processes, len(chunks)) for header in chunk]
+    count = -(-n // HEADERS_PER_TASK)
+    return (header for chunk in decode.in_pool(job, chunks, processes, count) for header in chunk)
 
 
 @dataclass(frozen=True, slots=True)
 class _File:
-    """A part's loader: one file's pixels, as a batch of one. Slotted: a folder of a million photos plans a million
-    of these, and a functools.partial with its arguments' tuple took 216 bytes each against this one's 65
-    (tracemalloc, 20,000 of them)."""
+    """A part's loader: one file's pixels, as a batch of one (slotted, made when its part is read)."""
 
     path: str
     channels: int
     max_pixels: int
 
     def __call__(self) -> np.ndarray:
-        return images.read(Path(self.path), self.channels, self.max_pixels)[None]
+        return images.read(self.path, self.channels, self.max_pixels)[None]
+
+
+class _Files(Sequence[Part]):
+    """An ImageFolder plan's parts, one per file, kept as columns and made into a `Part` when read.
+
+    A Part object per file, with its loader and its two names, held about 375 bytes, and prepare's peak grew by as
+    much per photo; here a file costs its path's bytes in one buffer and 19 bytes of arrays. Filled in two passes:
+    the walk adds each file, its header its size and mode; `close` then fixes what is known only once every header
+    is read (the channels)."""
+
+    def __init__(self, root: Path, max_pixels: int) -> None:
+        self.prefix = len(os.path.join(root, ""))  # every path is below root as given: its name there is the rest
+        self.max_pixels, self.channels, self.keep_mode = max_pixels, 3, "RGB"
+        self.paths, self.ends = bytearray(), array("q")
+        self.splits, self.labels = array("B"), array("i")  # an index into SPLITS; the class index, -1 unlabeled
+        self.sizes, self.modes, self.plain = array("I"), array("B"), array("b")  # codes: keys of the dicts below
+        self.size_codes: dict[tuple[int, int], int] = {}  # each distinct value, and its index
+        self.mode_codes: dict[str, int] = {}
+        self.shapes: list[tuple[int, int, int]] = []
+        self.one_label: dict[int, np.ndarray] = {}
+
+    def add(self, split: str, paths: list[str], label: int | None) -> None:
+        for path in paths:
+            self.paths += os.fsencode(path)
+            self.ends.append(len(self.paths))
+        self.splits.extend([SPLITS.index(split)] * len(paths))
+        self.labels.extend([-1 if label is None else label] * len(paths))
+
+    def path(self, i: int) -> str:
+        return os.fsdecode(bytes(self.paths[self.ends[i - 1] if i else 0 : self.ends[i]]))
+
+    def add_header(self, head: images.Header) -> None:
+        for value, codes, known in ((head[:2], self.sizes, self.size_codes), (head.mode, self.modes, self.mode_codes)):
+            codes.append(known.setdefault(value, len(known)))
+        self.plain.append(head.plain_jpeg)
+
+    def mode_counts(self) -> dict[str, int]:
+        return {mode: self.modes.count(i) for mode, i in self.mode_codes.items()}
+
+    def close(self, channels: int, labels: int) -> None:
+        self.channels, self.keep_mode = channels, "L" if channels == 1 else "RGB"
+        self.shapes = [(h, w, channels) for h, w in self.size_codes]  # shared by the parts, not a tuple each
+        self.one_label = {k: np.array([k], dtype=np.int64) for k in range(labels)}  # shared, read-only
+        for array_ in self.one_label.values():
+            array_.flags.writeable = False
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def __iter__(self) -> Iterator[Part]:
+        return (self[i] for i in range(len(self)))
+
+    @overload
+    def __getitem__(self, i: int) -> Part: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Part]: ...
+    def __getitem__(self, i: int | slice) -> Part | list[Part]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        i = range(len(self))[i]  # negative indices, and IndexError past the end
+        path, label = self.path(i), self.labels[i]
+        plain = self.plain[i] and self.modes[i] == self.mode_codes.get(self.keep_mode)
+        return Part(
+            split=SPLITS[self.splits[i]],
+            source=path[self.prefix :].replace(os.sep, "/"),
+            count=1,
+            shape=self.shapes[self.sizes[i]],
+            labels=None if label < 0 else self.one_label[label],
+            load=_File(path, self.channels, self.max_pixels),
+            file=path if plain else None,
+        )
 
 
 def plan_imagefolder(
@@ -94,16 +171,16 @@ def plan_imagefolder(
     names = list(classes) + [c for c in found if c not in classes]
     label_of = {name: i for i, name in enumerate(names)}
 
-    entries: list[tuple[str, str, int | None]] = []
+    files = _Files(root, max_pixels)
     rejected: list[images.ImageRejected] = []
     for split, folder in split_dirs.items():
         for class_dir in sorted(d for d in folder.iterdir() if d.is_dir()):
-            files = image_files(class_dir)
-            if not files:
+            paths = image_files(class_dir)
+            if not paths:
                 rejected.append(
                     images.ImageRejected(class_dir, "class folder is empty; add images or remove it", "empty")
                 )
-            entries += [(split, f, label_of[class_dir.name]) for f in files]
+            files.add(split, paths, label_of[class_dir.name])
         for stray in (p for p in folder.iterdir() if p.is_file() and p.name not in IGNORED):
             reason = f"a file directly under {folder.name}/ (images belong in {folder.name}/<class>/)"
             rejected.append(images.ImageRejected(stray, reason, "layout"))
@@ -115,39 +192,21 @@ def plan_imagefolder(
             if c not in trained
         ]
     if unlabeled_dir and (root / unlabeled_dir).is_dir():
-        entries += [("unlabeled", f, None) for f in image_files(root / unlabeled_dir)]
+        files.add("unlabeled", image_files(root / unlabeled_dir), None)
 
-    headers: list[images.Header] = []
-    for result in _headers([path for _, path, _ in entries], root, max_pixels, workers):
+    for result in _headers(files, root, max_pixels, workers):
         if isinstance(result, images.ImageRejected):
             rejected.append(result)
         else:
-            headers.append(result)
+            files.add_header(result)
     images.refuse(root, rejected)  # every file that cannot be used, before any pixel is read
-    gray = sum(images.is_gray(h.mode) for h in headers)
+    modes = files.mode_counts()
+    gray = sum(count for mode, count in modes.items() if images.is_gray(mode))
     notes = ()
     if channels is None:
-        channels = 1 if gray == len(headers) else 3
-        if 0 < gray < len(headers):
-            mix = f"{gray} grayscale and {len(headers) - gray} colour images"
+        channels = 1 if gray == len(files) else 3
+        if 0 < gray < len(files):
+            mix = f"{gray} grayscale and {len(files) - gray} colour images"
             notes = (f"{mix}: all converted to RGB (set prepare.channels: 1 for grayscale)",)
-    # Shared between parts, not one per part: a label array per class, a shape tuple per size.
-    one_label = {k: np.array([k], dtype=np.int64) for k in label_of.values()}
-    for array in one_label.values():
-        array.flags.writeable = False
-    shapes: dict[tuple[int, int, int], tuple[int, int, int]] = {}
-    keep_mode = "L" if channels == 1 else "RGB"
-    prefix = len(os.path.join(root, ""))  # every path is below root as given: its name there is the rest
-    parts = [
-        Part(
-            split=split,
-            source=path[prefix:].replace(os.sep, "/"),
-            count=1,
-            shape=shapes.setdefault((head.height, head.width, channels), (head.height, head.width, channels)),
-            labels=None if label is None else one_label[label],
-            load=_File(path, channels, max_pixels),
-            file=path if head.plain_jpeg and head.mode == keep_mode else None,
-        )
-        for (split, path, label), head in zip(entries, headers, strict=True)
-    ]
-    return Plan(parts=parts, classes=names, notes=notes, modes=dict(Counter(h.mode for h in headers)))
+    files.close(channels, len(names))
+    return Plan(parts=files, classes=names, notes=notes, modes=modes)

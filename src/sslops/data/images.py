@@ -14,6 +14,7 @@ errors (`ImageRejected`):
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 from typing import NamedTuple
@@ -52,32 +53,39 @@ class ImageRejected(SslopsError):
         return type(self), (self.path, self.reason, self.kind)
 
 
-def check_path(path: Path, root: Path) -> None:
-    """Refuse a path that escapes `root` through a link, is not a regular file, or has a non-UTF-8 name."""
+def check_path(path: str | Path, root: Path) -> None:
+    """Refuse a path that escapes `root` through a link, is not a regular file, or has a non-UTF-8 name.
+
+    Works on the path as a string: pathlib interns every part of every path it parses (Python 3.11), and those
+    strings are never freed, so a folder of a million photos kept their names in the stage process."""
+    name = os.fspath(path)
     try:
-        str(path.relative_to(root)).encode("utf-8")
+        os.path.relpath(name, root).encode("utf-8")
     except UnicodeEncodeError:
-        raise ImageRejected(path, "the file name is not valid UTF-8; rename the file", "name") from None
+        raise ImageRejected(Path(name), "the file name is not valid UTF-8; rename the file", "name") from None
     try:
-        resolved = path.resolve(strict=True)
-        mode = resolved.stat().st_mode
+        resolved = os.path.realpath(name, strict=True)
+        mode = os.stat(resolved).st_mode
     except (OSError, RuntimeError) as exc:  # a dangling link, a link loop, a file gone meanwhile
-        raise ImageRejected(path, f"cannot be followed to a file ({exc.__class__.__name__}: {exc})", "link") from None
-    if not resolved.is_relative_to(root.resolve()):
-        raise ImageRejected(path, f"a symbolic link to {resolved}, outside the data folder {root}", "link")
+        reason = f"cannot be followed to a file ({exc.__class__.__name__}: {exc})"
+        raise ImageRejected(Path(name), reason, "link") from None
+    inside = os.path.realpath(root)
+    if os.path.commonpath([resolved, inside]) != inside:
+        raise ImageRejected(Path(name), f"a symbolic link to {resolved}, outside the data folder {root}", "link")
     if not stat.S_ISREG(mode):
-        raise ImageRejected(path, "not a regular file (a FIFO, device or socket)", "not-a-file")
+        raise ImageRejected(Path(name), "not a regular file (a FIFO, device or socket)", "not-a-file")
 
 
-def inspect(path: Path, root: Path, max_pixels: int) -> Header:
+def inspect(path: str | Path, root: Path, max_pixels: int) -> Header:
     """(height, width, mode) of a file a user handed over as an image, after every check a reader applies to it
     before decoding: confined to `root`, an image by its suffix, not empty, a readable header within `max_pixels`."""
     check_path(path, root)
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
+    if os.path.splitext(path)[1].lower() not in IMAGE_SUFFIXES:
         kinds = ", ".join(sorted(IMAGE_SUFFIXES))
-        raise ImageRejected(path, f"not an image file (expected one of {kinds}); move it out or remove it", "suffix")
-    if path.stat().st_size == 0:
-        raise ImageRejected(path, "empty (0 bytes)", "empty")
+        reason = f"not an image file (expected one of {kinds}); move it out or remove it"
+        raise ImageRejected(Path(path), reason, "suffix")
+    if os.stat(path).st_size == 0:
+        raise ImageRejected(Path(path), "empty (0 bytes)", "empty")
     return header(path, max_pixels)
 
 
@@ -96,7 +104,7 @@ def refuse(root: Path, rejected: list[ImageRejected]) -> None:
         raise ImageRejected(root, reason, rejected[0].kind)
 
 
-def header(path: Path, max_pixels: int) -> Header:
+def header(path: str | Path, max_pixels: int) -> Header:
     """The image's size as `read` returns it (EXIF orientation applied) and mode, from the file header alone;
     refuses oversized images before any pixel is decoded."""
     try:
@@ -104,7 +112,7 @@ def header(path: Path, max_pixels: int) -> Header:
             height, width, mode = img.height, img.width, img.mode
             if height * width > max_pixels:
                 raise ImageRejected(
-                    path,
+                    Path(path),
                     f"{width}x{height} = {height * width:,} pixels, more than prepare.max_pixels ({max_pixels:,}): "
                     "refused before decoding (a decompression bomb, or an image far larger than training needs)",
                     "too-large",
@@ -115,9 +123,9 @@ def header(path: Path, max_pixels: int) -> Header:
                 height, width = width, height
             plain_jpeg = img.format == "JPEG" and mode in ("L", "RGB") and orientation == 1
     except Image.DecompressionBombError as exc:  # Pillow's own limit, far above max_pixels
-        raise ImageRejected(path, f"refused before decoding: {exc}", "too-large") from None
+        raise ImageRejected(Path(path), f"refused before decoding: {exc}", "too-large") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageRejected(path, f"cannot be read as an image ({exc})", "unreadable") from None
+        raise ImageRejected(Path(path), f"cannot be read as an image ({exc})", "unreadable") from None
     return Header(height, width, mode, plain_jpeg)
 
 
@@ -146,7 +154,7 @@ def _flatten_alpha(img: Image.Image) -> Image.Image:
     return img
 
 
-def read(path: Path, channels: int, max_pixels: int) -> np.ndarray:
+def read(path: str | Path, channels: int, max_pixels: int) -> np.ndarray:
     """uint8 pixels (H, W, channels) of one image at its own size, converted by the module's rule."""
     header(path, max_pixels)
     try:
@@ -156,5 +164,5 @@ def read(path: Path, channels: int, max_pixels: int) -> np.ndarray:
             img = img.convert("L" if channels == 1 else "RGB")
             pixels = np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageRejected(path, f"corrupt or truncated image ({exc})", "unreadable") from None
+        raise ImageRejected(Path(path), f"corrupt or truncated image ({exc})", "unreadable") from None
     return pixels.reshape(pixels.shape[0], pixels.shape[1], channels)

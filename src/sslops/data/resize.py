@@ -19,14 +19,15 @@ from __future__ import annotations
 import functools
 import json
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 from PIL import Image
 
-from sslops.data.sources import Plan
+from sslops.data.sources import Part, Plan
 from sslops.errors import SslopsError
 
 INPUT = "input.json"  # in the pretraining store: the encoder's input shape, which every task is prepared to
@@ -90,23 +91,49 @@ def fit_plan(plan: Plan, fit: Fit | None) -> tuple[Plan, dict[str, object]]:
     """`plan` with every part that is not already `fit.shape` resized on load; and what was done, for the record."""
     if fit is None:
         return plan, {"resized": 0}
-    parts, resized = [], 0
+    resized, sizes = 0, set()
     for part in plan.parts:
-        if part.shape == fit.shape:
-            parts.append(part)
-            continue
-        resized += part.count
-        load = functools.partial(_fitted, part.load, fit)
-        source_size = part.source_size or part.shape[:2]
-        parts.append(replace(part, shape=fit.shape, load=load, source_size=source_size, file=None))  # new pixels
+        sizes.add(part.shape[:2])
+        resized += part.count if part.shape != fit.shape else 0
     record = {"resized": resized, "height": fit.height, "width": fit.width, "channels": fit.channels, "mode": fit.mode}
     notes = plan.notes
     if resized:
-        sizes = sorted({p.shape[:2] for p in plan.parts})
-        seen = ", ".join(f"{h}x{w}" for h, w in sizes[:4]) + (f" and {len(sizes) - 4} more" if len(sizes) > 4 else "")
+        seen = ", ".join(f"{h}x{w}" for h, w in sorted(sizes)[:4]) + (
+            f" and {len(sizes) - 4} more" if len(sizes) > 4 else ""
+        )
         shape = f"{fit.height}x{fit.width}x{fit.channels}"
         notes += (f"{resized} of {plan.total} images ({seen}) resized to {shape} ({fit.mode})",)
-    return Plan(parts=parts, classes=plan.classes, notes=notes), record
+    return Plan(parts=_Fitted(plan.parts, fit), classes=plan.classes, notes=notes), record
+
+
+class _Fitted(Sequence[Part]):
+    """Parts of a plan, each one that is not already `fit.shape` resized on load; made as each is read, so that a
+    plan kept as columns (a folder of photos) does not become an object per photo here."""
+
+    def __init__(self, parts: Sequence[Part], fit: Fit) -> None:
+        self.parts, self.fit, self.shape = parts, fit, fit.shape
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+    def __iter__(self) -> Iterator[Part]:
+        return map(self._fitted, self.parts)
+
+    @overload
+    def __getitem__(self, i: int) -> Part: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Part]: ...
+    def __getitem__(self, i: int | slice) -> Part | list[Part]:
+        if isinstance(i, slice):
+            return [self._fitted(part) for part in self.parts[i]]
+        return self._fitted(self.parts[i])
+
+    def _fitted(self, part: Part) -> Part:
+        if part.shape == self.shape:
+            return part
+        load = functools.partial(_fitted, part.load, self.fit)
+        source_size = part.source_size or part.shape[:2]
+        return replace(part, shape=self.shape, load=load, source_size=source_size, file=None)  # new pixels
 
 
 def encoder_input(prepared: Path) -> Fit:

@@ -7,7 +7,7 @@ and the canonical store can be filled part by part without holding a whole datas
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,9 +33,10 @@ class Part:
 
 @dataclass(frozen=True)
 class Plan:
-    """Every part of a dataset, plus the class names that label indices refer to."""
+    """Every part of a dataset, plus the class names that label indices refer to. `parts` may make each Part as it
+    is read (an ImageFolder's are columns: a Part object per photo of millions would be most of prepare's memory)."""
 
-    parts: list[Part]
+    parts: Sequence[Part]
     classes: list[str]
     notes: tuple[str, ...] = ()  # what the reader decided for the user, e.g. how mixed colour modes were converted
     modes: dict[str, int] = field(default_factory=dict)  # the files' colour modes, where the reader read headers
