@@ -2,7 +2,9 @@
 
 It turns the `validate` params into two expectation suites, one over the annotated manifest (one row
 per image) and one over the class-balance table (one row per class), runs them through a Checkpoint that
-also builds Data Docs, and hands back plain results the stage can print, save and log.
+also builds Data Docs, and hands back plain results the stage can print, save and log. A suite runs on a pandas
+DataFrame, or on a table of a SQLite file (`SqliteTable`: GX's SQL engine then validates with queries, and no row
+is held in memory: a prepared store's manifest of any size).
 
 Data Docs pages load their scripts, styles and fonts from public CDNs, so on a machine without internet they show
 no results. `serve_assets` copies those files from the pinned npm packages of vendor/datadocs (`make setup`
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +25,14 @@ import pandas as pd
 from sslops.config.schema import ValidateParams
 from sslops.data.store import MANIFEST_COLUMNS
 
-# pandas dtype names GX may report for each declared manifest dtype.
-TYPE_NAMES = {"string": ["string", "str", "object", "StringDtype"], "Int64": ["Int64", "Int64Dtype", "int64"]}
+# The type names GX may report for each declared manifest dtype: pandas' and SQLite's (declared by pandas' to_sql,
+# then by the affinity a CREATE TABLE AS gives each column).
+TYPE_NAMES = {
+    "string": ["string", "str", "object", "StringDtype", "TEXT"],
+    "Int64": ["Int64", "Int64Dtype", "int64", "INTEGER", "INT"],
+    "int64": ["int64", "INTEGER", "INT"],
+    "float64": ["float64", "REAL", "FLOAT"],
+}
 SITE = "sslops"
 ASSETS = Path("vendor") / "datadocs" / "node_modules"  # relative to the project root
 # Every address the Data Docs pages of great-expectations 1.x load, and the file of vendor/datadocs that serves it
@@ -68,6 +77,14 @@ CDN_FOLDERS = ["@fortawesome/fontawesome-free/webfonts"]  # what a copied styles
 # The logos (an image and a dark-mode background): the site's own copy of the logo stands in for both.
 LOGO = re.compile(r"https://great-expectations-web-assets\.s3[^\"')]*")
 REMOTE = re.compile(r'(?:src|href)="(https?://[^"]+\.(?:js|css)[^"]*|https://cdn\.jsdelivr\.net/npm/[^"]+)"')
+
+
+@dataclass(frozen=True)
+class SqliteTable:
+    """A table of a SQLite file, for a suite to run on in place of a DataFrame."""
+
+    path: Path
+    name: str
 
 
 @dataclass
@@ -160,11 +177,13 @@ def balance_expectations(cfg: ValidateParams, classes: list[str]) -> list:
     ]
 
 
-def run_suites(frames: dict[str, tuple[pd.DataFrame, list]], docs_dir: Path, examples: int = 5) -> list[Check]:
+def run_suites(
+    frames: dict[str, tuple[pd.DataFrame | SqliteTable, list]], docs_dir: Path, examples: int = 5
+) -> list[Check]:
     """Validate each named frame against its expectations; build Data Docs into `docs_dir`.
 
-    `frames` maps a suite name to (dataframe, expectations). Failed row-level expectations carry up to
-    `examples` offending rows (from the frame's `row` column when it has one).
+    `frames` maps a suite name to (dataframe or SQLite table, expectations). Failed row-level expectations carry up
+    to `examples` offending rows (from the frame's `row` column when it has one).
     """
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -183,7 +202,11 @@ def run_suites(frames: dict[str, tuple[pd.DataFrame, list]], docs_dir: Path, exa
     result_format: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": examples}
     checks: list[Check] = []
     for name, (frame, expectations) in frames.items():
-        batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
+        if isinstance(frame, SqliteTable):
+            sql = context.data_sources.add_sqlite(f"sslops-{name}", connection_string=f"sqlite:///{frame.path}")
+            batch = sql.add_table_asset(name, table_name=frame.name).add_batch_definition_whole_table(name)
+        else:
+            batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
         suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
         definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
         # One checkpoint per frame: batch parameters (the dataframe) apply to a whole checkpoint run.
@@ -195,7 +218,7 @@ def run_suites(frames: dict[str, tuple[pd.DataFrame, list]], docs_dir: Path, exa
                 result_format=result_format,
             )
         )
-        run = checkpoint.run(batch_parameters={"dataframe": frame})
+        run = checkpoint.run(batch_parameters=None if isinstance(frame, SqliteTable) else {"dataframe": frame})
         for validation in run.run_results.values():
             checks += [_to_check(name, r, frame, examples) for r in validation.results]
     return checks
@@ -225,7 +248,7 @@ def serve_assets(docs_dir: Path, assets: Path) -> list[str]:
     return sorted(remote)
 
 
-def _to_check(suite: str, result: Any, frame: pd.DataFrame, examples: int) -> Check:
+def _to_check(suite: str, result: Any, frame: pd.DataFrame | SqliteTable, examples: int) -> Check:
     config = result.expectation_config
     kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id", "value_set") or len(str(v)) < 200}
     details = result.result or {}
@@ -244,14 +267,40 @@ def _to_check(suite: str, result: Any, frame: pd.DataFrame, examples: int) -> Ch
     return check
 
 
-def _examples(column: str | None, details: dict[str, Any], frame: pd.DataFrame, limit: int) -> list[dict[str, Any]]:
+def _examples(
+    column: str | None, details: dict[str, Any], frame: pd.DataFrame | SqliteTable, limit: int
+) -> list[dict[str, Any]]:
     """A few offending rows: GX reports the unexpected values; pick the rows that hold them."""
     values = details.get("partial_unexpected_list") or []
+    if isinstance(frame, SqliteTable):
+        return _table_examples(column, values, frame, limit)
     if column is None or column not in frame or not values:
         return []
     rows = frame[frame[column].isin(values)].head(limit)
     keep = [c for c in ("row", "split", "source", "index", "class_name", column) if c in rows]
     return rows[list(dict.fromkeys(keep))].to_dict("records")
+
+
+def _table_examples(column: str | None, values: list, table: SqliteTable, limit: int) -> list[dict[str, Any]]:
+    """`_examples` from a SQLite table: its first `limit` rows holding one of `values`, by a query."""
+    con = sqlite3.connect(table.path)
+    try:
+        present = [row[1] for row in con.execute(f'PRAGMA table_info("{table.name}")')]
+        if column is None or column not in present or not values:
+            return []
+        keep = list(dict.fromkeys(c for c in ("row", "split", "source", "index", "class_name", column) if c in present))
+        query = (
+            f"SELECT {', '.join(map(_quoted, keep))} FROM {_quoted(table.name)} WHERE {_quoted(column)} "
+            f"IN ({', '.join('?' * len(values))}) ORDER BY rowid LIMIT {int(limit)}"
+        )
+        return [dict(zip(keep, row, strict=True)) for row in con.execute(query, values)]
+    finally:
+        con.close()
+
+
+def _quoted(name: str) -> str:
+    """An SQL identifier (the manifest has a column named `index`, a keyword)."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def dense_expectations(cfg: ValidateParams, kind: str, classes: list[str], rows: int) -> dict[str, list]:

@@ -1,15 +1,19 @@
-"""Data-quality facts derived from the manifest with plain pandas, for the validation suite to judge.
+"""Data-quality facts derived from a manifest, for the validation suite to judge.
 
 Great Expectations checks columns row by row; duplicates within a split and test/train leakage are
-relations between rows, so they are computed here into boolean columns the suite can then check.
+relations between rows, so they are computed here into boolean columns the suite can then check. A prepared
+store's manifest goes into a SQLite table for that (`manifest_table`), so that validate holds no row of it in memory
+whatever the number of images; the small tables of a dense task stay in pandas (`annotate`).
 """
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from sslops.data.store import MANIFEST, PRETRAIN_SPLITS, read_manifest
 from sslops.errors import SslopsError
@@ -18,39 +22,24 @@ from sslops.errors import SslopsError
 def annotate(manifest: pd.DataFrame, pretrained: pd.Series | None = None) -> pd.DataFrame:
     """The manifest plus `row`, `duplicate_in_split` and `test_in_train` columns; with `pretrained` (the sha256s of
     the images the encoder was pretrained on) also `test_in_pretraining`: a downstream task's test image the encoder
-    has already seen inflates its transfer results just as a train/test leak does.
-
-    The relations are computed by Arrow on the hashes' own buffers: pandas' `duplicated` and `isin` turned every
-    hash into a Python string first, 1.4 KB a row at their peak (a million images: the stage's largest cost)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    frame = manifest.copy(deep=False)  # the caller's frame keeps its columns; the data is shared, not copied
-    keys = pa.Table.from_pandas(manifest[["split", "sha256"]], preserve_index=False)
-    split, sha = keys["split"], keys["sha256"]
-    rows = np.arange(len(frame))
-    first = keys.append_column("row", pa.array(rows)).group_by(["split", "sha256"], use_threads=False)
-    repeated = np.ones(len(frame), dtype=bool)
-    repeated[first.aggregate([("row", "min")])["row_min"].to_numpy()] = False  # the first of each is no duplicate
-    test = pc.equal(split, "test")
-
-    def among(hashes: pa.Array | pa.ChunkedArray) -> np.ndarray:
-        """Which rows are test images whose hash is one of `hashes`."""
-        found = pc.and_(test, pc.is_in(sha, value_set=pa.chunked_array(hashes).combine_chunks()))
-        return found.fill_null(False).to_numpy()
-
-    frame.insert(0, "row", rows)
-    frame["duplicate_in_split"] = repeated
-    frame["test_in_train"] = among(pc.filter(sha, pc.equal(split, "train")))
+    has already seen inflates its transfer results just as a train/test leak does."""
+    frame = manifest.copy()
+    frame.insert(0, "row", range(len(frame)))
+    frame["duplicate_in_split"] = frame.duplicated(["split", "sha256"], keep="first")
+    train_hashes = frame.loc[frame["split"] == "train", "sha256"]
+    frame["test_in_train"] = (frame["split"] == "test") & frame["sha256"].isin(train_hashes)
     if pretrained is not None:
-        frame["test_in_pretraining"] = among(pa.chunked_array([pa.array(pretrained, type=pa.string())]))
+        frame["test_in_pretraining"] = (frame["split"] == "test") & frame["sha256"].isin(pretrained)
     return frame
 
 
 def class_balance(manifest: pd.DataFrame, classes: list[str], split: str = "train") -> pd.DataFrame:
     """One row per declared class (and any undeclared one found): its count and share of `split`."""
-    labels = manifest.loc[manifest["split"] == split, "class_name"].dropna()
-    counts = labels.value_counts()
+    return balance(manifest.loc[manifest["split"] == split, "class_name"].dropna().value_counts(), classes)
+
+
+def balance(counts: pd.Series, classes: list[str]) -> pd.DataFrame:
+    """The class-balance table from images per class name: every declared class, then any undeclared one found."""
     names = list(classes) + sorted(set(counts.index) - set(classes))
     total = max(int(counts.sum()), 1)
     table = pd.DataFrame({"class_name": names, "count": [int(counts.get(n, 0)) for n in names]})
@@ -58,10 +47,82 @@ def class_balance(manifest: pd.DataFrame, classes: list[str], split: str = "trai
     return table
 
 
-def pretraining_hashes(prepared: Path) -> pd.Series:
-    """sha256 of every image pretraining learns from (the pretraining store's train and unlabeled splits)."""
+TABLE = "manifest"  # the annotated manifest's table in the database `manifest_table` writes
+
+
+def manifest_table(manifest: Path, db: Path, pretrained: Path | None = None) -> int:
+    """Write a manifest file into table TABLE of the SQLite file `db`, one row group at a time, with the columns
+    `annotate` adds computed by SQLite (a window over split and sha256 for the duplicates, a lookup of the train
+    split's or the pretraining manifest's hashes for the leaks); return its rows. SQLite sorts on disk with a page
+    cache of its own, so memory does not grow with the rows (pandas held about 1 KB a row, and GX as much again)."""
+    con = sqlite3.connect(db)
+    try:
+        con.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -65536;")
+        rows = _load(con, "raw", pq.ParquetFile(manifest), with_row=True)
+        leaks = (
+            "IFNULL(split = 'test' AND sha256 IN (SELECT sha256 FROM raw WHERE split = 'train'), 0) AS test_in_train"
+        )
+        if pretrained is not None:
+            groups = pq.ParquetFile(pretrained)
+            _load(con, "pretrained", groups, columns=["split", "sha256"])
+            seen = ", ".join(f"'{split}'" for split in PRETRAIN_SPLITS)
+            leaks += (
+                ", IFNULL(split = 'test' AND sha256 IN (SELECT sha256 FROM pretrained WHERE split IN "
+                f"({seen})), 0) AS test_in_pretraining"
+            )
+        con.execute(
+            f"CREATE TABLE {TABLE} AS SELECT *, ROW_NUMBER() OVER (PARTITION BY split, sha256 ORDER BY row) > 1 "
+            f"AS duplicate_in_split, {leaks} FROM raw ORDER BY row"
+        )
+        con.executescript("DROP TABLE raw; DROP TABLE IF EXISTS pretrained;")
+        con.commit()
+    finally:
+        con.close()
+    return rows
+
+
+def _load(
+    con: sqlite3.Connection,
+    table: str,
+    groups: pq.ParquetFile,
+    columns: list[str] | None = None,
+    with_row: bool = False,
+) -> int:
+    """Append every row group of a Parquet file to `table` (created from the first); with `with_row`, each row's
+    position as column `row` first. Returns the rows."""
+    rows = 0
+    for i in range(groups.num_row_groups):
+        chunk = groups.read_row_group(i, columns=columns).to_pandas()
+        if with_row:
+            chunk.insert(0, "row", np.arange(rows, rows + len(chunk)))
+        chunk.to_sql(table, con, if_exists="append", index=False)
+        rows += len(chunk)
+    return rows
+
+
+def table_facts(db: Path, flags: list[str], split: str = "train") -> tuple[dict[str, int], pd.Series]:
+    """From `manifest_table`'s table: how many rows each of `flags` marks, and `split`'s images per class name."""
+    con = sqlite3.connect(db)
+    try:
+        sums = con.execute(f"SELECT {', '.join(f'IFNULL(SUM({f}), 0)' for f in flags)} FROM {TABLE}").fetchone()
+        counts = con.execute(
+            f"SELECT class_name, COUNT(*) FROM {TABLE} WHERE split = ? AND class_name IS NOT NULL GROUP BY class_name",
+            (split,),
+        ).fetchall()
+    finally:
+        con.close()
+    return dict(zip(flags, map(int, sums), strict=True)), pd.Series(dict(counts), dtype="int64")
+
+
+def pretraining_manifest(prepared: Path) -> Path:
+    """The pretraining store's manifest, which a task's test images are checked against; it must be prepared."""
     path = prepared / MANIFEST
     if not path.is_file():  # a task is checked against what pretraining learns from, so that must be prepared
         raise SslopsError(f"{path} is missing: prepare the pretraining dataset first (dvc repro prepare).")
-    manifest = read_manifest(path, columns=["split", "sha256"])
+    return path
+
+
+def pretraining_hashes(prepared: Path) -> pd.Series:
+    """sha256 of every image pretraining learns from (the pretraining store's train and unlabeled splits)."""
+    manifest = read_manifest(pretraining_manifest(prepared), columns=["split", "sha256"])
     return manifest.loc[manifest["split"].isin(PRETRAIN_SPLITS), "sha256"]

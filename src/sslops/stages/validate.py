@@ -9,14 +9,16 @@ to MLflow, and on failure prints a short table of what failed with a few example
 from __future__ import annotations
 
 import json
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from sslops.adapters import expectations, tracking
 from sslops.config import Project
 from sslops.config.schema import ValidateParams
 from sslops.data import quality
-from sslops.data.store import CLASSES, MANIFEST, manifest_digest, read_manifest
+from sslops.data.store import CLASSES, MANIFEST, file_digest
 from sslops.errors import DataValidationError, SslopsError
 from sslops.outputs.atomic import atomic_dir, write_json
 
@@ -30,40 +32,42 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
         raise SslopsError(f"{manifest_path} is missing: run the prepare stage first (dvc repro).")
     with tracking.stage_run(project, "validate", cfg.record(), task=task):
         start = time.perf_counter()
-        manifest = read_manifest(manifest_path)
         declared = classes or json.loads((out.prepared / CLASSES).read_text())
-        pretrained = None if task is None else quality.pretraining_hashes(project.prepared_dir)
-        checks = expectations.manifest_expectations(cfg, declared, len(manifest), task is not None)
-        frames = {
-            "manifest": (quality.annotate(manifest, pretrained), checks),
-            "class_balance": (
-                quality.class_balance(manifest, declared),
-                expectations.balance_expectations(cfg, declared),
-            ),
-        }
-        with atomic_dir(out.validation) as tmp:
-            checks = expectations.run_suites(frames, tmp / "data_docs", cfg.examples)
-            remote = expectations.serve_assets(tmp / "data_docs", project.root / expectations.ASSETS)
-            if remote:
-                print(
-                    f"validate: warning: the Data Docs load {len(remote)} files from public CDNs, so they show no "
-                    "results without internet; `make setup` (npm) installs them to be served from the project."
-                )
-            failed = [c for c in checks if not c.success]
-            summary = {
-                **expectations.outcome(checks),
-                "duplicate_in_split": int(frames["manifest"][0]["duplicate_in_split"].sum()),
-                "test_in_train": int(frames["manifest"][0]["test_in_train"].sum()),
-                **(
-                    {}
-                    if task is None
-                    else {"test_in_pretraining": int(frames["manifest"][0]["test_in_pretraining"].sum())}
+        pretrained = None if task is None else quality.pretraining_manifest(project.prepared_dir)
+        flags = ["duplicate_in_split", "test_in_train", *([] if task is None else ["test_in_pretraining"])]
+        out.validation.parent.mkdir(parents=True, exist_ok=True)
+        # The annotated manifest as a SQLite table beside the outputs (the disk the data is on), gone afterwards.
+        with tempfile.TemporaryDirectory(prefix=".validate-", dir=out.validation.parent) as work:
+            db = Path(work) / "manifest.db"
+            rows = quality.manifest_table(manifest_path, db, pretrained)
+            counts, per_class = quality.table_facts(db, flags)
+            frames = {
+                "manifest": (
+                    expectations.SqliteTable(db, quality.TABLE),
+                    expectations.manifest_expectations(cfg, declared, rows, task is not None),
                 ),
-                "min_class_share": round(float(frames["class_balance"][0]["share"].min()), 6),
-                "manifest_digest": manifest_digest(manifest),
-                "seconds": round(time.perf_counter() - start, 2),
+                "class_balance": (
+                    quality.balance(per_class, declared),
+                    expectations.balance_expectations(cfg, declared),
+                ),
             }
-            write_json(tmp / "results.json", [c.__dict__ for c in checks])
+            with atomic_dir(out.validation) as tmp:
+                checks = expectations.run_suites(frames, tmp / "data_docs", cfg.examples)
+                remote = expectations.serve_assets(tmp / "data_docs", project.root / expectations.ASSETS)
+                if remote:
+                    print(
+                        f"validate: warning: the Data Docs load {len(remote)} files from public CDNs, so they show "
+                        "no results without internet; `make setup` (npm) installs them to be served from the project."
+                    )
+                write_json(tmp / "results.json", [c.__dict__ for c in checks])
+        failed = [c for c in checks if not c.success]
+        summary = {
+            **expectations.outcome(checks),
+            **counts,
+            "min_class_share": round(float(frames["class_balance"][0]["share"].min()), 6),
+            "manifest_digest": file_digest(manifest_path),
+            "seconds": round(time.perf_counter() - start, 2),
+        }
         write_json(out.metrics / "validate.json", summary)
         tracking.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         tracking.set_tags(
