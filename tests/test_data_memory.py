@@ -1,9 +1,10 @@
 """The data stages' memory as the dataset grows tenfold: each stage's peak RSS on 2,000 and on 20,000 photos (64 px RGB
 JPEG files, 12 KiB each decoded). Each stage runs as a `python -m sslops` process (prepare with one decoding
-process), so the peak is its own, and each stays within 10 % (the issue's test of "flat"). What grows with the
-images is prepare's plan, a few hundred bytes per file, and the manifest that validate and augment load
-(docs/benchmarks.md "The data stages at scale"); a raw store written through a memory map would add the 12 KiB of
-every image (each page written stayed resident in the writer), which is why it is written with pwrite."""
+process), so the peak is its own, and each stays within 10 % (the issue's test of "flat"). What still grows with
+the images is prepare's plan (a file's path and 19 bytes) and the index and split column augment reads, a few
+dozen bytes; validate holds none of the manifest (docs/benchmarks.md "The data stages at scale"). A raw store
+written through a memory map would add the 12 KiB of every image (each page written stayed resident in the
+writer), which is why it is written with pwrite."""
 
 from __future__ import annotations
 
