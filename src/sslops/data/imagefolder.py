@@ -11,15 +11,14 @@ from __future__ import annotations
 import functools
 import os
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import overload
 
 import numpy as np
 
 from sslops.data import decode, images
-from sslops.data.sources import Part, Plan
+from sslops.data.sources import Part, Parts, Plan
 from sslops.errors import SslopsError
 
 # Files a user's tree may legitimately carry next to the images.
@@ -76,7 +75,7 @@ class _File:
         return images.read(self.path, self.channels, self.max_pixels)[None]
 
 
-class _Files(Sequence[Part]):
+class _Files(Parts):
     """An ImageFolder plan's parts, one per file, kept as columns and made into a `Part` when read.
 
     A Part object per file, with its loader and its two names, held about 375 bytes, and prepare's peak grew by as
@@ -123,17 +122,7 @@ class _Files(Sequence[Part]):
     def __len__(self) -> int:
         return len(self.ends)
 
-    def __iter__(self) -> Iterator[Part]:
-        return (self[i] for i in range(len(self)))
-
-    @overload
-    def __getitem__(self, i: int) -> Part: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[Part]: ...
-    def __getitem__(self, i: int | slice) -> Part | list[Part]:
-        if isinstance(i, slice):
-            return [self[k] for k in range(*i.indices(len(self)))]
-        i = range(len(self))[i]  # negative indices, and IndexError past the end
+    def part(self, i: int) -> Part:
         path, label = self.path(i), self.labels[i]
         plain = self.plain[i] and self.modes[i] == self.mode_codes.get(self.keep_mode)
         return Part(

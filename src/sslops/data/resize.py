@@ -19,15 +19,14 @@ from __future__ import annotations
 import functools
 import json
 import statistics
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import overload
 
 import numpy as np
 from PIL import Image
 
-from sslops.data.sources import Part, Plan
+from sslops.data.sources import Part, Parts, Plan
 from sslops.errors import SslopsError
 
 INPUT = "input.json"  # in the pretraining store: the encoder's input shape, which every task is prepared to
@@ -106,7 +105,7 @@ def fit_plan(plan: Plan, fit: Fit | None) -> tuple[Plan, dict[str, object]]:
     return Plan(parts=_Fitted(plan.parts, fit), classes=plan.classes, notes=notes), record
 
 
-class _Fitted(Sequence[Part]):
+class _Fitted(Parts):
     """Parts of a plan, each one that is not already `fit.shape` resized on load; made as each is read, so that a
     plan kept as columns (a folder of photos) does not become an object per photo here."""
 
@@ -116,19 +115,8 @@ class _Fitted(Sequence[Part]):
     def __len__(self) -> int:
         return len(self.parts)
 
-    def __iter__(self) -> Iterator[Part]:
-        return map(self._fitted, self.parts)
-
-    @overload
-    def __getitem__(self, i: int) -> Part: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[Part]: ...
-    def __getitem__(self, i: int | slice) -> Part | list[Part]:
-        if isinstance(i, slice):
-            return [self._fitted(part) for part in self.parts[i]]
-        return self._fitted(self.parts[i])
-
-    def _fitted(self, part: Part) -> Part:
+    def part(self, i: int) -> Part:
+        part = self.parts[i]
         if part.shape == self.shape:
             return part
         load = functools.partial(_fitted, part.load, self.fit)

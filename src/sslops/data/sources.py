@@ -7,8 +7,9 @@ and the canonical store can be filled part by part without holding a whole datas
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 import numpy as np
 
@@ -44,3 +45,23 @@ class Plan:
     @property
     def total(self) -> int:
         return sum(p.count for p in self.parts)
+
+
+class Parts(Sequence[Part]):
+    """Parts made as they are read, from whatever a reader keeps instead of an object per image: subclasses give
+    `__len__` and `part(i)` for 0 <= i < len; indexing, slicing and iteration are here."""
+
+    def part(self, i: int) -> Part:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Part]:
+        return map(self.part, range(len(self)))
+
+    @overload
+    def __getitem__(self, i: int) -> Part: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Part]: ...
+    def __getitem__(self, i: int | slice) -> Part | list[Part]:
+        if isinstance(i, slice):
+            return [self.part(k) for k in range(*i.indices(len(self)))]
+        return self.part(range(len(self))[i])  # negative indices, and IndexError past the end
