@@ -285,7 +285,7 @@ def _table_examples(column: str | None, values: list, table: SqliteTable, limit:
     """`_examples` from a SQLite table: its first `limit` rows holding one of `values`, by a query."""
     con = sqlite3.connect(table.path)
     try:
-        present = [row[1] for row in con.execute(f'PRAGMA table_info("{table.name}")')]
+        present = [row[1] for row in con.execute(f"PRAGMA table_info({_quoted(table.name)})")]
         if column is None or column not in present or not values:
             return []
         keep = list(dict.fromkeys(c for c in ("row", "split", "source", "index", "class_name", column) if c in present))

@@ -102,7 +102,8 @@ def fit_plan(plan: Plan, fit: Fit | None) -> tuple[Plan, dict[str, object]]:
         )
         shape = f"{fit.height}x{fit.width}x{fit.channels}"
         notes += (f"{resized} of {plan.total} images ({seen}) resized to {shape} ({fit.mode})",)
-    return Plan(parts=_Fitted(plan.parts, fit), classes=plan.classes, notes=notes), record
+    parts = _Fitted(plan.parts, fit) if resized else plan.parts
+    return Plan(parts=parts, classes=plan.classes, notes=notes), record
 
 
 class _Fitted(Parts):

@@ -52,6 +52,20 @@ def _fsync(path: Path) -> None:
 
 
 @contextlib.contextmanager
+def scratch_dir(target: Path) -> Iterator[Path]:
+    """A temporary folder named after `target`, beside it, for work that must not outlive the stage (validate's
+    database: hundreds of MB for a million images); removed on exit, and at the next start when a killed run left it."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _clear_stale(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a fresh temporary directory next to `target`; replace `target` with it on success."""
     target = Path(target)

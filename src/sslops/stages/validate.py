@@ -9,9 +9,7 @@ to MLflow, and on failure prints a short table of what failed with a few example
 from __future__ import annotations
 
 import json
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from sslops.adapters import expectations, tracking
@@ -20,7 +18,7 @@ from sslops.config.schema import ValidateParams
 from sslops.data import quality
 from sslops.data.store import CLASSES, MANIFEST, file_digest
 from sslops.errors import DataValidationError, SslopsError
-from sslops.outputs.atomic import atomic_dir, write_json
+from sslops.outputs.atomic import atomic_dir, scratch_dir, write_json
 
 
 def run(project: Project, task: str | None = None) -> dict[str, Any]:
@@ -35,10 +33,9 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
         declared = classes or json.loads((out.prepared / CLASSES).read_text())
         pretrained = None if task is None else quality.pretraining_manifest(project.prepared_dir)
         flags = ["duplicate_in_split", "test_in_train", *([] if task is None else ["test_in_pretraining"])]
-        out.validation.parent.mkdir(parents=True, exist_ok=True)
         # The annotated manifest as a SQLite table beside the outputs (the disk the data is on), gone afterwards.
-        with tempfile.TemporaryDirectory(prefix=".validate-", dir=out.validation.parent) as work:
-            db = Path(work) / "manifest.db"
+        with scratch_dir(out.validation.with_name(f"{out.validation.name}-db")) as work:
+            db = work / "manifest.db"
             rows = quality.manifest_table(manifest_path, db, pretrained)
             counts, per_class = quality.table_facts(db, flags)
             frames = {
