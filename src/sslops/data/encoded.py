@@ -33,6 +33,7 @@ SPEC = "store.json"
 INDEX = "index.npy"
 SHARDS = "shards"
 SHARD_IMAGES = 8192  # rows per shard: 120 MB of 224 px JPEGs, a unit a node can fetch and a stage can write at once
+WRITE_BUFFER = 1 << 20  # bytes a shard file buffers: a few KB an image, written one by one
 # `format: auto` keeps images of this many pixels (64x64) and more as JPEG (bench/store_formats.py,
 # docs/benchmarks.md): at 28 px (Fashion-MNIST) a JPEG is 735 B against 784 raw, and lossy; the saving grows with the
 # size (48 px RGB 4.8x, 64 px 6.1x, 224 px 9.8x smaller) and the loss shrinks (30.9, 31.7, 34.3 dB PSNR at quality
@@ -105,7 +106,7 @@ class ShardWriter:
         per_image = self.index[: self.row, 1].mean() if self.row else np.prod(self.shape)
         rows = min(SHARD_IMAGES, self.total - self.row)
         ensure_space(self.folder, int(per_image * rows), "the next shard of the JPEG store")
-        self.file = open(self.folder / SHARDS / f"{self.row // SHARD_IMAGES:05d}.bin", "wb")  # noqa: SIM115
+        self.file = open(self.folder / SHARDS / f"{self.row // SHARD_IMAGES:05d}.bin", "wb", buffering=WRITE_BUFFER)  # noqa: SIM115
         self.offset = 0
 
     def close(self) -> None:

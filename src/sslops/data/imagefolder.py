@@ -91,7 +91,7 @@ class _Files(Parts):
         self.sizes, self.modes, self.plain = array("I"), array("B"), array("b")  # codes: keys of the dicts below
         self.size_codes: dict[tuple[int, int], int] = {}  # each distinct value, and its index
         self.mode_codes: dict[str, int] = {}
-        self.shapes: list[tuple[int, int, int]] = []
+        self.by_size: list[tuple[int, int, int]] = []  # the shape of each size code
         self.one_label: dict[int, np.ndarray] = {}
 
     def add(self, split: str, paths: list[str], label: int | None) -> None:
@@ -114,13 +114,19 @@ class _Files(Parts):
 
     def close(self, channels: int, labels: int) -> None:
         self.channels, self.keep_mode = channels, "L" if channels == 1 else "RGB"
-        self.shapes = [(h, w, channels) for h, w in self.size_codes]  # shared by the parts, not a tuple each
+        self.by_size = [(h, w, channels) for h, w in self.size_codes]  # shared by the parts, not a tuple each
         self.one_label = {k: np.array([k], dtype=np.int64) for k in range(labels)}  # shared, read-only
         for array_ in self.one_label.values():
             array_.flags.writeable = False
 
     def __len__(self) -> int:
         return len(self.ends)
+
+    def images(self) -> int:
+        return len(self.ends)  # one a file
+
+    def shapes(self) -> set[tuple[int, int, int]]:
+        return set(self.by_size)
 
     def part(self, i: int) -> Part:
         path, label = self.path(i), self.labels[i]
@@ -129,7 +135,7 @@ class _Files(Parts):
             split=SPLITS[self.splits[i]],
             source=path[self.prefix :].replace(os.sep, "/"),
             count=1,
-            shape=self.shapes[self.sizes[i]],
+            shape=self.by_size[self.sizes[i]],
             labels=None if label < 0 else self.one_label[label],
             load=_File(path, self.channels, self.max_pixels),
             file=path if plain else None,

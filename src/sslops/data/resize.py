@@ -76,7 +76,7 @@ def _fitted(load: Callable[[], np.ndarray], fit: Fit) -> np.ndarray:
 
 def target(plan: Plan, side: int | None, mode: str) -> Fit | None:
     """The fit `prepare.resize` asks for on this plan, or None when every image already shares one shape."""
-    shapes = {p.shape for p in plan.parts}
+    shapes = plan.shapes
     channels = max(s[2] for s in shapes)  # readers already agree on channels; max is the safe pick if not
     if side is not None:
         return Fit(side, side, channels, mode)
@@ -102,7 +102,7 @@ def fit_plan(plan: Plan, fit: Fit | None) -> tuple[Plan, dict[str, object]]:
         )
         shape = f"{fit.height}x{fit.width}x{fit.channels}"
         notes += (f"{resized} of {plan.total} images ({seen}) resized to {shape} ({fit.mode})",)
-    parts = _Fitted(plan.parts, fit) if resized else plan.parts
+    parts = _Fitted(plan.parts, fit, plan.total) if resized else plan.parts
     return Plan(parts=parts, classes=plan.classes, notes=notes), record
 
 
@@ -110,11 +110,17 @@ class _Fitted(Parts):
     """Parts of a plan, each one that is not already `fit.shape` resized on load; made as each is read, so that a
     plan kept as columns (a folder of photos) does not become an object per photo here."""
 
-    def __init__(self, parts: Sequence[Part], fit: Fit) -> None:
-        self.parts, self.fit, self.shape = parts, fit, fit.shape
+    def __init__(self, parts: Sequence[Part], fit: Fit, total: int) -> None:
+        self.parts, self.fit, self.shape, self.total = parts, fit, fit.shape, total
 
     def __len__(self) -> int:
         return len(self.parts)
+
+    def images(self) -> int:
+        return self.total
+
+    def shapes(self) -> set[tuple[int, int, int]]:
+        return {self.shape} if self.parts else set()
 
     def part(self, i: int) -> Part:
         part = self.parts[i]

@@ -44,14 +44,26 @@ class Plan:
 
     @property
     def total(self) -> int:
-        return sum(p.count for p in self.parts)
+        return self.parts.images() if isinstance(self.parts, Parts) else sum(p.count for p in self.parts)
+
+    @property
+    def shapes(self) -> set[tuple[int, int, int]]:
+        return self.parts.shapes() if isinstance(self.parts, Parts) else {p.shape for p in self.parts}
 
 
 class Parts(Sequence[Part]):
     """Parts made as they are read, from whatever a reader keeps instead of an object per image: subclasses give
-    `__len__` and `part(i)` for 0 <= i < len; indexing, slicing and iteration are here."""
+    `__len__`, `part(i)` for 0 <= i < len, and the images and shapes of all parts without making each part (a
+    prepare asks for those several times, and a million parts take seconds to make); indexing, slicing and iteration
+    are here."""
 
     def part(self, i: int) -> Part:
+        raise NotImplementedError
+
+    def images(self) -> int:
+        raise NotImplementedError
+
+    def shapes(self) -> set[tuple[int, int, int]]:
         raise NotImplementedError
 
     def __iter__(self) -> Iterator[Part]:

@@ -63,7 +63,7 @@ def write_store(plan: Plan, out_dir: Path, progress: bool = True, workers: int =
     """
     if plan.total == 0:
         raise SslopsError("The data folder holds no images.")
-    shapes = {p.shape for p in plan.parts}
+    shapes = plan.shapes
     if len(shapes) != 1:
         raise SslopsError(f"Images have different shapes {sorted(shapes)}; one size and channel count is required.")
     (h, w, c), n = shapes.pop(), plan.total
