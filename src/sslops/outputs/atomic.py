@@ -51,14 +51,18 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _fresh_temporary(target: Path) -> Path:
+    """A new `.<name>.tmp-*` folder beside `target`, once those a crashed run left are gone."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _clear_stale(target)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+
+
 @contextlib.contextmanager
 def scratch_dir(target: Path) -> Iterator[Path]:
     """A temporary folder named after `target`, beside it, for work that must not outlive the stage (validate's
     database: hundreds of MB for a million images); removed on exit, and at the next start when a killed run left it."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _clear_stale(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = _fresh_temporary(Path(target))
     try:
         yield tmp
     finally:
@@ -69,9 +73,7 @@ def scratch_dir(target: Path) -> Iterator[Path]:
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a fresh temporary directory next to `target`; replace `target` with it on success."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _clear_stale(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = _fresh_temporary(target)
     try:
         yield tmp
         _fsync(tmp)
