@@ -58,6 +58,18 @@ def test_the_sqlite_table_flags_the_rows_pandas_flags(tmp_path):
     assert per_class.to_dict() == manifest.loc[manifest["split"] == "train", "class_name"].value_counts().to_dict()
 
 
+def test_an_empty_manifest_makes_an_empty_table(tmp_path):
+    """No row group at all: the table still has its columns, so the suite reports the row count, not a SQL error."""
+    empty = pd.DataFrame({"split": [], "sha256": [], "class_name": []}, dtype="string")
+    pq.ParquetWriter(tmp_path / "m.parquet", pa.Schema.from_pandas(empty, preserve_index=False)).close()
+    assert pq.ParquetFile(tmp_path / "m.parquet").num_row_groups == 0
+    assert quality.manifest_table(tmp_path / "m.parquet", tmp_path / "m.db") == 0
+    assert quality.table_facts(tmp_path / "m.db", ["duplicate_in_split", "test_in_train"])[0] == {
+        "duplicate_in_split": 0,
+        "test_in_train": 0,
+    }
+
+
 def test_hashing_a_manifest_holds_a_few_bytes_a_row(monkeypatch):
     """The manifest digest hashes a chunk of rows at a time: hashing a string column makes a Python string of each
     value (the whole table at once held 260 bytes a row that tracemalloc sees)."""

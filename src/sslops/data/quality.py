@@ -88,11 +88,13 @@ def _load(
     columns: list[str] | None = None,
     with_row: bool = False,
 ) -> int:
-    """Append every row group of a Parquet file to `table` (created from the first); with `with_row`, each row's
-    position as column `row` first. Returns the rows."""
+    """Append every row group of a Parquet file to `table` (created from the first, or from the schema when there is
+    none: an empty manifest then fails the suite's row count, not SQL); with `with_row`, each row's position as
+    column `row` first. Returns the rows."""
     rows = 0
-    for i in range(groups.num_row_groups):
-        chunk = groups.read_row_group(i, columns=columns).to_pandas()
+    empty = groups.schema_arrow.empty_table().select(columns or groups.schema_arrow.names)
+    for i in range(groups.num_row_groups or 1):
+        chunk = (groups.read_row_group(i, columns=columns) if groups.num_row_groups else empty).to_pandas()
         if with_row:
             chunk.insert(0, "row", np.arange(rows, rows + len(chunk)))
         chunk.to_sql(table, con, if_exists="append", index=False)
