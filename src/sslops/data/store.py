@@ -140,9 +140,8 @@ class ManifestWriter:
         if self.writer is None:
             self.writer = pq.ParquetWriter(self.path, table.schema)
         self.writer.write_table(table)
-        # hash_pandas_object hashes row by row, so chunk by chunk gives manifest_digest's bytes of the whole table
         pa.default_memory_pool().release_unused()
-        self.hash.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+        self.hash.update(_row_hashes(frame))  # chunk by chunk: manifest_digest's bytes of the whole table
         for split, count in frame["split"].value_counts().items():
             self.splits[split] = self.splits.get(split, 0) + int(count)
         self.rows += len(frame)
@@ -215,11 +214,16 @@ def file_digest(path: Path) -> str:
 
 
 def _digest(chunks: Iterator[pd.DataFrame]) -> str:
-    """hash_pandas_object hashes row by row, so chunk by chunk gives the bytes of the whole table at once."""
     digest = hashlib.sha256()
     for chunk in chunks:
-        digest.update(pd.util.hash_pandas_object(chunk, index=False).to_numpy().tobytes())
+        digest.update(_row_hashes(chunk))
     return digest.hexdigest()[:16]
+
+
+def _row_hashes(rows: pd.DataFrame) -> bytes:
+    """What a manifest digest hashes for these rows: hash_pandas_object hashes row by row, so the bytes of a table's
+    chunks, one after another, are those of the whole table."""
+    return pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes()
 
 
 def read_manifest(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
