@@ -22,12 +22,34 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+# oneDNN's instruction-set caps (ONEDNN_MAX_CPU_ISA) and the best of `UNITS` each leaves its kernels: a cap below
+# AVX512_CORE_BF16 makes bf16 emulated even on a CPU with bf16 units (a 10x slower model step, measured).
+ONEDNN_CAPS = {
+    "SSE41": None,
+    "AVX": None,
+    "AVX2": "avx2",
+    "AVX2_VNNI": "avx2",
+    "AVX2_VNNI_2": "avx2",
+    "AVX512_CORE": "avx512f",
+    "AVX512_CORE_VNNI": "avx512f",
+}
+
+
+def onednn_cap() -> str | None:
+    """The instruction set oneDNN is capped at by the environment when the cap takes bf16 units away, else None."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    return cap if cap in ONEDNN_CAPS else None
+
+
 def cpu_has_native_bf16() -> bool:
-    """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX tiles).
+    """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX tiles) and oneDNN may use it.
 
     There bf16 autocast makes the small_cnn pretraining loop 1.3-1.5x faster than fp32 (docs/benchmarks.md);
-    elsewhere bf16 is emulated and slower, so 'auto' keeps fp32.
+    elsewhere bf16 is emulated and slower, so 'auto' keeps fp32. torch's probes read the CPU's flags only, so a cap
+    set by ONEDNN_MAX_CPU_ISA (how a CPU without bf16 units is emulated, docs/development.md) is checked here.
     """
+    if onednn_cap():
+        return False
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
@@ -92,7 +114,8 @@ UNITS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
 
 def cpu_model(cpuinfo: str | None = None) -> str:
     """`<model name> (family F model M, <best unit>)` from /proc/cpuinfo (or the text given), else what `platform`
-    knows, e.g. `AMD EPYC (family 25 model 1, avx2)`."""
+    knows, e.g. `AMD EPYC (family 25 model 1, avx2)`. Under a oneDNN cap (`onednn_cap`) the unit is the best the cap
+    leaves, named with it: `avx2 under ONEDNN_MAX_CPU_ISA=AVX2`."""
     if cpuinfo is None:
         cpuinfo = ""
         with contextlib.suppress(OSError):
@@ -105,6 +128,11 @@ def cpu_model(cpuinfo: str | None = None) -> str:
     name = fields.get("model name") or platform.processor() or platform.machine()
     flags = set(fields.get("flags", "").split())
     unit = next((u for u in UNITS if u in flags), None)
+    cap = onednn_cap()
+    if cap and unit:  # the units oneDNN's kernels may use, not the CPU's: what the figures were computed with
+        allowed = ONEDNN_CAPS[cap]
+        unit = next((u for u in UNITS[UNITS.index(allowed) :] if u in flags), None) if allowed else None
+        unit = f"{unit or 'no AVX2'} under ONEDNN_MAX_CPU_ISA={cap}"
     details = [f"family {fields['cpu family']} model {fields['model']}" if "cpu family" in fields else "", unit or ""]
     details = [d for d in details if d]
     return f"{name} ({', '.join(details)})" if details else name
