@@ -33,7 +33,7 @@ def test_class_balance_lists_absent_declared_classes():
 
 def test_the_sqlite_table_flags_the_rows_pandas_flags(tmp_path):
     """validate's SQLite table and the pandas annotation agree on many rows with repeats, leaks into train and into
-    pretraining, and missing hashes; the manifest is read a row group at a time and keeps its order."""
+    pretraining, and missing hashes; the manifest is read a row group at a time, once, and keeps its order."""
     rng = np.random.default_rng(0)
     n = 5_000
     sha = pd.Series([f"h{v}" for v in rng.integers(0, 3_000, n)], dtype="string").mask(rng.random(n) < 0.01)
@@ -42,11 +42,12 @@ def test_the_sqlite_table_flags_the_rows_pandas_flags(tmp_path):
     pretraining = pd.DataFrame({"split": rng.choice(["train", "test"], 800), "sha256": [f"h{v}" for v in range(800)]})
     pq.write_table(pa.Table.from_pandas(manifest), tmp_path / "m.parquet", row_group_size=700)
     pretraining.to_parquet(tmp_path / "p.parquet")
-    rows = quality.manifest_table(tmp_path / "m.parquet", tmp_path / "m.db", tmp_path / "p.parquet")
+    rows, digest = quality.manifest_table(tmp_path / "m.parquet", tmp_path / "m.db", tmp_path / "p.parquet")
     with sqlite3.connect(tmp_path / "m.db") as con:
         table = pd.read_sql(f"SELECT * FROM {quality.TABLE} ORDER BY rowid", con)
     expected = quality.annotate(manifest, pretraining.loc[pretraining["split"] == "train", "sha256"])
     assert rows == n and table["row"].tolist() == list(range(n))
+    assert digest == store.file_digest(tmp_path / "m.parquet")  # hashed while loaded: the file is read once
     # pandas' isin matches a missing hash with a missing hash; SQL does not (a missing hash is no leak, and the
     # suite's not-null expectation on sha256 fails for it anyway)
     expected.loc[manifest["sha256"].isna().to_numpy(), ["test_in_train", "test_in_pretraining"]] = False
@@ -63,7 +64,10 @@ def test_an_empty_manifest_makes_an_empty_table(tmp_path):
     empty = pd.DataFrame({"split": [], "sha256": [], "class_name": []}, dtype="string")
     pq.ParquetWriter(tmp_path / "m.parquet", pa.Schema.from_pandas(empty, preserve_index=False)).close()
     assert pq.ParquetFile(tmp_path / "m.parquet").num_row_groups == 0
-    assert quality.manifest_table(tmp_path / "m.parquet", tmp_path / "m.db") == 0
+    assert quality.manifest_table(tmp_path / "m.parquet", tmp_path / "m.db") == (
+        0,
+        store.file_digest(tmp_path / "m.parquet"),
+    )
     assert quality.table_facts(tmp_path / "m.db", ["duplicate_in_split", "test_in_train"])[0] == {
         "duplicate_in_split": 0,
         "test_in_train": 0,

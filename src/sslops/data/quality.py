@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from sslops.data.store import MANIFEST, PRETRAIN_SPLITS, read_manifest
+from sslops.data.store import MANIFEST, PRETRAIN_SPLITS, ManifestDigest, read_manifest
 from sslops.errors import SslopsError
 
 
@@ -50,15 +50,17 @@ def balance(counts: pd.Series, classes: list[str]) -> pd.DataFrame:
 TABLE = "manifest"  # the annotated manifest's table in the database `manifest_table` writes
 
 
-def manifest_table(manifest: Path, db: Path, pretrained: Path | None = None) -> int:
+def manifest_table(manifest: Path, db: Path, pretrained: Path | None = None) -> tuple[int, str]:
     """Write a manifest file into table TABLE of the SQLite file `db`, one row group at a time, with the columns
     `annotate` adds computed by SQLite (a window over split and sha256 for the duplicates, a lookup of the train
-    split's or the pretraining manifest's hashes for the leaks); return its rows. SQLite sorts on disk with a page
-    cache of its own, so memory does not grow with the rows (pandas held about 1 KB a row, and GX as much again)."""
+    split's or the pretraining manifest's hashes for the leaks); return its rows and its digest (`file_digest`'s,
+    hashed while it is loaded, so the file is read once). SQLite sorts on disk with a page cache of its own, so
+    memory does not grow with the rows (pandas held about 1 KB a row, and GX as much again)."""
     con = sqlite3.connect(db)
     try:
         con.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -65536;")
-        rows = _load(con, "raw", pq.ParquetFile(manifest), with_row=True)
+        digest = ManifestDigest()
+        rows = _load(con, "raw", pq.ParquetFile(manifest), with_row=True, digest=digest)
         leaks = (
             "IFNULL(split = 'test' AND sha256 IN (SELECT sha256 FROM raw WHERE split = 'train'), 0) AS test_in_train"
         )
@@ -78,7 +80,7 @@ def manifest_table(manifest: Path, db: Path, pretrained: Path | None = None) -> 
         con.commit()
     finally:
         con.close()
-    return rows
+    return rows, digest.hexdigest()
 
 
 def _load(
@@ -87,14 +89,17 @@ def _load(
     groups: pq.ParquetFile,
     columns: list[str] | None = None,
     with_row: bool = False,
+    digest: ManifestDigest | None = None,
 ) -> int:
     """Append every row group of a Parquet file to `table` (created from the first, or from the schema when there is
     none: an empty manifest then fails the suite's row count, not SQL); with `with_row`, each row's position as
-    column `row` first. Returns the rows."""
+    column `row` first; each row group, as read, into `digest`. Returns the rows."""
     rows = 0
     empty = groups.schema_arrow.empty_table().select(columns or groups.schema_arrow.names)
     for i in range(groups.num_row_groups or 1):
         chunk = (groups.read_row_group(i, columns=columns) if groups.num_row_groups else empty).to_pandas()
+        if digest is not None:
+            digest.update(chunk)
         if with_row:
             chunk.insert(0, "row", np.arange(rows, rows + len(chunk)))
         chunk.to_sql(table, con, if_exists="append", index=False)

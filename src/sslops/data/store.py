@@ -109,7 +109,7 @@ class ManifestWriter:
         self.parts: list[tuple[Any, Stats]] = []
         self.pending = 0
         self.writer: Any = None
-        self.hash = hashlib.sha256()
+        self.digest = ManifestDigest()
         self.splits: dict[str, int] = {}
         self.rows = 0
 
@@ -126,7 +126,7 @@ class ManifestWriter:
         if self.writer is not None:
             self.writer.close()
         pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed blocks until told
-        return Written(self.rows, self.splits, self.hash.hexdigest()[:16])
+        return Written(self.rows, self.splits, self.digest.hexdigest())
 
     def _flush(self) -> None:
         import pyarrow as pa
@@ -141,7 +141,7 @@ class ManifestWriter:
             self.writer = pq.ParquetWriter(self.path, table.schema)
         self.writer.write_table(table)
         pa.default_memory_pool().release_unused()
-        self.hash.update(_row_hashes(frame))  # chunk by chunk: manifest_digest's bytes of the whole table
+        self.digest.update(frame)
         for split, count in frame["split"].value_counts().items():
             self.splits[split] = self.splits.get(split, 0) + int(count)
         self.rows += len(frame)
@@ -201,7 +201,10 @@ DIGEST_ROWS = 65_536  # rows hashed at a time: hashing a string column converts 
 def manifest_digest(manifest: pd.DataFrame) -> str:
     """A content digest of the whole manifest (every row and column), stable across runs and machines. Hashed
     DIGEST_ROWS rows at a time, so that its transient memory is one chunk's, not hundreds of bytes per row."""
-    return _digest(manifest.iloc[start : start + DIGEST_ROWS] for start in range(0, len(manifest), DIGEST_ROWS))
+    digest = ManifestDigest()
+    for start in range(0, len(manifest), DIGEST_ROWS):
+        digest.update(manifest.iloc[start : start + DIGEST_ROWS])
+    return digest.hexdigest()
 
 
 def file_digest(path: Path) -> str:
@@ -209,21 +212,25 @@ def file_digest(path: Path) -> str:
     they were given need not hold the table)."""
     import pyarrow.parquet as pq
 
-    groups = pq.ParquetFile(path)
-    return _digest(groups.read_row_group(i).to_pandas() for i in range(groups.num_row_groups))
+    groups, digest = pq.ParquetFile(path), ManifestDigest()
+    for i in range(groups.num_row_groups):
+        digest.update(groups.read_row_group(i).to_pandas())
+    return digest.hexdigest()
 
 
-def _digest(chunks: Iterator[pd.DataFrame]) -> str:
-    digest = hashlib.sha256()
-    for chunk in chunks:
-        digest.update(_row_hashes(chunk))
-    return digest.hexdigest()[:16]
+class ManifestDigest:
+    """A manifest's digest built from its rows chunk by chunk, for whoever reads or writes it in chunks anyway (the
+    writer, validate's SQLite load). hash_pandas_object hashes row by row, so the chunks' bytes, one after another,
+    are the whole table's: the same digest for any chunking."""
 
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
 
-def _row_hashes(rows: pd.DataFrame) -> bytes:
-    """What a manifest digest hashes for these rows: hash_pandas_object hashes row by row, so the bytes of a table's
-    chunks, one after another, are those of the whole table."""
-    return pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes()
+    def update(self, rows: pd.DataFrame) -> None:
+        self._sha.update(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes())
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()[:16]
 
 
 def read_manifest(path: Path, columns: list[str] | None = None) -> pd.DataFrame:

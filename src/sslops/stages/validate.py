@@ -16,7 +16,7 @@ from sslops.adapters import expectations, tracking
 from sslops.config import Project
 from sslops.config.schema import ValidateParams
 from sslops.data import quality
-from sslops.data.store import CLASSES, MANIFEST, file_digest
+from sslops.data.store import CLASSES, MANIFEST
 from sslops.errors import DataValidationError, SslopsError
 from sslops.outputs.atomic import atomic_dir, scratch_dir, write_json
 
@@ -36,7 +36,7 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
         # The annotated manifest as a SQLite table beside the outputs (the disk the data is on), gone afterwards.
         with scratch_dir(out.validation.with_name(f"{out.validation.name}-db")) as work:
             db = work / "manifest.db"
-            rows = quality.manifest_table(manifest_path, db, pretrained)
+            rows, manifest_digest = quality.manifest_table(manifest_path, db, pretrained)
             counts, per_class = quality.table_facts(db, flags)
             frames = {
                 "manifest": (
@@ -62,7 +62,7 @@ def run(project: Project, task: str | None = None) -> dict[str, Any]:
             **expectations.outcome(checks),
             **counts,
             "min_class_share": round(float(frames["class_balance"][0]["share"].min()), 6),
-            "manifest_digest": file_digest(manifest_path),
+            "manifest_digest": manifest_digest,
             "seconds": round(time.perf_counter() - start, 2),
         }
         write_json(out.metrics / "validate.json", summary)
