@@ -394,7 +394,7 @@ class Fit:
                 acc = float((predict(model, self.store.take(rows[held]), self.device) == labels[held]).mean())
                 tracking.log_metrics({**stats, "holdout_acc": acc})
             entries.append({**scored, "protocol": "finetune", "trial": trial, "holdout_acc": acc})
-            entries[-1]["seconds"] = round(stats["seconds"], 2)
+            entries[-1]["seconds"] = round(stats["seconds"], 3)
             print(
                 f"  {name} trial '{trial}': held-out acc {acc:.4f}, linear probe {linear_acc:.4f} ({len(held)} "
                 f"labels, {stats['seconds']:.1f}s)"
