@@ -19,6 +19,8 @@ def test_promotion_rule():
     assert decide(0.81, 0.80, 0.0)[0] is True
     assert decide(0.80, 0.80, 0.0)[0] is False  # a tie keeps the champion
     assert decide(0.805, 0.80, 0.01)[0] is False  # not better by more than min_improvement
+    assert decide(0.8, 0.7, 0.1)[0] is False  # better by exactly min_improvement (0.8 - 0.7 > 0.1 in floats)
+    assert decide(0.8001, 0.7, 0.1)[0] is True
 
 
 def client(project):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import backbone_config, finetune_config, synthetic_images
+from sslops.errors import SslopsError
 from sslops.ml.device import Precision
 from sslops.ml.metrics import confusion_matrix, scores
 from sslops.ml.models import Encoder, pixel_statistics
@@ -28,6 +29,10 @@ def test_holdout_split_is_seeded_disjoint_and_never_empty():
     assert np.array_equal(held, holdout_split(10, 0.2, seed=3)[0])
     assert not np.array_equal(np.sort(held), np.sort(holdout_split(10, 0.2, seed=4)[0]))
     assert len(holdout_split(3, 0.01, seed=0)[0]) == 1  # at least one held-out label, however small the subset
+    held, fit = holdout_split(2, 0.8, seed=0)  # 0.8 of 2 rounds to 2: one must stay to fit on
+    assert (len(held), len(fit)) == (1, 1)
+    with pytest.raises(SslopsError, match="at least one label to fit on"):
+        holdout_split(1, 0.2, seed=0)
 
 
 def test_pixel_statistics_per_channel_from_the_rows_given():

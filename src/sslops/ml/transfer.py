@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sslops.errors import SslopsError
 from sslops.ml.augment import AugmentConfig, BatchAugment
 from sslops.ml.device import FP32, Precision
 from sslops.ml.models import Encoder
@@ -66,9 +67,15 @@ def balanced_subset(labels: np.ndarray, fraction: float | None, per_class: int |
 
 def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(held, fit) positions into a labelled subset of `n`: a seeded `fraction` (at least one) held out to score a
-    recipe on, never on test; the rest to fit it with. The recipe search's split, in the stage and in bench/."""
+    recipe on, never on test; the rest (at least one) to fit it with. The recipe search's split, in the stage and in
+    bench/."""
+    if n < 2:
+        raise SslopsError(
+            f"a labelled subset of {n} image(s) cannot be split to search fine-tuning recipes (finetune.search): "
+            "it needs at least one label to fit on and one to score on; raise the task's budget"
+        )
     order = np.random.default_rng(seed).permutation(n)
-    n_held = max(1, round(fraction * n))
+    n_held = min(n - 1, max(1, round(fraction * n)))
     return order[:n_held], order[n_held:]
 
 

@@ -53,10 +53,13 @@ def registry_record(project: Project) -> Path:
 
 
 def decide(new_value: float, champion_value: float | None, min_improvement: float) -> tuple[bool, str]:
-    """(promote?, reason): strictly better than the champion by more than `min_improvement`; ties keep it."""
+    """(promote?, reason): strictly better than the champion by more than `min_improvement`; ties keep it.
+
+    The margin is rounded to 9 decimals before the comparison: in floats 0.8 - 0.7 is 0.10000000000000009, so a
+    model better by exactly `min_improvement` (a tie at that margin) would otherwise be promoted."""
     if champion_value is None:
         return True, "no champion yet"
-    if new_value > champion_value + min_improvement:
+    if round(new_value - champion_value, 9) > min_improvement:
         return True, f"{new_value:.5f} beats champion's {champion_value:.5f} (by more than {min_improvement})"
     return False, f"{new_value:.5f} does not beat champion's {champion_value:.5f} by more than {min_improvement}"
 
