@@ -139,16 +139,17 @@ def table(found: dict[tuple[str, int], dict[str, Any]], finetune: FinetuneParams
             seeds = ", ".join(str(r["params"].get("seed")) for r in group)
             seeds += f" (+{len(pending)} pending)" if pending and precision == amp else ""
             images = sorted({r["params"].get("images") for r in group})
+            cell = partial(mean_std, of=len(group))  # a value some runs lack says so
             lines.append(
                 f"| {label} | {seeds} | {machine}, {'fp32' if precision == 'off' else precision} "
-                f"| {mean_std(_column(group, 'pretrain', 'knn_acc'))} "
-                f"| {mean_std(_column(group, 'evaluate', f'test.acc.{full}.linear.pretrained'))} "
-                f"| {mean_std(_declared(group, finetune, budget, 'best_pretrained'))} "
-                f"| {mean_std(_declared(group, finetune, budget, 'best_scratch'))} "
-                f"| {mean_std(_declared(group, finetune, budget, 'gain_vs_best_scratch'), signed=True)} "
+                f"| {cell(_column(group, 'pretrain', 'knn_acc'))} "
+                f"| {cell(_column(group, 'evaluate', f'test.acc.{full}.linear.pretrained'))} "
+                f"| {cell(_declared(group, finetune, budget, 'best_pretrained'))} "
+                f"| {cell(_declared(group, finetune, budget, 'best_scratch'))} "
+                f"| {cell(_declared(group, finetune, budget, 'gain_vs_best_scratch'), signed=True)} "
                 f"| {', '.join(f'{i:,}' for i in images if i)} "
-                f"| {mean_std(_column(group, 'pretrain', 'seconds'), scale=1, digits=0, unit=' s')} "
-                f"| {mean_std(_column(group, 'pretrain', 'images_per_s'), scale=1, digits=0, unit='')} |"
+                f"| {cell(_column(group, 'pretrain', 'seconds'), scale=1, digits=0, unit=' s')} "
+                f"| {cell(_column(group, 'pretrain', 'images_per_s'), scale=1, digits=0, unit='')} |"
             )
     return "\n".join(lines)
 
@@ -157,7 +158,8 @@ def seeds_summary(
     found: dict[tuple[str, int], dict[str, Any]], method: str, finetune: FinetuneParams, amp: str
 ) -> dict[str, Any] | None:
     """The default method's headline per label budget of the task, one value per pretraining seed (those pretrained in
-    the committed run's precision `amp`): best pretrained, best scratch and the gain. None before any finished run."""
+    the committed run's precision `amp`, on whichever machines): best pretrained, best scratch and the gain. None
+    before any finished run."""
     done = [r for (m, _), r in sorted(found.items()) if m == method and "state" not in r and _amp(r) == amp]
     if not done:
         return None
@@ -177,6 +179,7 @@ def seeds_summary(
     # The label draws the runs themselves made (their finetune params), not today's params.yaml.
     draws = sorted({(r["sections"].get("finetune") or {}).get("draws") for r in done} - {None})
     summary = {"method": method, "amp": amp, "seeds": seeds, "draws": " or ".join(map(str, draws)) or "the"}
+    summary["machines"] = sorted({_machine(r) for r in done})  # named in docs/methods.md; counted in the README
     return summary | {"dataset": "Fashion-MNIST", "task": TASK, "budgets": budgets}
 
 

@@ -279,3 +279,23 @@ def test_a_sweep_queues_what_is_missing_and_the_table_budgets_only_for_other_met
     assert len(compare_methods.queue_for(project, [(default, 0)], existing, rerun=True)) == 1
     full = compare_methods.queue_for(project, [(other, 1)], {}, all_budgets=True)
     assert not any("budgets" in a for a in full[f"method-{other}-s1"])
+
+
+def test_a_value_some_runs_lack_says_how_many_runs_it_averages() -> None:
+    """A run without the 1 % metric must not turn a mean over two seeds into one that reads as over all three."""
+    from sslops.commands.report import seeds_markdown
+    from sslops.config import Project
+
+    finetune = Project(ROOT).config("finetune")
+    found = {("dino", s): _run(s, "bf16", acc) for s, acc in ((0, 0.80), (1, 0.84), (2, 0.82))}
+    found[("dino", 1)]["evaluate"] = {"headline.frac_0.01.labels": 600}  # evaluated without the 1 % budget
+    (row,) = [line for line in compare_methods.table(found, finetune, "bf16").splitlines() if line.startswith("| dino")]
+    assert "| 84.00 % ± 0.00 |" in row  # the kNN every run has: no count
+    assert "| 81.00 % ± 1.41 (2 of 3) | 82.00 % ± 0.00 (2 of 3) | -1.00 ± 1.41 (2 of 3) |" in row
+    summary = compare_methods.seeds_summary(found, "dino", finetune, "bf16")
+    assert summary is not None and "81.00 % ± 1.41 (2 of 3)" in seeds_markdown(summary)
+    assert "machines" not in seeds_markdown(summary)  # one machine: nothing to say
+    found[("dino", 2)]["pretrain"]["machine"] = "CPU B"
+    summary = compare_methods.seeds_summary(found, "dino", finetune, "bf16")
+    assert summary is not None and summary["machines"] == ["CPU A", "CPU B"]
+    assert "The seeds ran on 2 machines" in seeds_markdown(summary)

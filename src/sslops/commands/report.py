@@ -201,13 +201,22 @@ def replace_section(path: Path, begin: str, end: str, body: str) -> None:
         tmp.write_text(pattern.sub(lambda _: f"{begin}\n{body}\n{end}", content))
 
 
-def mean_std(values: list[float], scale: float = 100, signed: bool = False, digits: int = 2, unit: str = " %") -> str:
+def mean_std(
+    values: list[float],
+    scale: float = 100,
+    signed: bool = False,
+    digits: int = 2,
+    unit: str = " %",
+    of: int | None = None,
+) -> str:
     """`mean<unit> ± std` (sample std) of `values` x `scale`; just the mean for one value; empty for none. Points
-    (`signed`) carry no unit."""
+    (`signed`) carry no unit. `of`: how many runs the cell stands for; where some lack the value, the cell says
+    `(2 of 3)`, so a mean over fewer runs never reads as one over all of them."""
     if not values:
         return ""
     centre = f"{scale * mean(values):{'+' if signed else ''}.{digits}f}{'' if signed else unit}"
-    return f"{centre} ± {scale * spread(values):.{digits}f}" if len(values) > 1 else centre
+    cell = f"{centre} ± {scale * spread(values):.{digits}f}" if len(values) > 1 else centre
+    return f"{cell} ({len(values)} of {of})" if of is not None and len(values) < of else cell
 
 
 def seeds_markdown(summary: dict[str, Any]) -> str:
@@ -215,15 +224,22 @@ def seeds_markdown(summary: dict[str, Any]) -> str:
     its mean over the label draws; shown as mean ± std over the seeds."""
     seeds = ", ".join(map(str, summary["seeds"]))
     draws = summary.get("draws", "the")  # a summary written before the runs' draws were recorded says "the"
+    machines = len(summary.get("machines", [])) or 1  # a summary written before machines were recorded: one
     intro = (
         f"`{summary['method']}`, pretraining seeds {seeds}: mean ± std over the seeds of each seed's mean over {draws} "
         f"label draws (100 %: one subset), test split of {summary['dataset']}. The scratch side does not depend on the "
         "pretraining seed (its init and label draws follow `finetune.seed`), so its spread here is 0; the spread over "
         "label draws is in the table above."
     )
+    if machines > 1:
+        intro += (
+            f" The seeds ran on {machines} machines (docs/methods.md names them), so the spread over seeds includes "
+            "the machines' differences."
+        )
     lines = [intro, "", "| labels | best pretrained | best scratch | gain, best vs best |", "|---|---|---|---|"]
     for b in summary["budgets"]:
-        cells = [mean_std(b[k], signed=k.startswith("gain")) for k in ("best_pretrained", "best_scratch", "gain")]
+        keys = ("best_pretrained", "best_scratch", "gain")
+        cells = [mean_std(b[k], signed=k.startswith("gain"), of=len(summary["seeds"])) for k in keys]
         lines.append(f"| {b['name']} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
