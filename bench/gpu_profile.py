@@ -56,6 +56,7 @@ from sslops.ml.device import amp_name, pick_device
 from sslops.ml.knn import knn_accuracy
 from sslops.ml.methods import METHOD_CONFIGS, Method, build_method
 from sslops.ml.models import BackboneConfig, Encoder, pixel_statistics, resolve_backbone
+from sslops.ml.results import mean
 from sslops.ml.train import EpochStats, TrainConfig, epochs_for, pretrain
 from sslops.ml.transfer import (
     Classifier,
@@ -244,7 +245,7 @@ class Transfer:
                 acc = float((predict(model, self.data[0][held_idx], self.device) == self.data[1][held_idx]).mean())
                 held.setdefault(trial, []).append(acc)
                 self.log("holdout", init=self.init, trial=trial, draw=draw, acc=acc, **_stats(stats))
-        means = {trial: float(np.mean(accs)) for trial, accs in held.items()}
+        means = {trial: mean(accs) for trial, accs in held.items()}  # exact: tied draws tie in any order
         chosen = max(means, key=lambda t: (means[t], -list(means).index(t)))  # the earlier trial on a tie
         self.log("chosen", init=self.init, trial=chosen, holdout_means=means, cpu_choice=cpu_choice)
         if chosen != cpu_choice:
@@ -318,7 +319,7 @@ def summarize(paths: list[Path]) -> str:
     best = max(scratch, key=lambda p: p["chosen"]["holdout_means"][p["chosen"]["trial"]])
     best_trial = best["chosen"]["trial"]
     best_accs = finetuned(best, best_trial)
-    best_mean = float(np.mean(best_accs))
+    best_mean = mean(best_accs)
     where = f"{best['profile']} profile, trial {best_trial}: {mean_std(best_accs, unit='')} % on test"
     lines = ["", f"Best scratch (best held-out accuracy): {where}.", ""]
     settings: dict[tuple, list[float]] = {}
@@ -328,14 +329,13 @@ def summarize(paths: list[Path]) -> str:
         trial = proc.get("chosen", {}).get("trial") or (trials.pop() if len(trials) == 1 else None)
         if pre and trial:
             key = (proc["profile"], pre["method"], pre["epochs"], trial)
-            settings.setdefault(key, []).append(float(np.mean(finetuned(proc, trial))) - best_mean)
+            settings.setdefault(key, []).append(mean(finetuned(proc, trial)) - best_mean)
     lines += [
         "| profile | method | epochs | trial | pretraining seeds | gain over the best scratch, points |",
         "|---|---|---|---|---|---|",
     ]
     for (profile, method, epochs, trial), gains in settings.items():
-        spread = f"{100 * np.mean(gains):+.2f}" + (f" ± {100 * np.std(gains, ddof=1):.2f}" if len(gains) > 1 else "")
-        lines.append(f"| {profile} | {method} | {epochs} | {trial} | {len(gains)} | {spread} |")
+        lines.append(f"| {profile} | {method} | {epochs} | {trial} | {len(gains)} | {mean_std(gains, signed=True)} |")
     return "\n".join(rows + lines)
 
 
