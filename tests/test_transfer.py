@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -270,6 +272,13 @@ def test_tied_draws_average_to_their_value_and_plot_with_zero_spread(tmp_path, k
     assert (h["gain_vs_best_scratch"], h["gain_vs_best_scratch_std"]) == (0.0, 0.0)
     label_efficiency(agg, tmp_path / "label_efficiency.png", "Task tied")
     assert (tmp_path / "label_efficiency.png").stat().st_size > 0
+
+
+def test_a_draw_that_scored_nan_spreads_nan_like_its_mean() -> None:
+    from sslops.ml.results import mean, spread
+
+    assert math.isnan(mean([math.nan, 0.8])) and math.isnan(spread([math.nan, 0.8])) and math.isnan(spread([math.inf]))
+    assert spread([0.8]) == 0.0 and spread([0.5, 0.5]) == 0.0
 
 
 def test_a_recipe_is_chosen_on_its_mean_held_out_accuracy_and_the_probe_must_beat_it() -> None:

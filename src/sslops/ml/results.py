@@ -7,6 +7,7 @@ labelled train split) or `per_class_10` ("10/class" in params.yaml) in one place
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Iterable
 from typing import Any
@@ -45,7 +46,10 @@ def mean(values: Iterable[float]) -> float:
 
 def spread(values: list[float]) -> float:
     """Sample standard deviation (exact arithmetic: tied values spread 0); 0 for a single value (a budget of 100 %
-    is one subset)."""
+    is one subset); NaN where a value is not finite, as `mean` gives (a segmentation draw whose test masks have no
+    labelled pixel scores NaN), where `statistics.stdev` would raise an AttributeError."""
+    if not all(map(math.isfinite, values)):
+        return math.nan
     return float(statistics.stdev(values)) if len(values) > 1 else 0.0
 
 
