@@ -138,6 +138,13 @@ BAD = [
     ("validate", {"min_rows": 10, "max_rows": 5}, "min_rows (10) must not exceed max_rows (5)"),
     ("evaluate", {"device": "gpu"}, "evaluate.device in params.yaml: must match pattern"),
     ("prepare", {"root": "../someone-else/data"}, "prepare.root in params.yaml: must be a folder inside the project"),
+    ("prepare", {"unlabeled_dir": "../x"}, "prepare.unlabeled_dir in params.yaml: must be the name of a folder inside"),
+    ("prepare", {"classes": ["a", "b", "a"]}, "prepare.classes in params.yaml: each class may appear once, a repeats"),
+    ("tasks", {"digits__classes": ["0", "0"]}, "tasks.digits.classes in params.yaml: each class may appear once, 0 re"),
+    ("augment", {"flip_p": True}, "augment.flip_p in params.yaml: must be a number, not a boolean (YAML reads"),
+    ("finetune", {"search__holdout": False}, "finetune.search.holdout in params.yaml: must be a number, not a boolean"),
+    ("prepare", {"store__quality": True}, "prepare.store.quality in params.yaml: must be a valid integer, got True"),
+    ("prepare", {"mask_ignore": "255"}, "prepare.mask_ignore in params.yaml: must be a valid integer, got '255'"),
 ]
 
 
@@ -299,6 +306,68 @@ def test_an_unknown_section_is_refused(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**PARAMS, "pretrian": {"images": 1}}))
     with pytest.raises(SslopsError, match="unknown section.*pretrian"):
         Project(tmp_path).config("pretrain")
+
+
+def test_check_names_every_bad_section_at_once(tmp_path: Path) -> None:
+    """What `sslops repro` and `sslops docs` run first: a bad value in evaluate is found before prepare would run."""
+    params = copy.deepcopy(PARAMS)
+    params["evaluate"]["perplexity"], params["augment"]["flip_p"] = -1, "often"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(SslopsError) as info:
+        Project(tmp_path).check()
+    said = str(info.value)
+    assert "augment.flip_p in params.yaml" in said and "evaluate.perplexity in params.yaml" in said
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    Project(tmp_path).check()  # the repository's params pass
+    (tmp_path / "params.yaml").unlink()
+    with pytest.raises(SslopsError) as info:
+        Project(tmp_path).check()
+    assert str(info.value).count("is missing") == 1  # said once, not once per section
+
+
+def _sslops(root: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "SSLOPS_ROOT": str(root), "HOME": str(root)}
+    env |= {"DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "sslops", *args], cwd=root, capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("evaluate", "perplexity", 0, "evaluate.perplexity in params.yaml: must be greater than 0, got 0"),
+        ("pretrain", "rotation", {"hidden": -5}, "pretrain.rotation.hidden in params.yaml: must be greater than"),
+    ],
+)
+def test_repro_checks_every_section_and_the_knobs_before_any_stage_runs(
+    tmp_path: Path, section: str, key: str, value: object, message: str
+) -> None:
+    """A bad value in the last stage's section, or in a method's knobs, stops `sslops repro` before prepare runs:
+    it used to be a warning of the estimate, and the run went on for minutes until the stage that reads it."""
+    params = copy.deepcopy(PARAMS)
+    params[section][key] = value
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    done = _sslops(tmp_path, "repro")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr and "running anyway" not in done.stderr
+    assert not (tmp_path / "artifacts").exists() and not (tmp_path / "mlflow").exists()
+
+
+def test_docs_and_search_name_a_missing_params_file_or_task_without_traceback(tmp_path: Path) -> None:
+    (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    done = _sslops(tmp_path, "docs", "--check")
+    assert done.returncode == 2 and "params.yaml is missing" in done.stderr and "Traceback" not in done.stderr
+    params = copy.deepcopy(PARAMS)
+    params["augment"]["flip_p"] = 3
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    done = _sslops(tmp_path, "docs")  # would publish 3 as the default
+    assert done.returncode == 2 and "augment.flip_p in params.yaml" in done.stderr and not (tmp_path / "docs").exists()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    done = _sslops(tmp_path, "search-recipes", "--task", "nope")
+    assert done.returncode == 2 and "unknown task 'nope'" in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize(

@@ -231,6 +231,7 @@ def _docs(args: argparse.Namespace) -> int:
     from sslops.config import Project
 
     project = Project.discover()
+    project.check()  # the reference shows params.yaml's values as the defaults: never an invalid one
     pages = {CONFIGURATION: configuration_markdown(project), CLI: cli_markdown(build_parser())}
     stale = write_or_check(project.root, pages, check=args.check)
     for path in stale:
@@ -259,7 +260,9 @@ def _repro(args: argparse.Namespace) -> int:
     with project_lock(project.root, timeout, holder, on_wait=print), overridden_params(project.root, {}, warn=print):
         # no overrides: this only restores params.yaml if a killed flow run left it overridden
         env = stage_env(project.root, None)
-        planned = None if args.dvc_args else _advisory_estimate(project, stages_to_run(project.root))
+        stages = None if args.dvc_args else stages_to_run(project.root)
+        _check_params(Project(project.root), stages)  # params.yaml as restored above
+        planned = None if stages is None else _advisory_estimate(project, stages)
         if planned is not None:
             print(format_estimate(planned), flush=True)
             env[ESTIMATES_ENV] = json.dumps(planned.seconds())
@@ -271,6 +274,17 @@ def _repro(args: argparse.Namespace) -> int:
     if planned is not None and lines:
         print(format_actuals(planned, {(t := json.loads(line))["stage"]: t["seconds"] for line in lines}))
     return code
+
+
+def _check_params(project: Project, stages: list[str] | None) -> None:
+    """Every section of params.yaml, and the method's knobs where pretrain will run (`stages`; None: unknown), checked
+    before `dvc repro` starts: a bad value in a later stage's section fails now, not after the earlier stages ran."""
+    project.check()
+    if stages is None or "pretrain" in stages:
+        from sslops.config.validation import method_knobs
+        from sslops.ml.methods import METHOD_CONFIGS  # torch: only where pretraining is about to import it anyway
+
+        method_knobs(project.config("pretrain"), METHOD_CONFIGS)
 
 
 def _advisory_estimate(project: Project, stages: list[str]) -> Estimate | None:

@@ -100,8 +100,7 @@ def _rows(model: type | None, values: dict[str, Any], prefix: str, ctx: dict[str
 
 def configuration_markdown(project: Project) -> str:
     """docs/configuration.md: one table per params.yaml section."""
-    text = project.params_file.read_text()
-    params = yaml.safe_load(text)
+    text, params = project.params_file.read_text(), project.params
     ctx = {
         "comments": yaml_comments(text),
         "deps": rerun_by(yaml.safe_load((project.root / "dvc.yaml").read_text())),

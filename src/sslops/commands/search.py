@@ -33,7 +33,7 @@ def search_recipes(project: Project, task: str, trials: list[str] | None = None)
     from sslops.ml.device import Precision, machine, pick_device
     from sslops.ml.transfer import features
 
-    cfg = project.config("finetune")
+    cfg, outputs = project.config("finetune"), project.outputs(task)  # an unknown task: an error naming the tasks
     budgets = project.config("tasks")[task].budgets
     names = trials or list(cfg.trials)
     unknown = [t for t in names if t not in cfg.trials]
@@ -41,7 +41,7 @@ def search_recipes(project: Project, task: str, trials: list[str] | None = None)
         raise SslopsError(f"--trials names {', '.join(unknown)}, not in finetune.trials ({', '.join(cfg.trials)})")
     device = pick_device(cfg.device)
     precision = Precision.resolve(cfg.amp, cfg.channels_last, device)
-    store = ImageStore.open(project.outputs(task).prepared)
+    store = ImageStore.open(outputs.prepared)
     rows, labels = store.labelled("train")
     params = {**cfg.record(), "budgets": budgets, "trials": names}
     with tracking.stage_run(project, "search", params, task=task) as run, tempfile.TemporaryDirectory() as tmp:

@@ -131,6 +131,18 @@ class Project:
             self._configs[name] = parse_section(name, self.section(name), self.params_file.name)
         return self._configs[name]
 
+    def check(self) -> None:
+        """Validate every section of params.yaml, all problems at once: what `sslops repro` and `sslops docs` do
+        first, so a typo in a later stage's section fails before the earlier stages spend their minutes."""
+        problems = []
+        for name in SECTIONS:
+            try:
+                self.config(name)
+            except SslopsError as exc:
+                problems.append(str(exc))
+        if problems:  # a missing file or an unknown section is said once, not once per section
+            raise SslopsError("\n".join(dict.fromkeys(problems)))
+
     @cached_property
     def _configs(self) -> dict[str, Section]:
         return {}

@@ -30,13 +30,24 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.functional_validators import AfterValidator, PlainValidator
+from pydantic.functional_validators import AfterValidator, BeforeValidator, PlainValidator
 
+
+def _not_bool(value: object) -> object:
+    """YAML reads true/false, yes/no and on/off as booleans, which pydantic would take as 1.0 and 0.0 (`flip_p: yes`
+    a certain flip): a number knob refuses them. Strings pass on to the float parser, since PyYAML reads `1e-4`
+    (no dot) as one."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean (YAML reads true/false, yes/no and on/off as booleans)")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_not_bool)]
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
-PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-Probability = Annotated[float, Field(ge=0, le=1)]
+PositiveFloat = Annotated[Number, Field(gt=0, allow_inf_nan=False)]
+NonNegativeFloat = Annotated[Number, Field(ge=0, allow_inf_nan=False)]
+Probability = Annotated[Number, Field(ge=0, le=1)]
 Name = Annotated[str, Field(min_length=1)]
 Range = tuple[PositiveFloat, PositiveFloat]
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
@@ -94,8 +105,23 @@ def _inside_project(root: str) -> str:
     outside it (on a shared server: other people's data, through a flow run's overrides)."""
     path = PurePosixPath(root)
     if path.is_absolute() or ".." in path.parts:
-        raise ValueError(f"must be a folder inside the project (relative, without '..'), got {root!r}")
+        raise ValueError("must be a folder inside the project (relative, without '..')")
     return root
+
+
+def _folder_name(name: str) -> str:
+    """A folder beside the split folders, by its name alone: a path could point outside the dataset's root."""
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise ValueError("must be the name of a folder inside the dataset's root, not a path")
+    return name
+
+
+def _distinct_classes(classes: list[str]) -> list[str]:
+    """A class name is a label id's meaning: one name twice would give two ids the same name in every table."""
+    repeated = sorted({c for c in classes if classes.count(c) > 1})
+    if repeated:
+        raise ValueError(f"each class may appear once, {', '.join(repeated)} repeats")
+    return classes
 
 
 class ResizeKnobs(Section):
@@ -109,7 +135,7 @@ class StoreKnobs(Section):
     """`prepare.store`: how the prepared images are kept (`sslops.data.store`, `sslops.data.encoded`)."""
 
     format: Literal["auto", "raw", "jpeg"]  # auto: jpeg from 64x64 pixels up, raw below
-    quality: Annotated[int, Field(ge=1, le=100)]  # JPEG quality of images re-encoded for the store
+    quality: Annotated[StrictInt, Field(ge=1, le=100)]  # JPEG quality of images re-encoded for the store
 
 
 class PrepareParams(Section):
@@ -121,12 +147,14 @@ class PrepareParams(Section):
     channels: Literal["auto", 1, 3]
     unlabeled_dir: Name
     max_pixels: PositiveInt  # imagefolder and `sslops embed`: larger images are refused before decoding
-    mask_ignore: Annotated[int, Field(ge=0, le=255)]  # segmentation masks: the value of unlabelled pixels
+    mask_ignore: Annotated[StrictInt, Field(ge=0, le=255)]  # segmentation masks: the value of unlabelled pixels
     resize: ResizeKnobs
     workers: PositiveInt | None  # processes that decode images (also for the tasks); null: every core
     store: StoreKnobs
 
     _root = field_validator("root")(_inside_project)
+    _unlabeled_dir = field_validator("unlabeled_dir")(_folder_name)
+    _classes = field_validator("classes")(_distinct_classes)
 
     @model_validator(mode="after")
     def _side_within_max_pixels(self) -> PrepareParams:
@@ -155,6 +183,7 @@ class TaskParams(Section):
     budgets: Annotated[list[Budget], Field(min_length=1)]  # fractions of the labelled train split, or N/class
 
     _root = field_validator("root")(_inside_project)
+    _classes = field_validator("classes")(_distinct_classes)
 
     @field_validator("budgets")
     @classmethod
@@ -233,11 +262,11 @@ class AugmentParams(Section):
     brightness: NonNegativeFloat  # colour jitter: brightness factor range, 1 ± this
     contrast: NonNegativeFloat  # colour jitter: contrast factor range, 1 ± this
     saturation: NonNegativeFloat
-    hue: Annotated[float, Field(ge=0, le=0.5)]
+    hue: Annotated[Number, Field(ge=0, le=0.5)]
     grayscale_p: Probability
     blur_p: Probability  # probability of a Gaussian blur
     blur_sigma: Range  # Gaussian blur: sigma range in px
-    rotation: Annotated[float, Field(ge=0, le=180)]
+    rotation: Annotated[Number, Field(ge=0, le=180)]
 
     @model_validator(mode="after")
     def _check(self) -> AugmentParams:
@@ -282,8 +311,8 @@ class PretrainParams(Section):
     optimizer: Literal["lars", "sgd", "adamw"]
     base_lr: PositiveFloat
     weight_decay: NonNegativeFloat  # L2 penalty of the optimiser
-    momentum: Annotated[float, Field(ge=0, lt=1)]  # momentum of LARS and SGD
-    warmup_fraction: Annotated[float, Field(ge=0, lt=1)]  # of all steps
+    momentum: Annotated[Number, Field(ge=0, lt=1)]  # momentum of LARS and SGD
+    warmup_fraction: Annotated[Number, Field(ge=0, lt=1)]  # of all steps
     final_lr_fraction: Probability  # the cosine schedule ends at base LR times this
     amp: Literal["auto", "bf16", "fp16", "off"]
     channels_last: StrictBool | Literal["auto"]  # auto: on CPU and CUDA (faster convolutions)
@@ -292,7 +321,7 @@ class PretrainParams(Section):
     threads: PositiveInt | None
     decode_workers: NonNegativeInt | None  # a JPEG store: processes decoding batches (0: this one); null: every core
     seed: NonNegativeInt  # initial weights and the order of the images
-    val_fraction: Annotated[float, Field(gt=0, lt=1)]  # of labelled train, for the monitor and promotion metric
+    val_fraction: Annotated[Number, Field(gt=0, lt=1)]  # of labelled train, for the monitor and promotion metric
     val_seed: NonNegativeInt  # the split's own seed: another pretraining seed is still scored on the same images
     knn: MonitorKnn
     probe: MonitorProbe
@@ -369,7 +398,7 @@ Protocol = Literal["finetune", "linear", "knn", "distill"]  # sslops.ml.results.
 class RecipeSearch(Section):
     """`finetune.search`: how trials are scored on held-out labels (`sslops search-recipes`, and a task's own stage)."""
 
-    holdout: Annotated[float, Field(gt=0, lt=1)]  # share of each labelled subset held out to score a trial
+    holdout: Annotated[Number, Field(gt=0, lt=1)]  # share of each labelled subset held out to score a trial
     auto: list[Name]  # trials a task without finetune.chosen searches in its own stage; empty: the base recipe
 
 
