@@ -64,8 +64,12 @@ def test_a_photo_folder_is_surveyed_from_its_headers(photos: Path) -> None:
         ({"a.png": "train/class0/0.png", "b.png": "train/class0/4.png"}, "only unlabeled images"),
         ({"train/a/x.png": "train/class0/0.png", "loose.png": "train/class0/0.png"}, "mixed layouts"),
         ({"test/a/x.png": "test/class0/0.png"}, "no train/ folder beside test/"),
+        (
+            {"train/a/x.png": "train/class0/0.png", "train/b/y.png": "train/class1/1.jpg"},
+            "no test/ folder beside train/",
+        ),
     ],
-    ids=["empty", "one-class", "no-splits", "unlabeled-only", "mixed", "no-train"],
+    ids=["empty", "one-class", "no-splits", "unlabeled-only", "mixed", "no-train", "no-test"],
 )
 def test_a_folder_it_cannot_use_is_refused_saying_why(tmp_path, photos, layout, message) -> None:
     root = broken(tmp_path, photos, layout)
@@ -114,6 +118,8 @@ def test_budgets_names_and_the_folder_must_fit_the_pipeline(tmp_path) -> None:
     assert data_folder(project, REPO / "data" / "fashion-mnist") == "data/fashion-mnist"
     with pytest.raises(SslopsError, match="not a folder inside .*copy the images there first"):
         data_folder(project, tmp_path)
+    with pytest.raises(SslopsError, match="that is data/ itself; name the folder of one dataset under it"):
+        data_folder(project, REPO / "data")  # it advised `cp -r data data/data`
 
 
 def test_the_proposal_replaces_the_tasks_and_their_recipe_choices(photos) -> None:

@@ -161,6 +161,8 @@ def test_finetune_evaluate_report_lineage_and_embed(registered, capsys, tmp_path
     (images / "sub").mkdir(parents=True)
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(images / "a.png")
     Image.fromarray(np.full((12, 12, 3), 200, np.uint8)).save(images / "sub" / "b.jpg")
+    assert main(["embed", str(images), "--out", str(images)]) == 2  # a folder: said before the work, not after
+    assert f"--out {images} is a folder" in capsys.readouterr().err
     assert main(["embed", str(images), "--out", str(tmp_path / "emb.npz")]) == 0
     emb = np.load(tmp_path / "emb.npz")
     feature_dim = json.loads((project.root / "artifacts" / "pretrain" / "encoder.json").read_text())["feature_dim"]

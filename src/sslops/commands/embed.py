@@ -66,6 +66,8 @@ def embed_folder(
         raise SslopsError(
             f"{model_uri!r} is not a registry URI: use models:/<name>@<alias> or models:/<name>/<version>."
         )
+    if out.is_dir():  # said before the embedding work, which the atomic write would otherwise fail after
+        raise SslopsError(f"--out {out} is a folder; give a file to write, such as {out / 'embeddings.npz'}")
     name, ref = parse_ref(model_uri, "")
     with tracking.registered_encoder(name, ref, recorded) as (state_dict, _, digests):
         encoder, spec = load_encoder_dir(state_dict, *digests)

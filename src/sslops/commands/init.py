@@ -42,7 +42,9 @@ def data_folder(project: Project, path: Path) -> str:
     """`path` as params.yaml names it: a folder inside the project's DVC-tracked data/."""
     resolved = path.resolve()
     data = (project.root / "data").resolve()
-    if not resolved.is_relative_to(data) or resolved == data:
+    if resolved == data:
+        raise SslopsError(f"{path}: that is data/ itself; name the folder of one dataset under it, e.g. data/my-images")
+    if not resolved.is_relative_to(data):
         raise SslopsError(
             f"{path}: not a folder inside {data}; DVC versions the project's data/ folder, so copy the images "
             f"there first (cp -r {path} data/{path.resolve().name}) and run `sslops init data/{path.resolve().name}`."

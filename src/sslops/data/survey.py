@@ -108,10 +108,13 @@ def _imagefolder(root: Path, entries: list[Path], unlabeled_dir: str, max_pixels
             f"{root}: mixed layouts: image folders {', '.join(sorted(p.name for p in splits))}/ and loose files "
             f"beside them ({', '.join(p.name for p in loose[:5])}). Move unlabeled images to {root}/{unlabeled_dir}/."
         )
-    if "train" not in {p.name for p in splits}:
-        raise SslopsError(
-            f"{root}: no train/ folder beside {splits[0].name}/; expected train/<class>/ and test/<class>/"
-        )
+    for split in ("train", "test"):  # validate.splits needs both: said here, not after prepare has run
+        if split not in {p.name for p in splits}:
+            beside = next(p.name for p in splits if p.name != split)
+            raise SslopsError(
+                f"{root}: no {split}/ folder beside {beside}/; expected train/<class>/ and test/<class>/ (the test "
+                "images are scored on, never trained on)"
+            )
 
     out = _from_plan(root, "imagefolder", plan_imagefolder(root, [], None, unlabeled_dir, max_pixels, True))
     classes = out.classes
