@@ -15,6 +15,7 @@ import yaml
 
 from conftest import TINY_EPOCH, write_idx_dataset
 from sslops.commands.lineage import parse_ref
+from sslops.errors import SslopsError
 from sslops.ml.device import cpu_has_native_bf16
 from test_pipeline_dvc import GIT, make_repo, sh
 
@@ -23,6 +24,9 @@ def test_model_refs():
     assert parse_ref("models:/enc@champion", "d") == ("enc", "champion")
     assert parse_ref("models:/enc/3", "d") == ("enc", "3")
     assert parse_ref("candidate", "d") == ("d", "candidate") and parse_ref("@champion", "d") == ("d", "champion")
+    for bad in ("models:/enc", "models:/enc@", "enc/", ""):
+        with pytest.raises(SslopsError, match="names no version or alias"):
+            parse_ref(bad, "d")
 
 
 def lineage(monkeypatch: pytest.MonkeyPatch, root: Path, *args: str) -> dict:

@@ -22,12 +22,14 @@ def parse_ref(ref: str, default_name: str) -> tuple[str, str]:
     if ref.startswith("models:/") and "@" not in ref and "/" not in ref.removeprefix("models:/"):
         raise SslopsError(f"{ref!r} names no version or alias: use models:/<name>@<alias> or models:/<name>/<version>.")
     if "@" in ref:
-        name, _, alias = ref.removeprefix("models:/").partition("@")
-        return name or default_name, alias
-    if "/" in ref:
-        name, _, version = ref.rpartition("/")
-        return name.removeprefix("models:/") or default_name, version
-    return default_name, ref
+        name, _, which = ref.removeprefix("models:/").partition("@")
+    elif "/" in ref:
+        name, _, which = ref.rpartition("/")
+    else:
+        name, which = "", ref
+    if not which:
+        raise SslopsError(f"{ref!r} names no version or alias after its '@' or '/': e.g. {default_name}@champion.")
+    return name.removeprefix("models:/") or default_name, which
 
 
 def _run_summary(run: Any, metric_prefixes: tuple[str, ...] = ()) -> dict[str, Any]:
