@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from conftest import REPO, TASK
 from sslops.commands.estimate import (
     FIXED_S,
+    _calibrate,
     _finetune,
     _pretrain,
     _Rates,
@@ -18,6 +20,7 @@ from sslops.commands.estimate import (
     format_estimate,
 )
 from sslops.config import Project
+from sslops.ml.device import Precision
 
 RATES = _Rates(
     pretrain_step=1.0, finetune_step={64: 1.0, 128: 2.0}, forward_image=0.0, probe_label_fit=1e-4, knn_pair=0.0
@@ -58,7 +61,9 @@ def test_pretraining_work_follows_the_budget_in_images(project):
     _write(project.metrics_dir / "prepare.json", {"images_train": 60000, "images_unlabeled": 0, "shape": [28, 28, 1]})
     seconds, work = _pretrain(project, RATES)
     assert work == "2,340 steps of 1.000 s"
-    assert seconds >= 2340
+    last_bank = 60000 - round(0.1 * 60000)  # the final linear probe fits every train image but the monitor's queries
+    assert project.config("pretrain").val_fraction == 0.1
+    assert seconds == pytest.approx(2340 * 1.0 + last_bank * RATES.probe_label_fit)  # no forward or kNN cost here
 
 
 def test_every_stage_is_estimated_from_rates_measured_here(project):
@@ -71,12 +76,18 @@ def test_every_stage_is_estimated_from_rates_measured_here(project):
     stages = ["prepare", "augment", "pretrain", f"finetune@{TASK}", f"evaluate@{TASK}"]
     est = estimate(project, stages)
     assert [s.stage for s in est.stages] == stages and est.calibration_s > 0
+    cpu, cfg = torch.device("cpu"), project.config("finetune")
+    rates = _calibrate(project, (12, 12, 1), cpu, (Precision.resolve(cfg.amp, cfg.channels_last, cpu), cpu))
+    assert set(rates.finetune_step) == {cfg.recipe.batch_size} | {t.batch_size for t in cfg.trials.values()}
+    assert all(v > 0 for v in [rates.pretrain_step, *rates.finetune_step.values(), rates.forward_image])
+    assert rates.probe_label_fit > 0 and rates.knn_pair > 0
     assert all(s.seconds is not None and s.seconds > FIXED_S[s.stage.partition("@")[0]] for s in est.stages[1:])
     assert est.total == pytest.approx(sum(est.seconds().values()), abs=0.5)
     table = format_estimate(est)
     assert all(stage in table for stage in stages) and "total" in table and est.machine in table
     after = format_actuals(est, {"prepare": 12.0, f"finetune@{TASK}": 30.0})
-    assert f"finetune@{TASK}" in after and "0.5 min" in after
+    row = next(line for line in after.splitlines() if f"finetune@{TASK}" in line)
+    assert f"{est.seconds()[f'finetune@{TASK}'] / 60:5.1f} min" in row and row.endswith("  0.5 min")
 
 
 def test_a_stage_whose_data_was_never_prepared_has_no_estimate(project):

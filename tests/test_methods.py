@@ -153,10 +153,15 @@ def test_moco_queue_fills_in_order_and_key_encoder_follows_by_momentum():
     )
     before = [p.clone() for p in method.key_encoder.parameters()]
     views = [torch.randint(0, 256, (6, *SHAPE)).float() for _ in range(2)]
+    q0 = method.queue.clone()
     method(views)
     assert int(method.queue_ptr) == 12  # two views x 6 keys entered the queue
+    assert not torch.equal(method.queue[:12], q0[:12]) and torch.equal(method.queue[12:], q0[12:])  # in rows 0-11
+    q1 = method.queue.clone()
     method(views)
-    assert int(method.queue_ptr) == 4  # wrapped around a queue of 20
+    assert int(method.queue_ptr) == 4  # wrapped around a queue of 20: rows 12-19, then 0-3
+    assert not torch.equal(method.queue[12:], q1[12:]) and not torch.equal(method.queue[:4], q1[:4])
+    assert torch.equal(method.queue[4:12], q1[4:12])
     with torch.no_grad():
         for p in method.encoder.parameters():
             p.add_(1.0)
@@ -184,8 +189,14 @@ def test_dino_teacher_sees_the_global_views_and_the_student_the_local_crops_too(
     # 2 global views of 6 images; 2 local crops per image, 0.43 of the 28-px side = 12 px
     assert seen == {"student": [(12, 1, 28, 28), (12, 1, 12, 12)], "teacher": [(12, 1, 28, 28)]}
     assert not any(p.requires_grad for p in method.teacher_encoder.parameters())
-    method.after_step(0, 10)  # momentum 0.99 at step 0
-    assert method.loss.center.abs().sum() > 0  # moved towards the teacher's outputs
+    assert method.loss.center.abs().sum() > 0  # moved towards the teacher's outputs by the loss
+    before = [p.clone() for p in method.teacher_encoder.parameters()]
+    with torch.no_grad():
+        for p in method.encoder.parameters():
+            p.add_(1.0)
+    method.after_step(0, 10)  # the teacher follows the student by momentum, 0.99 at step 0
+    for b, t, s in zip(before, method.teacher_encoder.parameters(), method.encoder.parameters(), strict=True):
+        torch.testing.assert_close(t, 0.99 * b + 0.01 * s)
 
 
 def test_dae_reconstructs_the_clean_image_from_a_corrupted_one():
@@ -250,8 +261,9 @@ def _moco_worker(rank: int, port: int, out: dict) -> None:
     )
     gen = torch.Generator().manual_seed(100 + rank)  # each rank sees different images
     views = [torch.randint(0, 256, (4, *SHAPE), generator=gen).float() for _ in range(2)]
+    start = method.queue.clone()
     method(views)
-    out[rank] = (method.queue.clone(), int(method.queue_ptr))
+    out[rank] = (start, method.queue.clone(), int(method.queue_ptr))
     dist.destroy_process_group()
 
 
@@ -261,8 +273,9 @@ def test_moco_queue_is_the_same_on_every_rank_under_ddp():
         port = s.getsockname()[1]
     out = mp.Manager().dict()
     mp.spawn(_moco_worker, args=(port, out), nprocs=2, join=True)
-    (q0, p0), (q1, p1) = out[0], out[1]
+    (start, q0, p0), (_, q1, p1) = out[0], out[1]
     assert p0 == p1 == 16  # 2 ranks x 2 views x 4 keys, gathered before enqueueing
+    assert not torch.equal(q0[:16], start[:16]) and torch.equal(q0[16:], start[16:])  # the keys went in
     torch.testing.assert_close(q0, q1)
 
 

@@ -93,7 +93,14 @@ def test_dvc_metadata_from_lock_and_pointer(tmp_path: Path):
     assert dvcmeta.upstream_md5s(tmp_path, "prepare") == {"data": "abc.dir"}
     assert dvcmeta.upstream_md5s(tmp_path, "validate") == {"artifacts/prepared": "p.dir"}
     assert dvcmeta.stage_md5(tmp_path, "validate") is None
-    assert len(dvcmeta.stage_md5(tmp_path, "prepare")) == 32
+    first = dvcmeta.stage_md5(tmp_path, "prepare")
+    assert len(first) == 32
+    lock["stages"]["prepare"]["cmd"] = "y"  # the stage ran another command: another stage state
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    assert dvcmeta.stage_md5(tmp_path, "prepare") not in (first, None)
+    lock["stages"]["prepare"] = dict(reversed(list({**lock["stages"]["prepare"], "cmd": "x"}.items())))
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+    assert dvcmeta.stage_md5(tmp_path, "prepare") == first  # the order of the keys is not part of the state
 
 
 def test_git_state_reports_dirty_code_but_not_pipeline_outputs(tmp_path: Path):
