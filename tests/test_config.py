@@ -308,6 +308,17 @@ def test_an_unknown_section_is_refused(tmp_path: Path) -> None:
         Project(tmp_path).config("pretrain")
 
 
+def test_a_key_given_twice_is_refused_naming_it_and_its_line(tmp_path: Path) -> None:
+    """PyYAML keeps the last of two equal keys: a section pasted twice would run with values nobody reads first."""
+    text = (REPO / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(text + "\naugment:\n  views: 2\n")
+    with pytest.raises(SslopsError, match=r"key 'augment' is given twice in one mapping; the second time\n.*line"):
+        Project(tmp_path).check()
+    (tmp_path / "params.yaml").write_text(text.replace("  views: 8", "  views: 8\n  views: 4", 1))
+    with pytest.raises(SslopsError, match="key 'views' is given twice"):
+        Project(tmp_path).check()
+
+
 def test_check_names_every_bad_section_at_once(tmp_path: Path) -> None:
     """What `sslops repro` and `sslops docs` run first: a bad value in evaluate is found before prepare would run."""
     params = copy.deepcopy(PARAMS)

@@ -23,6 +23,22 @@ from sslops.errors import SslopsError
 ROOT_ENV = "SSLOPS_ROOT"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping: PyYAML keeps the last silently, so a section pasted
+    twice (or a knob set in two places) would run with values the reader of the first one does not expect."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' is given twice in one mapping; the second time", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def find_root(start: Path | None = None) -> Path:
     """Return the project root: $SSLOPS_ROOT, else the nearest ancestor of `start` holding dvc.yaml."""
     if os.environ.get(ROOT_ENV):
@@ -104,7 +120,7 @@ class Project:
     def params(self) -> dict[str, Any]:
         """params.yaml as a dict; a missing or malformed file is a user error, not a traceback."""
         try:
-            loaded = yaml.safe_load(self.params_file.read_text())
+            loaded = yaml.load(self.params_file.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects
         except FileNotFoundError:
             raise SslopsError(f"{self.params_file} is missing: every stage reads its knobs from it.") from None
         except yaml.YAMLError as exc:
