@@ -139,6 +139,8 @@ BAD = [
     ("evaluate", {"device": "gpu"}, "evaluate.device in params.yaml: must match pattern"),
     ("prepare", {"root": "../someone-else/data"}, "prepare.root in params.yaml: must be a folder inside the project"),
     ("prepare", {"unlabeled_dir": "../x"}, "prepare.unlabeled_dir in params.yaml: must be the name of a folder inside"),
+    ("prepare", {"unlabeled_dir": "test"}, "prepare.unlabeled_dir in params.yaml: must not be a split's folder"),
+    ("prepare", {"channels": True}, "prepare.channels in params.yaml: must be a number, not a boolean"),
     ("prepare", {"classes": ["a", "b", "a"]}, "prepare.classes in params.yaml: each class may appear once, a repeats"),
     ("tasks", {"digits__classes": ["0", "0"]}, "tasks.digits.classes in params.yaml: each class may appear once, 0 re"),
     ("augment", {"flip_p": True}, "augment.flip_p in params.yaml: must be a number, not a boolean (YAML reads"),
@@ -315,8 +317,13 @@ def test_a_key_given_twice_is_refused_naming_it_and_its_line(tmp_path: Path) -> 
     with pytest.raises(SslopsError, match=r"key 'augment' is given twice in one mapping; the second time\n.*line"):
         Project(tmp_path).check()
     (tmp_path / "params.yaml").write_text(text.replace("  views: 8", "  views: 8\n  views: 4", 1))
-    with pytest.raises(SslopsError, match="key 'views' is given twice"):
+    with pytest.raises(SslopsError, match=r"key 'views' is given twice(.|\n)*params\.yaml\", line 53"):
         Project(tmp_path).check()
+    shared = text.replace("    base: {}", "    base: &base {lr: 1.0e-3}").replace(
+        "    lr3e-4: {lr: 3.0e-4}", "    lr3e-4:\n      <<: *base\n      lr: 3.0e-4"
+    )
+    (tmp_path / "params.yaml").write_text(shared)  # a merge key shares a mapping: no key is given twice
+    assert Project(tmp_path).params["finetune"]["trials"]["lr3e-4"] == {"lr": 3.0e-4}
 
 
 def test_check_names_every_bad_section_at_once(tmp_path: Path) -> None:

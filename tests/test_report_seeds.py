@@ -36,6 +36,8 @@ def test_the_summary_reads_as_the_readme_section() -> None:
     assert lines[2:4] == ["| labels | best pretrained | best scratch | gain, best vs best |", "|---|---|---|---|"]
     assert lines[4] == "| 1 % | 84.40 % ± 0.26 | 82.77 % ± 0.00 | +1.63 ± 0.26 |"
     assert lines[5] == "| 100 % | 90.00 % ± 0.00 | 88.00 % ± 0.00 | +2.00 ± 0.00 |"
+    one = {**SUMMARY, "budgets": [{"name": "1 %", "best_pretrained": [0.84], "best_scratch": [0.82], "gain": [0.02]}]}
+    assert seeds_markdown(one).splitlines()[4] == "| 1 % | 84.00 % (1 of 3) | 82.00 % (1 of 3) | +2.00 (1 of 3) |"
 
 
 def test_the_report_says_which_summary_it_has(tmp_path: Path) -> None:

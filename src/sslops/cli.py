@@ -259,9 +259,10 @@ def _repro(args: argparse.Namespace) -> int:
         print(f"sslops repro: note: outputs of tasks no longer in params.yaml stay until removed: rm -rf {shown}")
     with project_lock(project.root, timeout, holder, on_wait=print), overridden_params(project.root, {}, warn=print):
         # no overrides: this only restores params.yaml if a killed flow run left it overridden
+        project = Project(project.root)  # params.yaml as restored above, not as read before it
         env = stage_env(project.root, None)
         stages = None if args.dvc_args else stages_to_run(project.root)
-        _check_params(Project(project.root), stages)  # params.yaml as restored above
+        _check_params(project, stages)
         planned = None if stages is None else _advisory_estimate(project, stages)
         if planned is not None:
             print(format_estimate(planned), flush=True)

@@ -28,7 +28,8 @@ def parse_ref(ref: str, default_name: str) -> tuple[str, str]:
     else:
         name, which = "", ref
     if not which:
-        raise SslopsError(f"{ref!r} names no version or alias after its '@' or '/': e.g. {default_name}@champion.")
+        example = f"{default_name}@champion" if default_name else "models:/<name>@champion"
+        raise SslopsError(f"{ref!r} names no version or alias after its '@' or '/': e.g. {example}.")
     return name.removeprefix("models:/") or default_name, which
 
 

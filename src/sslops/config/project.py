@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Hashable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -27,10 +28,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """safe_load that refuses a key given twice in one mapping: PyYAML keeps the last silently, so a section pasted
     twice (or a knob set in two places) would run with values the reader of the first one does not expect."""
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set = set()
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Hashable] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` merges a shared mapping: not a repeat
+                continue
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                break  # the parent's construction refuses an unhashable key with its own error
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key '{key}' is given twice in one mapping; the second time", key_node.start_mark
@@ -120,7 +125,8 @@ class Project:
     def params(self) -> dict[str, Any]:
         """params.yaml as a dict; a missing or malformed file is a user error, not a traceback."""
         try:
-            loaded = yaml.load(self.params_file.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects
+            with open(self.params_file, encoding="utf-8") as fh:  # an error then names the file, not "<unicode string>"
+                loaded = yaml.load(fh, Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects
         except FileNotFoundError:
             raise SslopsError(f"{self.params_file} is missing: every stage reads its knobs from it.") from None
         except yaml.YAMLError as exc:

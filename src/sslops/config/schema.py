@@ -110,9 +110,12 @@ def _inside_project(root: str) -> str:
 
 
 def _folder_name(name: str) -> str:
-    """A folder beside the split folders, by its name alone: a path could point outside the dataset's root."""
+    """A folder beside the split folders, by its name alone: a path could point outside the dataset's root, and a
+    split's name would make its labelled (or test) images unlabeled pretraining images too."""
     if "/" in name or "\\" in name or name in (".", ".."):
         raise ValueError("must be the name of a folder inside the dataset's root, not a path")
+    if name in ("train", "test"):
+        raise ValueError("must not be a split's folder (train, test): its images would be pretrained on twice")
     return name
 
 
@@ -120,7 +123,10 @@ def _distinct_classes(classes: list[str]) -> list[str]:
     """A class name is a label id's meaning: one name twice would give two ids the same name in every table."""
     repeated = sorted({c for c in classes if classes.count(c) > 1})
     if repeated:
-        raise ValueError(f"each class may appear once, {', '.join(repeated)} repeats")
+        raise ValueError(
+            f"each class may appear once, {', '.join(repeated)} repeats (an id no label uses still needs a name of "
+            "its own, e.g. unused_3)"
+        )
     return classes
 
 
@@ -144,7 +150,7 @@ class PrepareParams(Section):
     format: Format
     root: Annotated[str, Field(min_length=1)]  # inside the project (DVC tracks it); checked below
     classes: list[Name]  # empty: taken from the data (imagefolder folders, CIFAR's batches.meta)
-    channels: Literal["auto", 1, 3]
+    channels: Annotated[Literal["auto", 1, 3], BeforeValidator(_not_bool)]  # YAML's `yes` is not 1 channel
     unlabeled_dir: Name
     max_pixels: PositiveInt  # imagefolder and `sslops embed`: larger images are refused before decoding
     mask_ignore: Annotated[StrictInt, Field(ge=0, le=255)]  # segmentation masks: the value of unlabelled pixels

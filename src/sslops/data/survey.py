@@ -108,7 +108,7 @@ def _imagefolder(root: Path, entries: list[Path], unlabeled_dir: str, max_pixels
             f"{root}: mixed layouts: image folders {', '.join(sorted(p.name for p in splits))}/ and loose files "
             f"beside them ({', '.join(p.name for p in loose[:5])}). Move unlabeled images to {root}/{unlabeled_dir}/."
         )
-    for split in ("train", "test"):  # validate.splits needs both: said here, not after prepare has run
+    for split in ("train", "test"):  # the task trains on one and is scored on the other: said before prepare runs
         if split not in {p.name for p in splits}:
             beside = next(p.name for p in splits if p.name != split)
             raise SslopsError(
