@@ -170,6 +170,7 @@ BAD_KNOBS = [
     ({"dae__noise_p": 0.0, "dae__noise_std": 0.0}, "pretrain.dae in params.yaml: noise_p and noise_std are both 0"),
     ({"simclr__proj_dim": "128"}, "pretrain.simclr.proj_dim in params.yaml: must be a valid integer, got '128'"),
     ({"simclr__proj_dim": 12.5}, "pretrain.simclr.proj_dim in params.yaml: must be a valid integer, got 12.5"),
+    ({"simclr__temperature": "2e-1"}, "must be a valid number (YAML reads a number in e-notation without a dot as"),
     ({"simclr__temperature": float("nan")}, "pretrain.simclr.temperature in params.yaml: must be a finite number"),
     ({"moco__queue": 5}, "pretrain.moco.queue in params.yaml: unknown key (known: proj_hidden, proj_dim, temperatur"),
     ({"moco": {"proj_dim": 8}}, "pretrain.moco.proj_hidden in params.yaml: missing"),

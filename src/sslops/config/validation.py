@@ -121,7 +121,18 @@ def _describe(model: type[BaseModel], err: Any, section: str, source: str) -> st
         message = message.replace(said, meant, 1)
     if isinstance(value, dict):  # a check across keys: its message names what is wrong, a dump of them would not
         return f"{key} in {source}: {message}"
+    if kind == "float_type" and isinstance(value, str) and "e" in value.lower() and _is_number(value):
+        message += " (YAML reads a number in e-notation without a dot as text: write 2.0e-1, not 2e-1)"
     return f"{key} in {source}: {message}, got {value!r}"
+
+
+def _is_number(text: str) -> bool:
+    """Whether a string that PyYAML left as text is a number Python reads (YAML 1.1 wants a dot in `1.0e-4`)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
