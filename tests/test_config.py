@@ -375,6 +375,15 @@ def test_repro_checks_every_section_and_the_knobs_before_any_stage_runs(
     assert not (tmp_path / "artifacts").exists() and not (tmp_path / "mlflow").exists()
 
 
+def test_commands_that_only_read_say_there_is_no_store_instead_of_creating_one(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    for command in (["lineage"], ["embed", str(tmp_path), "--out", str(tmp_path / "e.npz")]):
+        done = _sslops(tmp_path, *command)
+        assert done.returncode == 2 and "no MLflow store yet" in done.stderr and "Traceback" not in done.stderr
+        assert not (tmp_path / "mlflow").exists()
+
+
 def test_docs_and_search_name_a_missing_params_file_or_task_without_traceback(tmp_path: Path) -> None:
     (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
     done = _sslops(tmp_path, "docs", "--check")

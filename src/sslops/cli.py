@@ -100,19 +100,21 @@ def _fetch_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _connect() -> Project:
+def _connect(create: bool = True) -> Project:
+    """The project, with MLflow pointed at its store; a command that only reads passes `create` False, so that it
+    says there is no store yet instead of creating an empty one."""
     from sslops.adapters import tracking
     from sslops.config import Project
 
     project = Project.discover()
-    tracking.connect(project)
+    tracking.connect(project, create)
     return project
 
 
 def _lineage(args: argparse.Namespace) -> int:
     from sslops.commands import lineage
 
-    project = _connect()
+    project = _connect(create=False)
     if args.data:
         chain = lineage.data_chain(project, args.data)
         text = lineage.format_data_chain(chain)
@@ -128,7 +130,7 @@ def _embed(args: argparse.Namespace) -> int:
 
     from sslops.commands.embed import embed_folder
 
-    project = _connect()
+    project = _connect(create=False)
     prepare, recorded = project.config("prepare"), project.register_record()
     model = args.model or f"models:/{project.model_name}@champion"
     found = embed_folder(model, Path(args.images), Path(args.out), prepare.max_pixels, prepare.resize.mode, recorded)

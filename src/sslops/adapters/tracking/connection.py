@@ -46,12 +46,13 @@ def _experiment_id(project: Project) -> str:
     return mlflow.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
 
 
-def connect(project: Project) -> str:
+def connect(project: Project, create: bool = True) -> str:
     """Point MLflow at the project's store; returns the experiment id.
 
     A tracking server is checked first, with the bounded timeout and retries of params.yaml `tracking:` (MLflow's
     own defaults retry for minutes), so a stage fails in seconds with one line naming the URI instead of
-    starting work it cannot record. Variables already set in the environment win over params.yaml.
+    starting work it cannot record. Variables already set in the environment win over params.yaml. A command that
+    only reads (`create` False) refuses a project's own store that does not exist yet instead of creating it.
     """
     import mlflow
 
@@ -62,6 +63,11 @@ def connect(project: Project) -> str:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(math.ceil(cfg.http_timeout_s)))  # whole seconds
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(cfg.http_retries))
         _check_reachable(uri, cfg.http_timeout_s)
+    elif not create and uri == default_uri(project) and not (project.root / "mlflow" / "mlflow.db").is_file():
+        raise SslopsError(
+            f"{project.root / 'mlflow' / 'mlflow.db'}: no MLflow store yet, so nothing is registered or tracked in "
+            "this project; run the pipeline first (make run or sslops repro)"
+        )
     else:
         (project.root / "mlflow").mkdir(exist_ok=True)
     mlflow.set_tracking_uri(uri)
