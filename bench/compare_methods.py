@@ -1,4 +1,4 @@
-"""Compare the pretext methods over pretraining seeds; write the table of docs/methods.md and the README's seeds.
+"""Compare the pretext methods over pretraining seeds; write docs/methods.md's tables and the README's seeds section.
 
   python bench/compare_methods.py --run                          # every method x seeds 0,1,2 through the DVC queue
   python bench/compare_methods.py --run --methods simclr --seeds 1,2   # more seeds of one method
@@ -154,6 +154,33 @@ def table(found: dict[tuple[str, int], dict[str, Any]], finetune: FinetuneParams
     return "\n".join(lines)
 
 
+def ranking(found: dict[tuple[str, int], dict[str, Any]], finetune: FinetuneParams, amp: str) -> str:
+    """The methods ranked by their 1 % gain over every finished seed in the committed precision `amp`, whichever
+    machine ran it: at equal images a run is comparable across machines (the scratch side is the same to the last
+    digit on each), so a method's seeds belong together here, while `table` keeps its times per machine."""
+    budget, full = (f"frac_{b:g}" for b in TABLE_BUDGETS)
+    rows = []
+    for method in METHODS:
+        done = [r for (m, _), r in sorted(found.items()) if m == method and "state" not in r and _amp(r) == amp]
+        gains = _declared(done, finetune, budget, "gain_vs_best_scratch")
+        if not gains:
+            continue
+        cell = partial(mean_std, of=len(done))
+        row = (
+            f"| {method} | {', '.join(str(r['params'].get('seed')) for r in done)} "
+            f"| {len({_machine(r) for r in done})} | {cell(gains, signed=True)} "
+            f"| {cell(_column(done, 'pretrain', 'knn_acc'))} "
+            f"| {cell(_column(done, 'evaluate', f'test.acc.{full}.linear.pretrained'))} |"
+        )
+        rows.append((-sum(gains) / len(gains), row))
+    header = (
+        f"Ranked by the 1 % gain, each method over all its seeds in {amp} whichever machine ran them:\n\n"
+        "| method | seeds | machines | 1 %: gain, best vs best | kNN (validation) | linear probe, all labels |\n"
+        "|---|---|---|---|---|---|"
+    )
+    return "\n".join([header, *(row for _, row in sorted(rows))])
+
+
 def seeds_summary(
     found: dict[tuple[str, int], dict[str, Any]], method: str, finetune: FinetuneParams, amp: str
 ) -> dict[str, Any] | None:
@@ -269,7 +296,8 @@ def main() -> None:
         print(f"the queue took {seconds / 60:.1f} min")
     found = runs()
     finetune = project.config("finetune")
-    generated, summary = table(found, finetune, amp), seeds_summary(found, default.method, finetune, amp)
+    generated = f"{table(found, finetune, amp)}\n\n{ranking(found, finetune, amp)}"
+    summary = seeds_summary(found, default.method, finetune, amp)
     seeds = seeds_markdown(summary) if summary else f"No finished run of `{default.method}` yet."
     print(f"{generated}\n\n{seeds}")
     readme = (ROOT / "README.md", SEEDS_BEGIN, SEEDS_END, seeds, partial(shown_seeds, method=default.method))

@@ -299,3 +299,21 @@ def test_a_value_some_runs_lack_says_how_many_runs_it_averages() -> None:
     summary = compare_methods.seeds_summary(found, "dino", finetune, "bf16")
     assert summary is not None and summary["machines"] == ["CPU A", "CPU B"]
     assert "The seeds ran on 2 machines" in seeds_markdown(summary)
+
+
+def test_the_ranking_puts_a_methods_seeds_together_across_machines_but_not_across_precisions() -> None:
+    """At equal images a method's seeds from two machines are one sample (the per-machine table keeps their times
+    apart); a run in another precision never joins it, and the higher mean gain ranks first."""
+    from sslops.config import Project
+
+    finetune = Project(ROOT).config("finetune")
+    found = {("dino", 0): _run(0, "bf16", 0.84), ("dino", 1): _run(1, "bf16", 0.86, machine="CPU B")}
+    found[("dino", 2)] = _run(2, "off", 0.99)
+    found[("rotation", 0)] = {**_run(0, "bf16", 0.87), "name": "method-rotation-s0"}
+    header, _, *rows = compare_methods.ranking(found, finetune, "bf16").splitlines()[2:]
+    assert header.startswith("| method | seeds | machines | 1 %: gain")
+    assert rows == [
+        "| rotation | 0 | 1 | +5.00 | 84.00 % |  |",
+        "| dino | 0, 1 | 2 | +3.00 ± 1.41 | 84.00 % ± 0.00 |  |",
+    ]
+    assert compare_methods.shown_seeds("\n".join(rows)) == {("rotation", 0), ("dino", 0), ("dino", 1)}
