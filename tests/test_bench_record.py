@@ -317,3 +317,26 @@ def test_the_ranking_puts_a_methods_seeds_together_across_machines_but_not_acros
         "| dino | 0, 1 | 2 | +3.00 ± 1.41 | 84.00 % ± 0.00 |  |",
     ]
     assert compare_methods.shown_seeds("\n".join(rows)) == {("rotation", 0), ("dino", 0), ("dino", 1)}
+
+
+def test_the_gain_plot_draws_every_seed_of_each_ranked_method_best_at_the_top(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PathCollection
+
+    from sslops.config import Project
+
+    finetune = Project(ROOT).config("finetune")
+    found = {("dino", s): _run(s, "bf16", acc) for s, acc in ((0, 0.83), (1, 0.85), (2, 0.84))}
+    found[("rotation", 0)] = _run(0, "bf16", 0.87)
+    ranks = compare_methods.ranked(found, finetune, "bf16")
+    assert [method for method, _, _ in ranks] == ["rotation", "dino"]
+    shown: list = []
+    monkeypatch.setattr(plt, "close", shown.append)  # keep the figure to read it back: the plot closes it when saved
+    compare_methods.plot_gains(ranks, tmp_path / "gain.png")
+    assert (tmp_path / "gain.png").read_bytes().startswith(b"\x89PNG")
+    (ax,) = shown[0].axes
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["dino", "rotation"]  # y grows upwards: best at the top
+    dots = [c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)]
+    assert sorted(round(float(x), 2) for d in dots for x in d[:, 0]) == [1.0, 2.0, 3.0, 5.0]
