@@ -340,3 +340,13 @@ def test_the_gain_plot_draws_every_seed_of_each_ranked_method_best_at_the_top(
     assert [t.get_text() for t in ax.get_yticklabels()] == ["dino", "rotation"]  # y grows upwards: best at the top
     dots = [c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)]
     assert sorted(round(float(x), 2) for d in dots for x in d[:, 0]) == [1.0, 2.0, 3.0, 5.0]
+
+
+def test_the_readme_says_why_the_default_is_the_default_and_the_ranking_agrees() -> None:
+    """The README's reason for the default holds while the default leads the ranking that the sweep writes."""
+    from sslops.config import Project
+
+    assert "Rotation prediction is the default because" in (ROOT / "README.md").read_text()
+    ranking = (ROOT / "docs" / "methods.md").read_text().split("Ranked by the 1 % gain")[1]
+    first = re.search(r"^\| (\w+) \| [\d, ]+ \|", ranking, re.M)
+    assert first is not None and first.group(1) == Project(ROOT).config("pretrain").method == "rotation"
