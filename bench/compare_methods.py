@@ -174,16 +174,16 @@ def ranked(
     return sorted(out, key=lambda item: -mean(item[2]))
 
 
-def ranking(found: dict[tuple[str, int], dict[str, Any]], finetune: FinetuneParams, amp: str) -> str:
-    """The ranked methods as a table: seeds, how many machines ran them, the 1 % gain and the frozen features'
-    figures, each mean ± std over the method's seeds."""
+def ranking(ranks: list[tuple[str, list[dict[str, Any]], list[float]]], amp: str) -> str:
+    """`ranked`'s methods as a table: seeds, how many machines ran them, the 1 % gain and the frozen features'
+    figures, each mean ± std over the method's seeds in precision `amp`."""
     full = f"frac_{TABLE_BUDGETS[-1]:g}"
     lines = [
         f"Ranked by the 1 % gain, each method over all its seeds in {amp} whichever machine ran them:\n",
         "| method | seeds | machines | 1 %: gain, best vs best | kNN (validation) | linear probe, all labels |",
         "|---|---|---|---|---|---|",
     ]
-    for method, done, gains in ranked(found, finetune, amp):
+    for method, done, gains in ranks:
         cell = partial(mean_std, of=len(done))
         lines.append(
             f"| {method} | {', '.join(str(r['params'].get('seed')) for r in done)} "
@@ -341,13 +341,14 @@ def main() -> None:
         print(f"the queue took {seconds / 60:.1f} min")
     found = runs()
     finetune = project.config("finetune")
-    generated = f"{table(found, finetune, amp)}\n\n{ranking(found, finetune, amp)}"
+    ranks = ranked(found, finetune, amp)
+    generated = f"{table(found, finetune, amp)}\n\n{ranking(ranks, amp)}"
     summary = seeds_summary(found, default.method, finetune, amp)
     seeds = seeds_markdown(summary) if summary else f"No finished run of `{default.method}` yet."
     print(f"{generated}\n\n{seeds}")
     readme = (ROOT / "README.md", SEEDS_BEGIN, SEEDS_END, seeds, partial(shown_seeds, method=default.method))
     write_tables([(DOC, BEGIN, END, generated, shown_seeds), readme], args.force)
-    plot_gains(ranked(found, finetune, amp), PLOT)
+    plot_gains(ranks, PLOT)
     if summary:  # with the README's section, as `sslops report` prints it
         (ROOT / SEEDS).write_text(json.dumps(summary | {"date": time.strftime("%F")}, indent=2) + "\n")
 

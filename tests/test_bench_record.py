@@ -310,7 +310,7 @@ def test_the_ranking_puts_a_methods_seeds_together_across_machines_but_not_acros
     found = {("dino", 0): _run(0, "bf16", 0.84), ("dino", 1): _run(1, "bf16", 0.86, machine="CPU B")}
     found[("dino", 2)] = _run(2, "off", 0.99)
     found[("rotation", 0)] = {**_run(0, "bf16", 0.87), "name": "method-rotation-s0"}
-    header, _, *rows = compare_methods.ranking(found, finetune, "bf16").splitlines()[2:]
+    header, _, *rows = compare_methods.ranking(compare_methods.ranked(found, finetune, "bf16"), "bf16").splitlines()[2:]
     assert header.startswith("| method | seeds | machines | 1 %: gain")
     assert rows == [
         "| rotation | 0 | 1 | +5.00 | 84.00 % |  |",
